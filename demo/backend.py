@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Demo webhook backend (Flask): records every webhook that reaches it.
+
+POST /webhooks/<route>          record the delivery, answer 200 (or 500 while fail-next > 0)
+GET  /events                    {"events": [{"route": ..., ...}]}: every webhook that reached us
+POST /admin/fail-next?count=N   the next N webhook requests answer 500
+POST /admin/reset               forget recorded events and pending failures
+GET  /healthz                   readiness
+Port: WEBHOOK_DEMO_BACKEND_PORT (default 5000), bound to 127.0.0.1 unless BACKEND_HOST says otherwise.
+"""
+import hashlib
+import os
+import threading
+import time
+
+from flask import Flask, jsonify, request
+
+app = Flask(__name__)
+_lock = threading.Lock()
+_events: list[dict] = []
+_fail_next = 0
+
+# Headers worth showing in /events: ids and event types, never signatures.
+_SHOWN_HEADERS = (
+    "X-GitHub-Delivery",
+    "X-GitHub-Event",
+    "X-Shopify-Webhook-Id",
+    "X-Shopify-Topic",
+    "Webhook-Id",
+    "X-Webhook-Id",
+)
+
+
+@app.post("/webhooks/<path:route>")
+def webhook(route: str):
+    global _fail_next
+    body = request.get_data()
+    with _lock:
+        failing = _fail_next > 0
+        if failing:
+            _fail_next -= 1
+        _events.append(
+            {
+                "route": route,
+                "received_at": time.time(),
+                "status": 500 if failing else 200,
+                "body_sha256": hashlib.sha256(body).hexdigest(),
+                "body_bytes": len(body),
+                "headers": {h: request.headers[h] for h in _SHOWN_HEADERS if h in request.headers},
+            }
+        )
+    if failing:
+        return jsonify({"status": "error", "detail": "fail-next is set"}), 500
+    return jsonify({"status": "ok", "route": route})
+
+
+@app.get("/events")
+def events():
+    with _lock:
+        return jsonify({"events": list(_events)})
+
+
+@app.post("/admin/fail-next")
+def fail_next():
+    global _fail_next
+    count = request.args.get("count", default=1, type=int)
+    with _lock:
+        _fail_next = max(0, count)
+        return jsonify({"fail_next": _fail_next})
+
+
+@app.post("/admin/reset")
+def reset():
+    global _fail_next
+    with _lock:
+        _events.clear()
+        _fail_next = 0
+    return jsonify({"status": "reset"})
+
+
+@app.get("/healthz")
+def healthz():
+    return jsonify({"status": "ok"})
+
+
+def main() -> None:
+    port = int(os.environ.get("WEBHOOK_DEMO_BACKEND_PORT", "5000"))
+    host = os.environ.get("BACKEND_HOST", "127.0.0.1")
+    app.run(host=host, port=port, threaded=True, use_reloader=False)
+
+
+if __name__ == "__main__":
+    main()

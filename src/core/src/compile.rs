@@ -1,0 +1,323 @@
+//! Raw config -> `Guard`: every check that can be made at load time is made here, and each
+//! error names the offending field so Envoy's log says exactly what to fix.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use crate::config::{
+    DefaultAction, KeyEncoding, Provider, RawConfig, RawCustom, RawPolicy, RawSecret,
+};
+use crate::guard::{Guard, Policy};
+use crate::host::Level;
+use crate::policy::{is_header_name, is_policy_name, Matcher};
+use crate::reason::Reason;
+use crate::scheme::{DeliveryId, Scheme, SigFormat, SigSource, TimestampSource, TimestampSpec};
+use crate::template::{self, Part};
+use crate::{presets, stats};
+
+pub const MAX_SECRETS: usize = 8;
+pub const MAX_TOLERANCE_SECONDS: u64 = 7 * 24 * 3600;
+pub const MAX_BODY_LIMIT: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where in the document, e.g. `policies[1].secrets[0]`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() || self.path == "." {
+            write!(f, "invalid webhook-guard configuration: {}", self.message)
+        } else {
+            write!(
+                f,
+                "invalid webhook-guard configuration at {}: {}",
+                self.path, self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// Looks up an environment variable visible to the VM.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub fn parse(json: &[u8]) -> Result<RawConfig, ConfigError> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        // serde_json appends "at line L column C"; keep it, it helps with big documents.
+        err(path, inner.to_string())
+    })
+}
+
+pub fn compile(json: &[u8], env: EnvLookup) -> Result<Guard, ConfigError> {
+    let raw = parse(json)?;
+    compile_raw(raw, env)
+}
+
+pub fn compile_raw(raw: RawConfig, env: EnvLookup) -> Result<Guard, ConfigError> {
+    if raw.policies.is_empty() {
+        return Err(err("policies", "must list at least one policy"));
+    }
+    let mut names = BTreeSet::new();
+    let mut policies = Vec::with_capacity(raw.policies.len());
+    let mut warnings = Vec::new();
+    let mut counters = stats::global_counters();
+    for (i, p) in raw.policies.into_iter().enumerate() {
+        let at = format!("policies[{i}]");
+        if !names.insert(p.name.clone()) {
+            return Err(err(
+                format!("{at}.name"),
+                format!("duplicate policy name '{}'", p.name),
+            ));
+        }
+        let policy = compile_policy(&at, p, env, &mut warnings, &mut counters)?;
+        policies.push(policy);
+    }
+    Ok(Guard::new(
+        raw.default == DefaultAction::Deny,
+        policies,
+        counters,
+        warnings,
+    ))
+}
+
+fn compile_policy(
+    at: &str,
+    p: RawPolicy,
+    env: EnvLookup,
+    warnings: &mut Vec<(Level, String)>,
+    counters: &mut Vec<String>,
+) -> Result<Policy, ConfigError> {
+    if !is_policy_name(&p.name) {
+        return Err(err(
+            format!("{at}.name"),
+            format!(
+                "'{}' must be 1-64 characters of a-z, 0-9, '_' or '-'",
+                p.name
+            ),
+        ));
+    }
+    let matcher = Matcher::compile(&p.matcher).map_err(|m| err(format!("{at}.match"), m))?;
+
+    if p.accept_legacy_sha1 && p.provider != Provider::Github {
+        return Err(err(
+            format!("{at}.accept_legacy_sha1"),
+            "only applies to provider 'github'",
+        ));
+    }
+    let scheme = match (p.provider, p.custom) {
+        (Provider::Custom, Some(c)) => custom_scheme(&format!("{at}.custom"), c)?,
+        (Provider::Custom, None) => {
+            return Err(err(
+                format!("{at}.custom"),
+                "required when provider is 'custom'",
+            ))
+        }
+        (other, Some(_)) => {
+            return Err(err(
+                format!("{at}.custom"),
+                format!(
+                    "only allowed with provider 'custom', not '{}'",
+                    other.name()
+                ),
+            ))
+        }
+        (other, None) => presets::scheme(other, p.accept_legacy_sha1)
+            .ok_or_else(|| err(format!("{at}.provider"), "unknown provider"))?,
+    };
+
+    if p.secrets.is_empty() || p.secrets.len() > MAX_SECRETS {
+        return Err(err(
+            format!("{at}.secrets"),
+            format!("must list 1 to {MAX_SECRETS} secrets"),
+        ));
+    }
+    let configured = p.secrets.len();
+    let mut keys = Vec::with_capacity(configured);
+    let mut unusable = Vec::new();
+    for (j, secret) in p.secrets.iter().enumerate() {
+        let sat = format!("{at}.secrets[{j}]");
+        match secret {
+            RawSecret::Inline(text) => {
+                let key = scheme
+                    .key_encoding
+                    .decode(text)
+                    .ok_or_else(|| err(&sat, bad_key_message(scheme.key_encoding)))?;
+                keys.push(key);
+            }
+            RawSecret::Env(name) => {
+                if name.is_empty() {
+                    return Err(err(
+                        format!("{sat}.env"),
+                        "environment variable name is empty",
+                    ));
+                }
+                // A missing env secret is not a config error (the config may be shared across
+                // deployments) but requests then fail closed with `secret_unavailable`.
+                match env(name).filter(|v| !v.is_empty()) {
+                    None => unusable.push(format!(
+                        "policy '{}': environment variable {name} is unset or empty (is it in vm_config.environment_variables.host_env_keys?)",
+                        p.name
+                    )),
+                    Some(text) => match scheme.key_encoding.decode(&text) {
+                        Some(key) => keys.push(key),
+                        None => unusable.push(format!(
+                            "policy '{}': environment variable {name}: {}",
+                            p.name,
+                            bad_key_message(scheme.key_encoding)
+                        )),
+                    },
+                }
+            }
+        }
+    }
+    // An unset rotation slot is routine (info); a policy left with no key is not (warn).
+    let level = if keys.is_empty() {
+        Level::Warn
+    } else {
+        Level::Info
+    };
+    warnings.extend(unusable.into_iter().map(|m| (level, m)));
+    if keys.is_empty() {
+        warnings.push((
+            Level::Warn,
+            format!(
+                "policy '{}': no usable secret; its requests are rejected with secret_unavailable",
+                p.name
+            ),
+        ));
+    }
+
+    if p.timestamp_tolerance_seconds == 0 || p.timestamp_tolerance_seconds > MAX_TOLERANCE_SECONDS {
+        return Err(err(
+            format!("{at}.timestamp_tolerance_seconds"),
+            format!("must be between 1 and {MAX_TOLERANCE_SECONDS}"),
+        ));
+    }
+    if p.max_body_bytes == 0 || p.max_body_bytes > MAX_BODY_LIMIT {
+        return Err(err(
+            format!("{at}.max_body_bytes"),
+            format!("must be between 1 and {MAX_BODY_LIMIT}"),
+        ));
+    }
+
+    let mut statuses = Reason::ALL.map(Reason::default_status);
+    for (code, status) in &p.status_overrides {
+        let sat = format!("{at}.status_overrides.{code}");
+        let reason = Reason::from_code(code).ok_or_else(|| {
+            let valid: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+            err(
+                &sat,
+                format!("unknown reason code (valid: {})", valid.join(", ")),
+            )
+        })?;
+        if !(200..=599).contains(status) {
+            return Err(err(&sat, "status must be between 200 and 599"));
+        }
+        if let Some(slot) = statuses.get_mut(reason.index()) {
+            *slot = *status;
+        }
+    }
+
+    let counter_base = counters.len();
+    counters.extend(stats::policy_counters(&p.name));
+    Ok(Policy {
+        name: p.name,
+        matcher,
+        scheme,
+        keys,
+        secrets_configured: configured,
+        tolerance_ms: p.timestamp_tolerance_seconds.saturating_mul(1000),
+        max_body_bytes: p.max_body_bytes,
+        statuses,
+        counter_base,
+    })
+}
+
+fn bad_key_message(encoding: KeyEncoding) -> &'static str {
+    match encoding {
+        KeyEncoding::Utf8 => "secret is empty",
+        KeyEncoding::Base64 => "secret is not non-empty standard base64",
+        KeyEncoding::Whsec => "secret is not 'whsec_' followed by non-empty base64",
+    }
+}
+
+fn header(at: &str, field: &str, name: &str) -> Result<String, ConfigError> {
+    if is_header_name(name) {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(err(
+            format!("{at}.{field}"),
+            format!("'{name}' is not a valid header name"),
+        ))
+    }
+}
+
+fn custom_scheme(at: &str, c: RawCustom) -> Result<Scheme, ConfigError> {
+    let sig_header = header(at, "signature_header", &c.signature_header)?;
+    if c.signature_prefix.len() > 64 {
+        return Err(err(
+            format!("{at}.signature_prefix"),
+            "at most 64 characters",
+        ));
+    }
+    let template =
+        template::parse(&c.signed_template).map_err(|m| err(format!("{at}.signed_template"), m))?;
+    if !template.contains(&Part::Body) {
+        return Err(err(
+            format!("{at}.signed_template"),
+            "must include {body}: a signature that does not cover the body protects nothing",
+        ));
+    }
+    let signs_timestamp = template.contains(&Part::Timestamp);
+    let timestamp = match (&c.timestamp_header, signs_timestamp) {
+        (Some(h), true) => Some(TimestampSpec {
+            source: TimestampSource::Header(header(at, "timestamp_header", h)?),
+            unit: c.timestamp_unit,
+        }),
+        (None, false) => None,
+        (Some(_), false) => {
+            return Err(err(
+                format!("{at}.signed_template"),
+                "timestamp_header is set but the template has no {timestamp}: an unsigned timestamp cannot bound replays",
+            ))
+        }
+        (None, true) => {
+            return Err(err(
+                format!("{at}.timestamp_header"),
+                "required because signed_template uses {timestamp}",
+            ))
+        }
+    };
+    let delivery_id = match &c.delivery_id_header {
+        Some(h) => Some(DeliveryId::Header(header(at, "delivery_id_header", h)?)),
+        None => None,
+    };
+    Ok(Scheme {
+        sources: vec![SigSource {
+            headers: vec![sig_header],
+            format: SigFormat::Single {
+                prefix: c.signature_prefix,
+            },
+            algorithm: c.algorithm,
+            encoding: c.encoding,
+        }],
+        timestamp,
+        template,
+        key_encoding: c.secret_encoding,
+        delivery_id,
+    })
+}

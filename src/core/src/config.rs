@@ -1,0 +1,181 @@
+//! Raw plugin configuration as users write it (the wasm filter's `configuration` JSON).
+//! Only shape is checked here (serde, unknown fields rejected); `compile` checks meaning.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+pub const DEFAULT_TOLERANCE_SECONDS: u64 = 300;
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// What happens to a request no policy matches.
+    #[serde(default)]
+    pub default: DefaultAction,
+    pub policies: Vec<RawPolicy>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultAction {
+    #[default]
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: RawMatch,
+    pub provider: Provider,
+    /// Required when `provider` is `custom`, refused otherwise.
+    #[serde(default)]
+    pub custom: Option<RawCustom>,
+    /// Ordered: the first is the current secret, the others are accepted during rotation.
+    pub secrets: Vec<RawSecret>,
+    #[serde(default = "default_tolerance")]
+    pub timestamp_tolerance_seconds: u64,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+    /// Reason code -> HTTP status for this policy's rejections.
+    #[serde(default)]
+    pub status_overrides: BTreeMap<String, u16>,
+    /// GitHub only: also accept the legacy `X-Hub-Signature: sha1=` when no sha256 header is sent.
+    #[serde(default)]
+    pub accept_legacy_sha1: bool,
+}
+
+fn default_tolerance() -> u64 {
+    DEFAULT_TOLERANCE_SECONDS
+}
+
+fn default_max_body() -> u64 {
+    DEFAULT_MAX_BODY_BYTES
+}
+
+/// All given fields must match; at least one is required.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// Envoy route name (`xds.route_name`), exact.
+    #[serde(default)]
+    pub route_name: Option<String>,
+    /// Prefix of the request path (query string excluded).
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Host, case-insensitive; without a port it matches any port.
+    #[serde(default)]
+    pub authority: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Provider {
+    Github,
+    Stripe,
+    Slack,
+    Shopify,
+    StandardWebhooks,
+    Custom,
+}
+
+impl Provider {
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Github => "github",
+            Provider::Stripe => "stripe",
+            Provider::Slack => "slack",
+            Provider::Shopify => "shopify",
+            Provider::StandardWebhooks => "standard-webhooks",
+            Provider::Custom => "custom",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawSecret {
+    /// Name of an environment variable passed to the VM (`host_env_keys`).
+    Env(String),
+    /// The secret itself, in the config (prefer `env`).
+    Inline(String),
+}
+
+// Never print secret material, even in debug output.
+impl std::fmt::Debug for RawSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RawSecret::Env(name) => write!(f, "Env({name})"),
+            RawSecret::Inline(_) => f.write_str("Inline([REDACTED])"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCustom {
+    pub signature_header: String,
+    /// Text before the encoded MAC in the header value, e.g. `sha256=`.
+    #[serde(default)]
+    pub signature_prefix: String,
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    #[serde(default)]
+    pub encoding: Encoding,
+    /// Signed bytes: literal text with `{body}`, `{timestamp}`, `{header:NAME}`, `{method}`,
+    /// `{path}`; `{{` and `}}` stand for braces.
+    pub signed_template: String,
+    #[serde(default)]
+    pub timestamp_header: Option<String>,
+    #[serde(default)]
+    pub timestamp_unit: TimestampUnit,
+    #[serde(default)]
+    pub secret_encoding: KeyEncoding,
+    /// Header logged as the delivery id (informational only, may be unsigned).
+    #[serde(default)]
+    pub delivery_id_header: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Algorithm {
+    #[default]
+    HmacSha256,
+    HmacSha1,
+    HmacSha512,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    #[default]
+    Hex,
+    Base64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampUnit {
+    #[default]
+    #[serde(rename = "s")]
+    Seconds,
+    #[serde(rename = "ms")]
+    Milliseconds,
+}
+
+/// How secret text becomes HMAC key bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyEncoding {
+    /// The text's UTF-8 bytes (GitHub, Stripe incl. its `whsec_` prefix, Slack, Shopify).
+    #[default]
+    Utf8,
+    /// Standard base64 of the key bytes.
+    Base64,
+    /// Standard Webhooks: optional `whsec_` prefix, then base64.
+    Whsec,
+}

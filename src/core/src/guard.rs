@@ -1,0 +1,389 @@
+//! The request flow the proxy glue drives: route -> begin (headers) -> finish (body).
+//! Every rejection is counted, logged as one JSON line and turned into a reply here, so the
+//! glue only moves bytes.
+
+use serde_json::json;
+
+use crate::host::{Host, Level};
+use crate::policy::{Matcher, RouteInfo};
+use crate::reason::Reason;
+use crate::scheme::{DeliveryId, Scheme};
+use crate::stats;
+use crate::verify::{self, lookup, Extracted, HeaderList, Lookup, Skew};
+
+/// Longest value copied from a request into a log line.
+const MAX_LOGGED_VALUE: usize = 128;
+
+pub struct Policy {
+    pub name: String,
+    pub(crate) matcher: Matcher,
+    pub scheme: Scheme,
+    pub(crate) keys: Vec<Vec<u8>>,
+    pub secrets_configured: usize,
+    pub tolerance_ms: u64,
+    pub max_body_bytes: u64,
+    pub(crate) statuses: [u16; Reason::ALL.len()],
+    pub(crate) counter_base: usize,
+}
+
+// Keys are secret: never in debug output.
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("name", &self.name)
+            .field("keys", &format_args!("[{} REDACTED]", self.keys.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Policy {
+    pub fn status(&self, reason: Reason) -> u16 {
+        self.statuses
+            .get(reason.index())
+            .copied()
+            .unwrap_or_else(|| reason.default_status())
+    }
+}
+
+/// The compiled configuration: built once per configure, shared by every request.
+#[derive(Debug)]
+pub struct Guard {
+    default_deny: bool,
+    policies: Vec<Policy>,
+    counters: Vec<String>,
+    notices: Vec<(Level, String)>,
+}
+
+/// What to do with a request once its route is known.
+#[derive(Debug)]
+pub enum Route {
+    /// No policy and the default is allow: untouched.
+    Pass,
+    /// Verify with `policies[i]`.
+    Verify(usize),
+    Reject(Rejection),
+}
+
+/// A local reply the proxy sends instead of forwarding the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    pub reason: Reason,
+    /// `{"error": "<reason>", "policy": "<name>"}`: never any secret or expected MAC.
+    pub body: String,
+}
+
+/// Request facts kept for decisions and log lines.
+#[derive(Debug, Clone, Default)]
+pub struct RequestInfo {
+    pub route_name: Option<String>,
+    pub method: String,
+    pub path: String,
+}
+
+/// State carried from the headers callback to the end of the body.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    policy: usize,
+    extracted: Extracted,
+    info: RequestInfo,
+    delivery_id: Option<String>,
+}
+
+impl Pending {
+    pub fn policy(&self) -> usize {
+        self.policy
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub policy: usize,
+    /// Which configured secret matched (0 = the first listed).
+    pub key_index: usize,
+}
+
+impl Guard {
+    pub(crate) fn new(
+        default_deny: bool,
+        policies: Vec<Policy>,
+        counters: Vec<String>,
+        notices: Vec<(Level, String)>,
+    ) -> Guard {
+        Guard {
+            default_deny,
+            policies,
+            counters,
+            notices,
+        }
+    }
+
+    /// Counter names, to be defined by the host in this order (`Host::increment` indexes it).
+    pub fn counter_names(&self) -> &[String] {
+        &self.counters
+    }
+
+    /// Facts worth a log line at load time that do not make the config invalid
+    /// (e.g. an unset secret variable).
+    pub fn notices(&self) -> &[(Level, String)] {
+        &self.notices
+    }
+
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+
+    pub fn policy(&self, index: usize) -> Option<&Policy> {
+        self.policies.get(index)
+    }
+
+    pub fn route(&self, host: &dyn Host, req: &RouteInfo) -> Route {
+        if let Some(i) = self.policies.iter().position(|p| p.matcher.matches(req)) {
+            return Route::Verify(i);
+        }
+        if !self.default_deny {
+            host.increment(stats::UNMATCHED_PASSED);
+            return Route::Pass;
+        }
+        host.increment(stats::UNMATCHED_DENIED);
+        let reason = Reason::NoMatchingPolicy;
+        log_rejection(
+            host,
+            None,
+            reason,
+            reason.default_status(),
+            None,
+            req.route_name,
+            req.path,
+            None,
+        );
+        Route::Reject(Rejection {
+            status: reason.default_status(),
+            reason,
+            body: reply_body(reason, None),
+        })
+    }
+
+    /// Header phase: everything that can be decided before the body is read.
+    pub fn begin(
+        &self,
+        host: &dyn Host,
+        policy_index: usize,
+        info: RequestInfo,
+        headers: &HeaderList,
+    ) -> Result<Pending, Rejection> {
+        let Some(policy) = self.policies.get(policy_index) else {
+            // Only reachable through a glue bug; fail closed.
+            return Err(self.reject_unknown(host));
+        };
+        let delivery_id = match &policy.scheme.delivery_id {
+            Some(DeliveryId::Header(name)) => match lookup(headers, name) {
+                Lookup::One(v) => Some(loggable(v)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let fail = |reason: Reason, detail: Option<&str>| {
+            self.reject(
+                host,
+                policy_index,
+                reason,
+                detail,
+                &info,
+                delivery_id.as_deref(),
+            )
+        };
+        if policy.keys.is_empty() {
+            return Err(fail(Reason::SecretUnavailable, None));
+        }
+        if let Lookup::One(v) = lookup(headers, "content-length") {
+            let declared = std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > policy.max_body_bytes) {
+                return Err(fail(Reason::BodyTooLarge, Some("content-length")));
+            }
+        }
+        let extracted = verify::extract(
+            &policy.scheme,
+            headers,
+            info.method.as_bytes(),
+            info.path.as_bytes(),
+        )
+        .map_err(|reason| fail(reason, None))?;
+        Ok(Pending {
+            policy: policy_index,
+            extracted,
+            info,
+            delivery_id,
+        })
+    }
+
+    /// Called as body chunks arrive with the total buffered so far.
+    pub fn check_body_size(
+        &self,
+        host: &dyn Host,
+        pending: &Pending,
+        buffered: usize,
+    ) -> Result<(), Rejection> {
+        let Some(policy) = self.policies.get(pending.policy) else {
+            return Err(self.reject_unknown(host));
+        };
+        if u64::try_from(buffered).map_or(true, |n| n > policy.max_body_bytes) {
+            return Err(self.reject(
+                host,
+                pending.policy,
+                Reason::BodyTooLarge,
+                Some("body"),
+                &pending.info,
+                pending.delivery_id.as_deref(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// End of the request: verify the MAC over the whole body, then the time window.
+    pub fn finish(
+        &self,
+        host: &dyn Host,
+        pending: &Pending,
+        body: &[u8],
+    ) -> Result<Accepted, Rejection> {
+        self.check_body_size(host, pending, body.len())?;
+        let Some(policy) = self.policies.get(pending.policy) else {
+            return Err(self.reject_unknown(host));
+        };
+        let fail = |reason: Reason, detail: Option<&str>| {
+            let id = pending
+                .delivery_id
+                .clone()
+                .or_else(|| body_delivery_id(&policy.scheme, body));
+            self.reject(
+                host,
+                pending.policy,
+                reason,
+                detail,
+                &pending.info,
+                id.as_deref(),
+            )
+        };
+        let Some(key_index) =
+            verify::matching_key(&policy.scheme, &pending.extracted, &policy.keys, body)
+        else {
+            return Err(fail(Reason::InvalidSignature, None));
+        };
+        if let Some(ts) = &pending.extracted.timestamp {
+            if let Err(skew) = verify::check_window(ts.ms, host.now_ms(), policy.tolerance_ms) {
+                let detail = match skew {
+                    Skew::Stale => "stale",
+                    Skew::Future => "future",
+                };
+                return Err(fail(Reason::TimestampOutOfWindow, Some(detail)));
+            }
+        }
+        host.increment(policy.counter_base.saturating_add(stats::ACCEPTED));
+        if key_index > 0 {
+            host.increment(
+                policy
+                    .counter_base
+                    .saturating_add(stats::ACCEPTED_SECONDARY_SECRET),
+            );
+        }
+        Ok(Accepted {
+            policy: pending.policy,
+            key_index,
+        })
+    }
+
+    fn reject(
+        &self,
+        host: &dyn Host,
+        policy_index: usize,
+        reason: Reason,
+        detail: Option<&str>,
+        info: &RequestInfo,
+        delivery_id: Option<&str>,
+    ) -> Rejection {
+        let Some(policy) = self.policies.get(policy_index) else {
+            return self.reject_unknown(host);
+        };
+        let status = policy.status(reason);
+        host.increment(policy.counter_base.saturating_add(stats::REJECTED));
+        host.increment(
+            policy
+                .counter_base
+                .saturating_add(stats::reason_offset(reason)),
+        );
+        log_rejection(
+            host,
+            Some(&policy.name),
+            reason,
+            status,
+            detail,
+            info.route_name.as_deref(),
+            &info.path,
+            delivery_id,
+        );
+        Rejection {
+            status,
+            reason,
+            body: reply_body(reason, Some(&policy.name)),
+        }
+    }
+
+    fn reject_unknown(&self, host: &dyn Host) -> Rejection {
+        host.log(
+            Level::Error,
+            "webhook-guard: request refers to an unknown policy",
+        );
+        let reason = Reason::SecretUnavailable;
+        Rejection {
+            status: reason.default_status(),
+            reason,
+            body: reply_body(reason, None),
+        }
+    }
+}
+
+fn reply_body(reason: Reason, policy: Option<&str>) -> String {
+    json!({"error": reason.code(), "policy": policy}).to_string()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn log_rejection(
+    host: &dyn Host,
+    policy: Option<&str>,
+    reason: Reason,
+    status: u16,
+    detail: Option<&str>,
+    route: Option<&str>,
+    path: &str,
+    delivery_id: Option<&str>,
+) {
+    let line = json!({
+        "event": "webhook_rejected",
+        "policy": policy,
+        "reason": reason.code(),
+        "status": status,
+        "detail": detail,
+        "route": route,
+        "path": loggable(path.as_bytes()),
+        "delivery_id": delivery_id,
+    });
+    host.log(Level::Info, &line.to_string());
+}
+
+/// Request-controlled text for a log line: bounded, lossily decoded (serde escapes it).
+fn loggable(value: &[u8]) -> String {
+    let cut = value.get(..MAX_LOGGED_VALUE).unwrap_or(value);
+    String::from_utf8_lossy(cut).into_owned()
+}
+
+/// The delivery id carried in a JSON body (Stripe's `id`), for log lines only.
+fn body_delivery_id(scheme: &Scheme, body: &[u8]) -> Option<String> {
+    let Some(DeliveryId::JsonField(field)) = &scheme.delivery_id else {
+        return None;
+    };
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value.get(field)?.as_str().map(|s| loggable(s.as_bytes()))
+}

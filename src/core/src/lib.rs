@@ -1,0 +1,23 @@
+//! webhook-guard core: verification, time window and policy selection as plain Rust.
+//! No proxy-wasm calls here; the host is reached through `host::Host`.
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod compile;
+pub mod config;
+pub mod guard;
+pub mod host;
+pub mod memhost;
+pub mod policy;
+pub mod presets;
+pub mod reason;
+pub mod scheme;
+pub mod stats;
+pub mod template;
+pub mod verify;
+
+pub use compile::{compile, ConfigError};
+pub use guard::{Accepted, Guard, Pending, Rejection, RequestInfo, Route};
+pub use host::{Host, Level};
+pub use policy::RouteInfo;
+pub use reason::Reason;

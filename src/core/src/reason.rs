@@ -1,0 +1,120 @@
+//! Stable reason codes. A code is part of our public interface (reply bodies, stats, logs,
+//! access logs): never rename one once shipped; add new ones instead.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    MissingSignature,
+    MissingTimestamp,
+    MissingHeader,
+    MalformedSignature,
+    MalformedTimestamp,
+    InvalidSignature,
+    TimestampOutOfWindow,
+    BodyTooLarge,
+    SecretUnavailable,
+    NoMatchingPolicy,
+}
+
+impl Reason {
+    /// Every reason, in a fixed order (used to pre-define one counter per reason).
+    pub const ALL: [Reason; 10] = [
+        Reason::MissingSignature,
+        Reason::MissingTimestamp,
+        Reason::MissingHeader,
+        Reason::MalformedSignature,
+        Reason::MalformedTimestamp,
+        Reason::InvalidSignature,
+        Reason::TimestampOutOfWindow,
+        Reason::BodyTooLarge,
+        Reason::SecretUnavailable,
+        Reason::NoMatchingPolicy,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::MissingSignature => "missing_signature",
+            Reason::MissingTimestamp => "missing_timestamp",
+            Reason::MissingHeader => "missing_header",
+            Reason::MalformedSignature => "malformed_signature",
+            Reason::MalformedTimestamp => "malformed_timestamp",
+            Reason::InvalidSignature => "invalid_signature",
+            Reason::TimestampOutOfWindow => "timestamp_out_of_window",
+            Reason::BodyTooLarge => "body_too_large",
+            Reason::SecretUnavailable => "secret_unavailable",
+            Reason::NoMatchingPolicy => "no_matching_policy",
+        }
+    }
+
+    pub fn default_status(self) -> u16 {
+        match self {
+            Reason::MissingSignature
+            | Reason::MissingTimestamp
+            | Reason::MissingHeader
+            | Reason::MalformedSignature
+            | Reason::MalformedTimestamp => 400,
+            Reason::InvalidSignature | Reason::TimestampOutOfWindow => 401,
+            Reason::NoMatchingPolicy => 403,
+            Reason::BodyTooLarge => 413,
+            Reason::SecretUnavailable => 503,
+        }
+    }
+
+    /// Index into per-reason tables (`ALL[r.index()] == r`).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn from_code(code: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// One-line human explanation, kept apart from the stable code.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Reason::MissingSignature => "the signature header is absent",
+            Reason::MissingTimestamp => "the timestamp the scheme signs is absent",
+            Reason::MissingHeader => "a header the scheme signs is absent",
+            Reason::MalformedSignature => "the signature header cannot be parsed",
+            Reason::MalformedTimestamp => "the timestamp is not a canonical integer",
+            Reason::InvalidSignature => "no signature matches any configured secret",
+            Reason::TimestampOutOfWindow => {
+                "the signed timestamp is too old or too far in the future"
+            }
+            Reason::BodyTooLarge => "the body exceeds the policy's max_body_bytes",
+            Reason::SecretUnavailable => "no configured secret could be loaded (fail closed)",
+            Reason::NoMatchingPolicy => "no policy matches and the default is deny",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_indexed_in_order_and_codes_round_trip() {
+        for (i, r) in Reason::ALL.into_iter().enumerate() {
+            assert_eq!(r.index(), i);
+            assert_eq!(Reason::from_code(r.code()), Some(r));
+        }
+        assert_eq!(Reason::from_code("nope"), None);
+    }
+
+    #[test]
+    fn default_statuses_match_the_contract() {
+        assert_eq!(Reason::MissingSignature.default_status(), 400);
+        assert_eq!(Reason::MalformedTimestamp.default_status(), 400);
+        assert_eq!(Reason::InvalidSignature.default_status(), 401);
+        assert_eq!(Reason::TimestampOutOfWindow.default_status(), 401);
+        assert_eq!(Reason::BodyTooLarge.default_status(), 413);
+        assert_eq!(Reason::SecretUnavailable.default_status(), 503);
+    }
+}

@@ -1,0 +1,85 @@
+//! A signature scheme as data: where the signature and timestamp are, which bytes are signed,
+//! how the MAC is computed and encoded. Presets and `custom` both compile to a `Scheme`.
+
+use crate::config::{Algorithm, Encoding, KeyEncoding, TimestampUnit};
+use crate::template::Part;
+
+#[derive(Debug, Clone)]
+pub struct Scheme {
+    /// Tried in order: the first whose header is present is the one verified.
+    pub sources: Vec<SigSource>,
+    pub timestamp: Option<TimestampSpec>,
+    pub template: Vec<Part>,
+    pub key_encoding: KeyEncoding,
+    /// Logged as the delivery id (informational; may be unsigned).
+    pub delivery_id: Option<DeliveryId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SigSource {
+    /// Lower-case header names, alternatives for the same value (e.g. Shopify's two spellings).
+    pub headers: Vec<String>,
+    pub format: SigFormat,
+    pub algorithm: Algorithm,
+    pub encoding: Encoding,
+}
+
+#[derive(Debug, Clone)]
+pub enum SigFormat {
+    /// One value: a fixed prefix, then the encoded MAC (GitHub, Slack, Shopify, custom).
+    Single { prefix: String },
+    /// `key=value` items separated by `item_sep`: every `sig_key` item is a candidate and
+    /// `ts_key` carries the signed timestamp (Stripe `t=..,v1=..`).
+    KeyValues {
+        item_sep: char,
+        sig_key: String,
+        ts_key: Option<String>,
+    },
+    /// Space-separated `version,value` entries; only `version` counts (Standard Webhooks).
+    Versioned { version: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct TimestampSpec {
+    pub source: TimestampSource,
+    pub unit: TimestampUnit,
+}
+
+#[derive(Debug, Clone)]
+pub enum TimestampSource {
+    Header(String),
+    /// The `ts_key` item of a `KeyValues` signature header.
+    SignatureParam,
+}
+
+#[derive(Debug, Clone)]
+pub enum DeliveryId {
+    Header(String),
+    /// Top-level string field of a JSON body (e.g. Stripe's event `id`).
+    JsonField(String),
+}
+
+impl Algorithm {
+    pub fn mac_len(self) -> usize {
+        match self {
+            Algorithm::HmacSha1 => 20,
+            Algorithm::HmacSha256 => 32,
+            Algorithm::HmacSha512 => 64,
+        }
+    }
+}
+
+impl KeyEncoding {
+    /// Turns secret text into key bytes; `None` when the text is not valid for the encoding.
+    pub fn decode(self, secret: &str) -> Option<Vec<u8>> {
+        let bytes = match self {
+            KeyEncoding::Utf8 => secret.as_bytes().to_vec(),
+            KeyEncoding::Base64 => crate::codec::base64_decode(secret.as_bytes())?,
+            KeyEncoding::Whsec => {
+                let rest = secret.strip_prefix("whsec_").unwrap_or(secret);
+                crate::codec::base64_decode(rest.as_bytes())?
+            }
+        };
+        (!bytes.is_empty()).then_some(bytes)
+    }
+}

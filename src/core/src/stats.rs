@@ -1,0 +1,64 @@
+//! Counter names. All are defined once at configure time (bounded by the policy list),
+//! never per request. Envoy shows them as `wasmcustom.<name>`.
+
+use crate::reason::Reason;
+
+pub const PREFIX: &str = "webhook_guard";
+
+pub const UNMATCHED_PASSED: usize = 0;
+pub const UNMATCHED_DENIED: usize = 1;
+
+pub fn global_counters() -> Vec<String> {
+    vec![
+        format!("{PREFIX}.unmatched.passed"),
+        format!("{PREFIX}.unmatched.denied"),
+    ]
+}
+
+// Offsets inside a policy's block of counters.
+pub const ACCEPTED: usize = 0;
+pub const ACCEPTED_SECONDARY_SECRET: usize = 1;
+pub const REJECTED: usize = 2;
+const FIRST_REASON: usize = 3;
+
+/// Reasons a policy can produce (`no_matching_policy` has no policy).
+pub fn policy_reasons() -> impl Iterator<Item = Reason> {
+    Reason::ALL
+        .into_iter()
+        .filter(|r| *r != Reason::NoMatchingPolicy)
+}
+
+pub fn reason_offset(reason: Reason) -> usize {
+    FIRST_REASON.saturating_add(reason.index())
+}
+
+pub fn policy_counters(policy: &str) -> Vec<String> {
+    let base = format!("{PREFIX}.policy.{policy}");
+    let mut names = vec![
+        format!("{base}.accepted"),
+        format!("{base}.accepted_secondary_secret"),
+        format!("{base}.rejected"),
+    ];
+    // One slot per reason index keeps offsets trivial; the `no_matching_policy` slot is the
+    // last one and is simply never defined.
+    names.extend(policy_reasons().map(|r| format!("{base}.reason.{}", r.code())));
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_offsets_line_up_with_names() {
+        let names = policy_counters("p");
+        for r in policy_reasons() {
+            assert_eq!(
+                names[reason_offset(r)],
+                format!("webhook_guard.policy.p.reason.{}", r.code())
+            );
+        }
+        assert_eq!(names[ACCEPTED], "webhook_guard.policy.p.accepted");
+        assert_eq!(names[REJECTED], "webhook_guard.policy.p.rejected");
+    }
+}

@@ -1,0 +1,300 @@
+//! Signature verification: pull the signed material out of the headers (before the body
+//! arrives), then MAC the template over the raw body and compare in constant time.
+
+use hmac::{Hmac, KeyInit, Mac};
+use subtle::ConstantTimeEq;
+
+use crate::codec::decode_mac;
+use crate::config::{Algorithm, TimestampUnit};
+use crate::reason::Reason;
+use crate::scheme::{Scheme, SigFormat, SigSource, TimestampSource};
+use crate::template::Part;
+
+/// Longest signature header we parse; real ones are well under 1 KiB even with rotation.
+pub const MAX_SIGNATURE_HEADER_BYTES: usize = 4096;
+/// Most candidate signatures we compare against (rotation needs 2-3).
+pub const MAX_CANDIDATES: usize = 8;
+/// Longest timestamp we parse (u64 milliseconds fit in 20 digits).
+const MAX_TIMESTAMP_DIGITS: usize = 19;
+
+/// Request headers as the proxy hands them over: names (any case) and raw value bytes.
+pub type HeaderList = [(String, Vec<u8>)];
+
+pub enum Lookup<'a> {
+    Absent,
+    One(&'a [u8]),
+    /// The same header more than once: ambiguous, never guessed at.
+    Many,
+}
+
+pub fn lookup<'a>(headers: &'a HeaderList, name: &str) -> Lookup<'a> {
+    let mut found = Lookup::Absent;
+    for (n, v) in headers {
+        if n.eq_ignore_ascii_case(name) {
+            if let Lookup::One(_) = found {
+                return Lookup::Many;
+            }
+            found = Lookup::One(v.as_slice());
+        }
+    }
+    found
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timestamp {
+    /// Exactly as received: the scheme signs these bytes.
+    pub raw: Vec<u8>,
+    pub ms: u64,
+}
+
+/// Everything needed from the headers, owned so it outlives the headers callback.
+#[derive(Debug, Clone)]
+pub struct Extracted {
+    pub source: usize,
+    pub candidates: Vec<Vec<u8>>,
+    pub timestamp: Option<Timestamp>,
+    /// Values of the template's `{header:..}` parts, in template order.
+    pub signed_headers: Vec<Vec<u8>>,
+    pub method: Vec<u8>,
+    pub path: Vec<u8>,
+}
+
+pub fn extract(
+    scheme: &Scheme,
+    headers: &HeaderList,
+    method: &[u8],
+    path: &[u8],
+) -> Result<Extracted, Reason> {
+    let (source_index, source, sig_value) = find_signature(scheme, headers)?;
+    let (candidates, ts_param) = parse_candidates(source, sig_value)?;
+
+    let timestamp = match &scheme.timestamp {
+        None => None,
+        Some(spec) => {
+            let raw = match &spec.source {
+                TimestampSource::SignatureParam => ts_param.ok_or(Reason::MissingTimestamp)?,
+                TimestampSource::Header(name) => match lookup(headers, name) {
+                    Lookup::Absent => return Err(Reason::MissingTimestamp),
+                    Lookup::Many => return Err(Reason::MalformedTimestamp),
+                    Lookup::One(v) => v.to_vec(),
+                },
+            };
+            let ms = parse_timestamp(&raw, spec.unit).ok_or(Reason::MalformedTimestamp)?;
+            Some(Timestamp { raw, ms })
+        }
+    };
+
+    let mut signed_headers = Vec::new();
+    for part in &scheme.template {
+        if let Part::Header(name) = part {
+            match lookup(headers, name) {
+                Lookup::Absent => return Err(Reason::MissingHeader),
+                Lookup::Many => return Err(Reason::MalformedSignature),
+                Lookup::One(v) => signed_headers.push(v.to_vec()),
+            }
+        }
+    }
+
+    Ok(Extracted {
+        source: source_index,
+        candidates,
+        timestamp,
+        signed_headers,
+        method: method.to_vec(),
+        path: path.to_vec(),
+    })
+}
+
+fn find_signature<'s, 'h>(
+    scheme: &'s Scheme,
+    headers: &'h HeaderList,
+) -> Result<(usize, &'s SigSource, &'h [u8]), Reason> {
+    for (i, source) in scheme.sources.iter().enumerate() {
+        for name in &source.headers {
+            match lookup(headers, name) {
+                Lookup::Absent => {}
+                Lookup::Many => return Err(Reason::MalformedSignature),
+                Lookup::One(v) => return Ok((i, source, v)),
+            }
+        }
+    }
+    Err(Reason::MissingSignature)
+}
+
+type Candidates = (Vec<Vec<u8>>, Option<Vec<u8>>);
+
+/// Decoded candidate MACs, plus the timestamp item for `KeyValues` formats.
+pub fn parse_candidates(source: &SigSource, value: &[u8]) -> Result<Candidates, Reason> {
+    if value.len() > MAX_SIGNATURE_HEADER_BYTES {
+        return Err(Reason::MalformedSignature);
+    }
+    let len = source.algorithm.mac_len();
+    match &source.format {
+        SigFormat::Single { prefix } => {
+            let encoded = value
+                .strip_prefix(prefix.as_bytes())
+                .ok_or(Reason::MalformedSignature)?;
+            let mac =
+                decode_mac(source.encoding, encoded, len).ok_or(Reason::MalformedSignature)?;
+            Ok((vec![mac], None))
+        }
+        SigFormat::KeyValues {
+            item_sep,
+            sig_key,
+            ts_key,
+        } => {
+            let mut candidates = Vec::new();
+            let mut seen = 0usize;
+            let mut ts = None;
+            let mut sep = [0u8; 4];
+            let sep = item_sep.encode_utf8(&mut sep).as_bytes();
+            for item in split_bytes(value, sep) {
+                let item = item.trim_ascii();
+                if item.is_empty() {
+                    continue;
+                }
+                let (k, v) = split_once(item, b"=").ok_or(Reason::MalformedSignature)?;
+                if ts_key.as_deref().is_some_and(|t| t.as_bytes() == k) {
+                    if ts.replace(v.to_vec()).is_some() {
+                        return Err(Reason::MalformedSignature);
+                    }
+                } else if k == sig_key.as_bytes() {
+                    seen = seen.saturating_add(1);
+                    if seen > MAX_CANDIDATES {
+                        return Err(Reason::MalformedSignature);
+                    }
+                    candidates.extend(decode_mac(source.encoding, v, len));
+                }
+            }
+            if candidates.is_empty() {
+                return Err(Reason::MalformedSignature);
+            }
+            Ok((candidates, ts))
+        }
+        SigFormat::Versioned { version } => {
+            let mut candidates = Vec::new();
+            let mut seen = 0usize;
+            for entry in split_bytes(value, b" ") {
+                let Some((v, sig)) = split_once(entry, b",") else {
+                    continue;
+                };
+                if v == version.as_bytes() {
+                    seen = seen.saturating_add(1);
+                    if seen > MAX_CANDIDATES {
+                        return Err(Reason::MalformedSignature);
+                    }
+                    candidates.extend(decode_mac(source.encoding, sig, len));
+                }
+            }
+            if candidates.is_empty() {
+                return Err(Reason::MalformedSignature);
+            }
+            Ok((candidates, None))
+        }
+    }
+}
+
+fn split_bytes<'a>(value: &'a [u8], sep: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let mut rest = Some(value);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match split_once(current, sep) {
+            Some((head, tail)) => {
+                rest = Some(tail);
+                Some(head)
+            }
+            None => {
+                rest = None;
+                Some(current)
+            }
+        }
+    })
+}
+
+fn split_once<'a>(value: &'a [u8], sep: &[u8]) -> Option<(&'a [u8], &'a [u8])> {
+    let at = value.windows(sep.len()).position(|w| w == sep)?;
+    Some((value.get(..at)?, value.get(at.checked_add(sep.len())?..)?))
+}
+
+/// Canonical non-negative decimal only: no sign, no spaces, no leading zeros.
+pub fn parse_timestamp(raw: &[u8], unit: TimestampUnit) -> Option<u64> {
+    if raw.is_empty() || raw.len() > MAX_TIMESTAMP_DIGITS || !raw.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    if raw.len() > 1 && raw.first() == Some(&b'0') {
+        return None;
+    }
+    let value: u64 = std::str::from_utf8(raw).ok()?.parse().ok()?;
+    match unit {
+        TimestampUnit::Seconds => value.checked_mul(1000),
+        TimestampUnit::Milliseconds => Some(value),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skew {
+    Stale,
+    Future,
+}
+
+/// Two-sided window: `|now - ts| <= tolerance`.
+pub fn check_window(ts_ms: u64, now_ms: u64, tolerance_ms: u64) -> Result<(), Skew> {
+    if now_ms.abs_diff(ts_ms) <= tolerance_ms {
+        Ok(())
+    } else if ts_ms < now_ms {
+        Err(Skew::Stale)
+    } else {
+        Err(Skew::Future)
+    }
+}
+
+/// The bytes the scheme signs, as slices in order (fed to the MAC without concatenating).
+pub fn signed_parts<'a>(scheme: &'a Scheme, ex: &'a Extracted, body: &'a [u8]) -> Vec<&'a [u8]> {
+    let mut headers = ex.signed_headers.iter();
+    scheme
+        .template
+        .iter()
+        .map(|part| match part {
+            Part::Literal(l) => l.as_slice(),
+            Part::Body => body,
+            Part::Timestamp => ex.timestamp.as_ref().map_or(&[][..], |t| t.raw.as_slice()),
+            Part::Header(_) => headers.next().map_or(&[][..], Vec::as_slice),
+            Part::Method => ex.method.as_slice(),
+            Part::Path => ex.path.as_slice(),
+        })
+        .collect()
+}
+
+pub fn compute_mac(algorithm: Algorithm, key: &[u8], parts: &[&[u8]]) -> Option<Vec<u8>> {
+    fn run<M: Mac + KeyInit>(key: &[u8], parts: &[&[u8]]) -> Option<Vec<u8>> {
+        let mut mac = <M as KeyInit>::new_from_slice(key).ok()?;
+        for p in parts {
+            mac.update(p);
+        }
+        Some(mac.finalize().into_bytes().to_vec())
+    }
+    match algorithm {
+        Algorithm::HmacSha1 => run::<Hmac<sha1::Sha1>>(key, parts),
+        Algorithm::HmacSha256 => run::<Hmac<sha2::Sha256>>(key, parts),
+        Algorithm::HmacSha512 => run::<Hmac<sha2::Sha512>>(key, parts),
+    }
+}
+
+/// Index of the first key whose MAC equals any candidate, compared in constant time.
+pub fn matching_key(
+    scheme: &Scheme,
+    ex: &Extracted,
+    keys: &[Vec<u8>],
+    body: &[u8],
+) -> Option<usize> {
+    let algorithm = scheme.sources.get(ex.source)?.algorithm;
+    let parts = signed_parts(scheme, ex, body);
+    keys.iter().position(|key| {
+        compute_mac(algorithm, key, &parts).is_some_and(|mac| {
+            ex.candidates
+                .iter()
+                .fold(subtle::Choice::from(0), |acc, c| acc | mac.ct_eq(c))
+                .into()
+        })
+    })
+}

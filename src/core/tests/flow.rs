@@ -1,0 +1,385 @@
+//! The request flow and the config validator, through the public API the glue uses.
+
+use serde_json::{json, Value};
+use webhook_guard_core::memhost::MemHost;
+use webhook_guard_core::verify::compute_mac;
+use webhook_guard_core::{
+    compile, config::Algorithm, Guard, Level, Reason, Rejection, RequestInfo, Route, RouteInfo,
+};
+
+const NOW: u64 = 1_700_000_000;
+
+fn guard(policies: Value, env: &[(&str, &str)]) -> Guard {
+    let doc = json!({"policies": policies}).to_string();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    compile(doc.as_bytes(), &move |name| {
+        env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    })
+    .unwrap()
+}
+
+fn github(secrets: Value) -> Value {
+    json!([{"name": "gh", "match": {"path_prefix": "/gh"}, "provider": "github", "secrets": secrets}])
+}
+
+fn gh_sig(secret: &str, body: &[u8]) -> Vec<u8> {
+    format!(
+        "sha256={}",
+        hex::encode(compute_mac(Algorithm::HmacSha256, secret.as_bytes(), &[body]).unwrap())
+    )
+    .into_bytes()
+}
+
+fn headers(list: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
+    list.iter()
+        .map(|(k, v)| (k.to_string(), v.to_vec()))
+        .collect()
+}
+
+fn info(path: &str) -> RequestInfo {
+    RequestInfo {
+        route_name: Some("r1".into()),
+        method: "POST".into(),
+        path: path.into(),
+    }
+}
+
+fn send(
+    g: &Guard,
+    host: &MemHost,
+    path: &str,
+    hs: &[(String, Vec<u8>)],
+    body: &[u8],
+) -> Result<usize, Rejection> {
+    let p = match g.route(
+        host,
+        &RouteInfo {
+            route_name: Some("r1"),
+            authority: "h",
+            path,
+        },
+    ) {
+        Route::Verify(p) => p,
+        Route::Reject(r) => return Err(r),
+        Route::Pass => return Ok(usize::MAX),
+    };
+    let pending = g.begin(host, p, info(path), hs)?;
+    g.finish(host, &pending, body).map(|a| a.key_index)
+}
+
+#[test]
+fn rotation_accepts_any_listed_secret_and_counts_the_secondary() {
+    let g = guard(
+        github(json!([{"env": "NEW"}, {"inline": "old-secret"}])),
+        &[("NEW", "new-secret")],
+    );
+    let host = MemHost::new(g.counter_names(), NOW * 1000);
+    let hs = headers(&[("x-hub-signature-256", &gh_sig("old-secret", b"x"))]);
+    assert_eq!(send(&g, &host, "/gh", &hs, b"x"), Ok(1));
+    let hs = headers(&[("X-Hub-Signature-256", &gh_sig("new-secret", b"x"))]);
+    assert_eq!(send(&g, &host, "/gh", &hs, b"x"), Ok(0));
+    assert_eq!(host.count("webhook_guard.policy.gh.accepted"), 2);
+    assert_eq!(
+        host.count("webhook_guard.policy.gh.accepted_secondary_secret"),
+        1
+    );
+}
+
+#[test]
+fn missing_env_secret_fails_closed_with_503_and_a_warning() {
+    let g = guard(github(json!([{"env": "UNSET"}])), &[]);
+    assert!(g
+        .notices()
+        .iter()
+        .any(|(l, m)| *l == Level::Warn && m.contains("UNSET")));
+    let host = MemHost::new(g.counter_names(), NOW * 1000);
+    let hs = headers(&[("x-hub-signature-256", &gh_sig("", b"x"))]);
+    let r = send(&g, &host, "/gh", &hs, b"x").unwrap_err();
+    assert_eq!((r.status, r.reason), (503, Reason::SecretUnavailable));
+    assert_eq!(r.body, r#"{"error":"secret_unavailable","policy":"gh"}"#);
+    assert_eq!(
+        host.count("webhook_guard.policy.gh.reason.secret_unavailable"),
+        1
+    );
+}
+
+#[test]
+fn an_unset_rotation_slot_is_only_informational() {
+    let g = guard(github(json!([{"inline": "s"}, {"env": "PREVIOUS"}])), &[]);
+    assert!(g.notices().iter().all(|(l, _)| *l == Level::Info));
+    assert_eq!(g.notices().len(), 1);
+}
+
+#[test]
+fn declared_or_streamed_bodies_over_the_limit_get_413() {
+    let g = guard(
+        json!([{"name": "gh", "match": {"path_prefix": "/gh"}, "provider": "github",
+                "secrets": [{"inline": "s"}], "max_body_bytes": 10}]),
+        &[],
+    );
+    let host = MemHost::new(g.counter_names(), NOW * 1000);
+    let sig = gh_sig("s", b"0123456789A");
+    let hs = headers(&[("x-hub-signature-256", &sig), ("content-length", b"11")]);
+    let r = g.begin(&host, 0, info("/gh"), &hs).unwrap_err();
+    assert_eq!((r.status, r.reason), (413, Reason::BodyTooLarge));
+    // Chunked: no content-length, the size check fires while buffering.
+    let hs = headers(&[("x-hub-signature-256", &sig)]);
+    let pending = g.begin(&host, 0, info("/gh"), &hs).unwrap();
+    assert!(g.check_body_size(&host, &pending, 10).is_ok());
+    assert_eq!(
+        g.check_body_size(&host, &pending, 11).unwrap_err().reason,
+        Reason::BodyTooLarge
+    );
+    assert_eq!(
+        g.finish(&host, &pending, b"0123456789A")
+            .unwrap_err()
+            .status,
+        413
+    );
+    // Exactly at the limit is fine.
+    let sig = gh_sig("s", b"0123456789");
+    let hs = headers(&[("x-hub-signature-256", &sig), ("content-length", b"10")]);
+    let pending = g.begin(&host, 0, info("/gh"), &hs).unwrap();
+    assert!(g.finish(&host, &pending, b"0123456789").is_ok());
+}
+
+#[test]
+fn status_overrides_apply_per_policy() {
+    let g = guard(
+        json!([{"name": "gh", "match": {"path_prefix": "/gh"}, "provider": "github",
+                "secrets": [{"inline": "s"}], "status_overrides": {"invalid_signature": 403, "missing_signature": 401}}]),
+        &[],
+    );
+    let host = MemHost::new(g.counter_names(), NOW * 1000);
+    let r = send(
+        &g,
+        &host,
+        "/gh",
+        &headers(&[("x-hub-signature-256", &gh_sig("x", b"b"))]),
+        b"b",
+    )
+    .unwrap_err();
+    assert_eq!((r.status, r.reason), (403, Reason::InvalidSignature));
+    let r = send(&g, &host, "/gh", &[], b"b").unwrap_err();
+    assert_eq!(r.status, 401);
+}
+
+#[test]
+fn unmatched_requests_pass_by_default_and_are_denied_when_configured() {
+    let g = guard(github(json!([{"inline": "s"}])), &[]);
+    let host = MemHost::new(g.counter_names(), NOW * 1000);
+    assert_eq!(send(&g, &host, "/other", &[], b""), Ok(usize::MAX));
+    assert_eq!(host.count("webhook_guard.unmatched.passed"), 1);
+
+    let doc = json!({"default": "deny", "policies": github(json!([{"inline": "s"}]))}).to_string();
+    let g = compile(doc.as_bytes(), &|_| None).unwrap();
+    let host = MemHost::new(g.counter_names(), NOW * 1000);
+    let r = send(&g, &host, "/other", &[], b"").unwrap_err();
+    assert_eq!((r.status, r.reason), (403, Reason::NoMatchingPolicy));
+    assert_eq!(r.body, r#"{"error":"no_matching_policy","policy":null}"#);
+    assert_eq!(host.count("webhook_guard.unmatched.denied"), 1);
+}
+
+#[test]
+fn first_matching_policy_wins() {
+    let g = guard(
+        json!([
+            {"name": "a", "match": {"route_name": "r1", "path_prefix": "/x"}, "provider": "github", "secrets": [{"inline": "a"}]},
+            {"name": "b", "match": {"path_prefix": "/"}, "provider": "github", "secrets": [{"inline": "b"}]},
+        ]),
+        &[],
+    );
+    let host = MemHost::new(g.counter_names(), NOW * 1000);
+    let r = |path| {
+        g.route(
+            &host,
+            &RouteInfo {
+                route_name: Some("r1"),
+                authority: "h",
+                path,
+            },
+        )
+    };
+    assert!(matches!(r("/x/1"), Route::Verify(0)));
+    assert!(matches!(r("/y"), Route::Verify(1)));
+}
+
+#[test]
+fn rejection_log_is_one_json_line_with_ids_and_never_the_secret() {
+    let secret = "super-secret-value";
+    let g = guard(
+        json!([{"name": "std", "match": {"path_prefix": "/"}, "provider": "standard-webhooks",
+                "secrets": [{"inline": "whsec_c3VwZXItc2VjcmV0LXZhbHVl"}]}]),
+        &[],
+    );
+    let host = MemHost::new(g.counter_names(), NOW * 1000);
+    let hs = headers(&[
+        ("webhook-id", b"msg_123"),
+        ("webhook-timestamp", NOW.to_string().as_bytes()),
+        (
+            "webhook-signature",
+            b"v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        ),
+    ]);
+    let r = send(&g, &host, "/webhooks/standard?x=\"1\"", &hs, b"{}").unwrap_err();
+    assert_eq!(r.reason, Reason::InvalidSignature);
+    let logs = host.logs();
+    assert_eq!(logs.len(), 1);
+    let line: Value = serde_json::from_str(&logs[0].1).unwrap();
+    assert_eq!(line["event"], "webhook_rejected");
+    assert_eq!(line["policy"], "std");
+    assert_eq!(line["reason"], "invalid_signature");
+    assert_eq!(line["status"], 401);
+    assert_eq!(line["route"], "r1");
+    assert_eq!(line["delivery_id"], "msg_123");
+    assert_eq!(line["path"], "/webhooks/standard?x=\"1\"");
+    assert!(!logs[0].1.contains(secret) && !logs[0].1.contains("c3VwZXItc2VjcmV0LXZhbHVl"));
+    assert!(!r.body.contains("c3VwZXI"));
+}
+
+#[test]
+fn stale_and_future_are_told_apart_in_the_log() {
+    let g = guard(
+        json!([{"name": "sl", "match": {"path_prefix": "/"}, "provider": "slack", "secrets": [{"inline": "k"}],
+                "timestamp_tolerance_seconds": 60}]),
+        &[],
+    );
+    for (ts, detail) in [(NOW - 61, "stale"), (NOW + 61, "future")] {
+        let host = MemHost::new(g.counter_names(), NOW * 1000);
+        let mac = compute_mac(
+            Algorithm::HmacSha256,
+            b"k",
+            &[format!("v0:{ts}:").as_bytes(), b"b"],
+        )
+        .unwrap();
+        let hs = headers(&[
+            (
+                "x-slack-signature",
+                format!("v0={}", hex::encode(mac)).as_bytes(),
+            ),
+            ("x-slack-request-timestamp", ts.to_string().as_bytes()),
+        ]);
+        let r = send(&g, &host, "/s", &hs, b"b").unwrap_err();
+        assert_eq!((r.status, r.reason), (401, Reason::TimestampOutOfWindow));
+        let line: Value = serde_json::from_str(&host.logs()[0].1).unwrap();
+        assert_eq!(line["detail"], detail);
+    }
+}
+
+#[test]
+fn duplicate_signature_headers_are_ambiguous_and_rejected() {
+    let g = guard(github(json!([{"inline": "s"}])), &[]);
+    let host = MemHost::new(g.counter_names(), NOW * 1000);
+    let sig = gh_sig("s", b"b");
+    let hs = headers(&[("x-hub-signature-256", &sig), ("X-Hub-Signature-256", &sig)]);
+    assert_eq!(
+        send(&g, &host, "/gh", &hs, b"b").unwrap_err().reason,
+        Reason::MalformedSignature
+    );
+}
+
+fn config_error(doc: Value) -> String {
+    compile(doc.to_string().as_bytes(), &|_| None)
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let base = || json!({"name": "p", "match": {"path_prefix": "/"}, "provider": "github", "secrets": [{"inline": "s"}]});
+    let with = |k: &str, v: Value| {
+        let mut p = base();
+        p[k] = v;
+        json!({"policies": [p]})
+    };
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"policies": [base()], "extra": 1}),
+            "unknown field `extra`",
+        ),
+        (with("provider", json!("gitlab")), "policies[0].provider"),
+        (with("secret", json!([])), "unknown field `secret`"),
+        (with("secrets", json!([])), "policies[0].secrets"),
+        (
+            with("secrets", json!([{"file": "x"}])),
+            "policies[0].secrets[0]",
+        ),
+        (with("name", json!("Bad.Name")), "policies[0].name"),
+        (with("match", json!({})), "policies[0].match"),
+        (with("match", json!({"path": "/"})), "policies[0].match"),
+        (
+            with("timestamp_tolerance_seconds", json!(0)),
+            "policies[0].timestamp_tolerance_seconds",
+        ),
+        (
+            with("max_body_bytes", json!(-1)),
+            "policies[0].max_body_bytes",
+        ),
+        (
+            with("status_overrides", json!({"bogus": 400})),
+            "policies[0].status_overrides.bogus",
+        ),
+        (
+            with("status_overrides", json!({"invalid_signature": 99})),
+            "policies[0].status_overrides.invalid_signature",
+        ),
+        (with("custom", json!({})), "policies[0].custom"),
+        (json!({"policies": [base(), base()]}), "policies[1].name"),
+        (json!({"policies": []}), "policies"),
+        (json!({"policies": [base()], "default": "maybe"}), "default"),
+        (
+            json!({"policies": [{"name": "c", "match": {"path_prefix": "/"}, "provider": "custom", "secrets": [{"inline": "s"}],
+            "custom": {"signature_header": "X-Sig", "signed_template": "{timestamp}"}}]}),
+            "policies[0].custom.signed_template",
+        ),
+        (
+            json!({"policies": [{"name": "c", "match": {"path_prefix": "/"}, "provider": "custom", "secrets": [{"inline": "s"}],
+            "custom": {"signature_header": "X-Sig", "signed_template": "{timestamp}.{body}"}}]}),
+            "policies[0].custom.timestamp_header",
+        ),
+        (
+            json!({"policies": [{"name": "c", "match": {"path_prefix": "/"}, "provider": "custom", "secrets": [{"inline": "s"}],
+            "custom": {"signature_header": "X-Sig", "signed_template": "{body}", "timestamp_header": "X-Ts"}}]}),
+            "no {timestamp}",
+        ),
+        (
+            json!({"policies": [{"name": "s", "match": {"path_prefix": "/"}, "provider": "standard-webhooks",
+            "secrets": [{"inline": "whsec_!!notbase64"}]}]}),
+            "policies[0].secrets[0]",
+        ),
+        (
+            with("accept_legacy_sha1", json!("yes")),
+            "policies[0].accept_legacy_sha1",
+        ),
+    ];
+    for (doc, want) in cases {
+        let msg = config_error(doc.clone());
+        assert!(
+            msg.contains(want),
+            "{doc}: message {msg:?} should contain {want:?}"
+        );
+        assert!(!msg.contains("notbase64"), "secret text leaked into {msg}");
+    }
+    let mut p = base();
+    p["provider"] = json!("stripe");
+    p["accept_legacy_sha1"] = json!(true);
+    assert!(config_error(json!({"policies": [p]})).contains("accept_legacy_sha1"));
+    assert!(compile(b"not json", &|_| None).is_err());
+}
+
+#[test]
+fn the_shipped_demo_config_compiles() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../envoy/webhook-guard.json"
+    );
+    let g = compile(&std::fs::read(path).unwrap(), &|_| {
+        Some("whsec_c2VjcmV0".into())
+    })
+    .unwrap();
+    assert_eq!(g.policies().len(), 6);
+    assert!(g.notices().is_empty());
+}

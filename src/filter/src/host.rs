@@ -1,0 +1,43 @@
+//! `webhook_guard_core::Host` over proxy-wasm hostcalls.
+
+use std::time::UNIX_EPOCH;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::LogLevel;
+use webhook_guard_core::{Host, Level};
+
+/// Metric ids in the order of `Guard::counter_names()`; `None` where the define failed.
+pub struct WasmHost {
+    pub metrics: Vec<Option<u32>>,
+}
+
+impl Host for WasmHost {
+    fn now_ms(&self) -> u64 {
+        // A host clock failure gives 0, which puts every timestamp out of window: fail closed.
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .and_then(|d| u64::try_from(d.as_millis()).ok())
+            .unwrap_or(0)
+    }
+
+    fn increment(&self, counter: usize) {
+        if let Some(Some(id)) = self.metrics.get(counter) {
+            let _ = hostcalls::increment_metric(*id, 1);
+        }
+    }
+
+    fn log(&self, level: Level, line: &str) {
+        log(level, line);
+    }
+}
+
+pub fn log(level: Level, line: &str) {
+    let level = match level {
+        Level::Debug => LogLevel::Debug,
+        Level::Info => LogLevel::Info,
+        Level::Warn => LogLevel::Warn,
+        Level::Error => LogLevel::Error,
+    };
+    let _ = hostcalls::log(level, line);
+}

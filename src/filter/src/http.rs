@@ -1,0 +1,187 @@
+//! Per-request glue: pause on headers, buffer the body, let the core decide, then either
+//! continue or send the core's local reply.
+
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, BufferType, MapType};
+use webhook_guard_core::{Accepted, Pending, Reason, Rejection, RequestInfo, Route, RouteInfo};
+
+use crate::root::Loaded;
+
+/// Filter-state property read by access logs as `%FILTER_STATE(wasm.webhook_verdict:PLAIN)%`.
+const VERDICT_PROPERTY: &str = "webhook_verdict";
+const POLICY_PROPERTY: &str = "webhook_policy";
+
+enum Phase {
+    /// Not (yet) under a policy.
+    Idle,
+    /// Headers checked, waiting for the end of the body.
+    Buffering { pending: Pending, buffered: usize },
+    /// A verdict was reached; later callbacks pass through.
+    Decided,
+}
+
+pub struct Http {
+    loaded: Option<Rc<Loaded>>,
+    phase: Phase,
+}
+
+impl Http {
+    pub fn new(loaded: Option<Rc<Loaded>>) -> Http {
+        Http {
+            loaded,
+            phase: Phase::Idle,
+        }
+    }
+
+    fn respond(&mut self, rejection: &Rejection) -> Action {
+        self.phase = Phase::Decided;
+        set_property(VERDICT_PROPERTY, rejection.reason.code());
+        let _ = hostcalls::send_http_response(
+            u32::from(rejection.status),
+            vec![("content-type", "application/json")],
+            Some(rejection.body.as_bytes()),
+        );
+        Action::Pause
+    }
+
+    fn finish(&mut self, loaded: &Loaded, pending: &Pending, body: &[u8]) -> Action {
+        match loaded.guard.finish(&loaded.host, pending, body) {
+            Ok(Accepted { .. }) => {
+                self.phase = Phase::Decided;
+                set_property(VERDICT_PROPERTY, "accepted");
+                Action::Continue
+            }
+            Err(r) => self.respond(&r),
+        }
+    }
+
+    fn finish_buffered(&mut self) -> Action {
+        let Some(loaded) = self.loaded.clone() else {
+            return Action::Continue;
+        };
+        let Phase::Buffering { pending, buffered } =
+            std::mem::replace(&mut self.phase, Phase::Decided)
+        else {
+            return Action::Continue;
+        };
+        let body = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, buffered) {
+            Ok(b) => b.unwrap_or_default(),
+            // The body is gone: nothing can be verified, so nothing passes.
+            Err(_) => return self.respond(&unverifiable()),
+        };
+        self.finish(&loaded, &pending, &body)
+    }
+}
+
+/// Fail-closed reply for states that should not happen (no config, body unreadable).
+fn unverifiable() -> Rejection {
+    let reason = Reason::SecretUnavailable;
+    Rejection {
+        status: reason.default_status(),
+        reason,
+        body: format!(r#"{{"error":"{}","policy":null}}"#, reason.code()),
+    }
+}
+
+fn set_property(name: &str, value: &str) {
+    let _ = hostcalls::set_property(vec![name], Some(value.as_bytes()));
+}
+
+fn text(bytes: Option<&[u8]>) -> String {
+    bytes
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default()
+}
+
+impl Context for Http {}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(loaded) = self.loaded.clone() else {
+            return self.respond(&unverifiable());
+        };
+        let headers: Vec<(String, Vec<u8>)> =
+            hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        let pseudo = |name: &str| {
+            text(
+                headers
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_slice()),
+            )
+        };
+        let (path, authority, method) = (pseudo(":path"), pseudo(":authority"), pseudo(":method"));
+        let route_name = hostcalls::get_property(vec!["xds", "route_name"])
+            .ok()
+            .flatten()
+            .map(|b| text(Some(&b)));
+        let route = loaded.guard.route(
+            &loaded.host,
+            &RouteInfo {
+                route_name: route_name.as_deref(),
+                authority: &authority,
+                path: &path,
+            },
+        );
+        let policy = match route {
+            Route::Pass => {
+                self.phase = Phase::Decided;
+                set_property(VERDICT_PROPERTY, "unmatched");
+                return Action::Continue;
+            }
+            Route::Reject(r) => return self.respond(&r),
+            Route::Verify(i) => i,
+        };
+        if let Some(p) = loaded.guard.policy(policy) {
+            set_property(POLICY_PROPERTY, &p.name);
+        }
+        let info = RequestInfo {
+            route_name,
+            method,
+            path,
+        };
+        match loaded.guard.begin(&loaded.host, policy, info, &headers) {
+            Err(r) => self.respond(&r),
+            Ok(pending) if end_of_stream => self.finish(&loaded, &pending, &[]),
+            Ok(pending) => {
+                // Hold the headers until the whole body is verified (needs the plugin's
+                // allow_on_headers_stop_iteration: true on Envoy >= 1.35).
+                self.phase = Phase::Buffering {
+                    pending,
+                    buffered: 0,
+                };
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(loaded) = self.loaded.clone() else {
+            return Action::Continue;
+        };
+        let Phase::Buffering { pending, buffered } = &mut self.phase else {
+            return Action::Continue;
+        };
+        *buffered = body_size;
+        if let Err(r) = loaded
+            .guard
+            .check_body_size(&loaded.host, pending, body_size)
+        {
+            return self.respond(&r);
+        }
+        if end_of_stream {
+            self.finish_buffered()
+        } else {
+            // Pause here means StopIterationAndBuffer: Envoy keeps accumulating the body.
+            Action::Pause
+        }
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // HTTP/2 requests with trailers never see end_of_stream on a body chunk.
+        self.finish_buffered()
+    }
+}

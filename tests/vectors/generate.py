@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Writes providers.json: known-answer vectors shared by the Rust tests and the e2e suite.
+
+Official vectors are copied from the providers' docs/SDK tests (provenance says which);
+the others are signed here with Python's hmac, independently of our Rust code.
+Run: python3 tests/vectors/generate.py  (output is committed; re-run only to add vectors)
+"""
+import base64
+import hashlib
+import hmac
+import json
+import pathlib
+
+OUT = pathlib.Path(__file__).with_name("providers.json")
+vectors = []
+
+
+def add(name, provider, provenance, secret, headers, body, verify_at, expect, **extra):
+    v = {
+        "name": name,
+        "provider": provider,
+        "provenance": provenance,
+        "secret": secret,
+        "headers": headers,
+        "verify_at": verify_at,
+        "expect": expect,
+    }
+    if isinstance(body, bytes):
+        v["body_hex"] = body.hex()
+    else:
+        v["body"] = body
+    v.update(extra)
+    vectors.append(v)
+
+
+def hx(key, msg, algo=hashlib.sha256):
+    return hmac.new(key, msg, algo).hexdigest()
+
+
+def b64(key, msg, algo=hashlib.sha256):
+    return base64.b64encode(hmac.new(key, msg, algo).digest()).decode()
+
+
+# --- GitHub: official docs example ("Testing the webhook payload validation").
+GH_SECRET = "It's a Secret to Everybody"
+GH_SIG = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+add("github official example", "github", "official-docs", GH_SECRET,
+    {"X-Hub-Signature-256": GH_SIG}, "Hello, World!", None, "accepted")
+add("github tampered body", "github", "derived-negative", GH_SECRET,
+    {"X-Hub-Signature-256": GH_SIG}, "Hello, World?", None, "invalid_signature")
+add("github wrong secret", "github", "derived-negative", "not the secret",
+    {"X-Hub-Signature-256": GH_SIG}, "Hello, World!", None, "invalid_signature")
+add("github missing header", "github", "derived-negative", GH_SECRET, {}, "Hello, World!", None,
+    "missing_signature")
+add("github sha1 header alone is not enough by default", "github", "derived-negative", GH_SECRET,
+    {"X-Hub-Signature": "sha1=" + hx(GH_SECRET.encode(), b"Hello, World!", hashlib.sha1)},
+    "Hello, World!", None, "missing_signature")
+add("github legacy sha1 when accept_legacy_sha1", "github", "self-generated", GH_SECRET,
+    {"X-Hub-Signature": "sha1=" + hx(GH_SECRET.encode(), b"Hello, World!", hashlib.sha1)},
+    "Hello, World!", None, "accepted", policy={"accept_legacy_sha1": True})
+add("github uppercase hex", "github", "derived", GH_SECRET,
+    {"X-Hub-Signature-256": "sha256=" + GH_SIG[7:].upper()}, "Hello, World!", None, "accepted")
+add("github truncated signature", "github", "derived-negative", GH_SECRET,
+    {"X-Hub-Signature-256": GH_SIG[:-2]}, "Hello, World!", None, "malformed_signature")
+add("github missing prefix", "github", "derived-negative", GH_SECRET,
+    {"X-Hub-Signature-256": GH_SIG[7:]}, "Hello, World!", None, "malformed_signature")
+BIN = bytes(range(256)) + b"\xff\xfe\x00\x80"
+add("github non-utf8 body", "github", "self-generated", GH_SECRET,
+    {"X-Hub-Signature-256": "sha256=" + hx(GH_SECRET.encode(), BIN)}, BIN, None, "accepted")
+
+# --- Slack: official worked example (api.slack.com "Verifying requests from Slack").
+SL_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+SL_BODY = ("token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V"
+           "&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text="
+           "&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN"
+           "&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c")
+SL_SIG = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
+SL_H = {"X-Slack-Signature": SL_SIG, "X-Slack-Request-Timestamp": "1531420618"}
+add("slack official example", "slack", "official-docs", SL_SECRET, SL_H, SL_BODY, 1531420618, "accepted")
+add("slack stale by tolerance+1", "slack", "derived-negative", SL_SECRET, SL_H, SL_BODY, 1531420618 + 301,
+    "timestamp_out_of_window")
+add("slack at tolerance edge", "slack", "derived", SL_SECRET, SL_H, SL_BODY, 1531420618 + 300, "accepted")
+add("slack future by tolerance+1", "slack", "derived-negative", SL_SECRET, SL_H, SL_BODY, 1531420618 - 301,
+    "timestamp_out_of_window")
+add("slack timestamp changed", "slack", "derived-negative", SL_SECRET,
+    {**SL_H, "X-Slack-Request-Timestamp": "1531420619"}, SL_BODY, 1531420618, "invalid_signature")
+add("slack missing timestamp", "slack", "derived-negative", SL_SECRET, {"X-Slack-Signature": SL_SIG}, SL_BODY,
+    1531420618, "missing_timestamp")
+add("slack non-canonical timestamp", "slack", "derived-negative", SL_SECRET,
+    {**SL_H, "X-Slack-Request-Timestamp": "01531420618"}, SL_BODY, 1531420618, "malformed_timestamp")
+
+# --- Stripe: no fixed official vector exists; scheme from stripe-python _webhook.py.
+ST_SECRET = "whsec_test_secret"
+ST_BODY = '{\n  "id": "evt_test_webhook",\n  "object": "event"\n}'
+ST_T = 1700000000
+st_sig = hx(ST_SECRET.encode(), f"{ST_T}.{ST_BODY}".encode())
+add("stripe single v1", "stripe", "self-generated", ST_SECRET,
+    {"Stripe-Signature": f"t={ST_T},v1={st_sig}"}, ST_BODY, ST_T, "accepted")
+add("stripe rolled secret: second v1 matches, v0 ignored", "stripe", "self-generated", ST_SECRET,
+    {"Stripe-Signature": f"t={ST_T},v1={'0' * 64},v1={st_sig},v0={'1' * 64}"}, ST_BODY, ST_T, "accepted")
+add("stripe only v0", "stripe", "derived-negative", ST_SECRET,
+    {"Stripe-Signature": f"t={ST_T},v0={st_sig}"}, ST_BODY, ST_T, "malformed_signature")
+add("stripe missing t", "stripe", "derived-negative", ST_SECRET,
+    {"Stripe-Signature": f"v1={st_sig}"}, ST_BODY, ST_T, "missing_timestamp")
+add("stripe stale", "stripe", "derived-negative", ST_SECRET,
+    {"Stripe-Signature": f"t={ST_T},v1={st_sig}"}, ST_BODY, ST_T + 301, "timestamp_out_of_window")
+add("stripe whsec_ prefix is part of the key", "stripe", "derived-negative", ST_SECRET[6:],
+    {"Stripe-Signature": f"t={ST_T},v1={st_sig}"}, ST_BODY, ST_T, "invalid_signature")
+add("stripe leading-zero t", "stripe", "derived-negative", ST_SECRET,
+    {"Stripe-Signature": f"t=0{ST_T},v1={st_sig}"}, ST_BODY, ST_T, "malformed_timestamp")
+
+# --- Shopify: no official vector; base64 HMAC-SHA256 of the raw body.
+SH_SECRET = "shpss_demo_secret"
+SH_BODY = '{"id":820982911946154508,"email":"jon@example.com"}'
+sh_sig = b64(SH_SECRET.encode(), SH_BODY.encode())
+add("shopify webhook", "shopify", "self-generated", SH_SECRET, {"X-Shopify-Hmac-Sha256": sh_sig}, SH_BODY, None,
+    "accepted")
+add("shopify events spelling", "shopify", "self-generated", SH_SECRET, {"Shopify-Hmac-Sha256": sh_sig}, SH_BODY,
+    None, "accepted")
+add("shopify tampered", "shopify", "derived-negative", SH_SECRET, {"X-Shopify-Hmac-Sha256": sh_sig},
+    SH_BODY.replace("jon", "jen"), None, "invalid_signature")
+add("shopify hex instead of base64", "shopify", "derived-negative", SH_SECRET,
+    {"X-Shopify-Hmac-Sha256": hx(SH_SECRET.encode(), SH_BODY.encode())}, SH_BODY, None, "malformed_signature")
+
+# --- Standard Webhooks: official vector (Svix docs; every library's tests).
+SW_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SW_H = {"webhook-id": "msg_p5jXN8AQM9LWM0D4loKWxJek", "webhook-timestamp": "1614265330",
+        "webhook-signature": "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="}
+SW_BODY = '{"test": 2432232314}'
+add("standard-webhooks official example", "standard-webhooks", "official-docs", SW_SECRET, SW_H, SW_BODY,
+    1614265330, "accepted")
+add("standard-webhooks secret without prefix", "standard-webhooks", "derived", SW_SECRET[6:], SW_H, SW_BODY,
+    1614265330, "accepted")
+add("standard-webhooks list with unknown versions", "standard-webhooks", "derived", SW_SECRET,
+    {**SW_H, "webhook-signature": "v2,abc v1,Ym9ndXM= " + SW_H["webhook-signature"] + " v1a,xyz"}, SW_BODY,
+    1614265330, "accepted")
+add("standard-webhooks id changed", "standard-webhooks", "derived-negative", SW_SECRET,
+    {**SW_H, "webhook-id": "msg_other"}, SW_BODY, 1614265330, "invalid_signature")
+add("standard-webhooks missing id", "standard-webhooks", "derived-negative", SW_SECRET,
+    {k: v for k, v in SW_H.items() if k != "webhook-id"}, SW_BODY, 1614265330, "missing_header")
+add("standard-webhooks partial signature", "standard-webhooks", "derived-negative", SW_SECRET,
+    {**SW_H, "webhook-signature": "v1,"}, SW_BODY, 1614265330, "malformed_signature")
+add("standard-webhooks future", "standard-webhooks", "derived-negative", SW_SECRET, SW_H, SW_BODY,
+    1614265330 - 301, "timestamp_out_of_window")
+# Large payloads (svix csharp tests): body = "a" * N.
+for n, sig in [(1048576, "v1,txpEUxqWZJ5nteTnymUVa+7C4NHpBeXJ6CsBAW0c3/A="),
+               (262144, "v1,Mw4Pe2WgApuT7NSqnSq0PQPV9gbLdggCl9B865x5Xh0="),
+               (262143, "v1,NTItnqyWMoFhk2Bbe5V/BMdcFRWgcSQaTgqLHX7FC7c=")]:
+    add(f"standard-webhooks {n}-byte body", "standard-webhooks", "official-sdk-test", SW_SECRET,
+        {**SW_H, "webhook-signature": sig}, "", 1614265330, "accepted", body_repeat={"text": "a", "count": n})
+
+# --- Custom: the seeds' X-Webhook-Signature over "{ts}.{body}" (hex HMAC-SHA256).
+CU_SECRET = "your-webhook-secret-key"
+CU_BODY = '{"event":"order.paid","id":"ord_1"}'
+CU_T = 1700000123
+add("custom seeds scheme", "custom", "self-generated", CU_SECRET,
+    {"X-Webhook-Signature": hx(CU_SECRET.encode(), f"{CU_T}.{CU_BODY}".encode()), "X-Webhook-Timestamp": str(CU_T)},
+    CU_BODY, CU_T, "accepted")
+add("custom ms timestamps and sha512 base64 with prefix", "custom", "self-generated", CU_SECRET,
+    {"X-Sig": "sha512=" + b64(CU_SECRET.encode(), f"POST /hooks/x?a=1 {CU_T}000 {CU_BODY}".encode(), hashlib.sha512),
+     "X-Ts": f"{CU_T}000"},
+    CU_BODY, CU_T, "accepted",
+    custom={"signature_header": "X-Sig", "signature_prefix": "sha512=", "algorithm": "hmac-sha512",
+            "encoding": "base64", "timestamp_header": "X-Ts", "timestamp_unit": "ms",
+            "signed_template": "{method} {path} {timestamp} {body}"},
+    method="POST", path="/hooks/x?a=1")
+
+OUT.write_text(json.dumps(vectors, indent=1) + "\n")
+print(f"wrote {len(vectors)} vectors to {OUT}")
