@@ -1,3 +1,11 @@
+// Test code: a panic is a test failure, which is what we want here.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 //! The request flow and the config validator, through the public API the glue uses.
 
 use serde_json::{json, Value};

@@ -1,3 +1,11 @@
+// Test code: a panic is a test failure, which is what we want here.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 //! Properties over the accepted known-answer vectors: any one-byte change to the body, the
 //! timestamp or the signature is rejected; parsers never panic on arbitrary input.
 

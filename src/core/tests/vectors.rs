@@ -1,3 +1,11 @@
+// Test code: a panic is a test failure, which is what we want here.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 //! Known-answer vectors (tests/vectors/providers.json, shared with the e2e suite) run
 //! through the same flow the filter uses: route -> begin -> finish.
 
