@@ -27,9 +27,11 @@ def render(
     backend_address: str = "127.0.0.1",
     access_log_path: str = "/dev/stdout",
     template: pathlib.Path = ROOT / "envoy" / "envoy.yaml.tmpl",
+    check_json: bool = True,
 ) -> str:
-    # Normalise the JSON (and fail early on a syntax error) before inlining it.
-    config_text = json.dumps(json.loads(plugin_config), separators=(",", ":"))
+    # Normalise the JSON (and fail early on a syntax error) before inlining it; tests that
+    # feed Envoy a broken document on purpose pass check_json=False.
+    config_text = json.dumps(json.loads(plugin_config), separators=(",", ":")) if check_json else plugin_config
     values = {
         "LISTEN_ADDRESS": listen_address,
         "ENVOY_PORT": str(envoy_port),

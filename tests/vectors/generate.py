@@ -157,13 +157,13 @@ add("custom seeds scheme", "custom", "self-generated", CU_SECRET,
     {"X-Webhook-Signature": hx(CU_SECRET.encode(), f"{CU_T}.{CU_BODY}".encode()), "X-Webhook-Timestamp": str(CU_T)},
     CU_BODY, CU_T, "accepted")
 add("custom ms timestamps and sha512 base64 with prefix", "custom", "self-generated", CU_SECRET,
-    {"X-Sig": "sha512=" + b64(CU_SECRET.encode(), f"POST /hooks/x?a=1 {CU_T}000 {CU_BODY}".encode(), hashlib.sha512),
+    {"X-Sig": "sha512=" + b64(CU_SECRET.encode(), f"POST /webhooks/x?a=1 {CU_T}000 {CU_BODY}".encode(), hashlib.sha512),
      "X-Ts": f"{CU_T}000"},
     CU_BODY, CU_T, "accepted",
     custom={"signature_header": "X-Sig", "signature_prefix": "sha512=", "algorithm": "hmac-sha512",
             "encoding": "base64", "timestamp_header": "X-Ts", "timestamp_unit": "ms",
             "signed_template": "{method} {path} {timestamp} {body}"},
-    method="POST", path="/hooks/x?a=1")
+    method="POST", path="/webhooks/x?a=1")
 
 OUT.write_text(json.dumps(vectors, indent=1) + "\n")
 print(f"wrote {len(vectors)} vectors to {OUT}")

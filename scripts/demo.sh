@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# The demo: builds the filter, starts Flask + the real Envoy 1.40 on 127.0.0.1, sends a table of
+# legit, forged, stale and rotated-secret webhooks, prints what happened, then stops everything.
+#   scripts/demo.sh          run the scenario table and exit (non-zero if anything misbehaved)
+#   scripts/demo.sh --serve  start the stack and stay in the foreground until Ctrl-C / SIGTERM
+# Ports: WEBHOOK_DEMO_ENVOY_PORT (10000), WEBHOOK_DEMO_ADMIN_PORT (9901), WEBHOOK_DEMO_BACKEND_PORT (5000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=table
+case "${1:-}" in
+  "") ;;
+  --serve) mode=serve ;;
+  -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+  *) echo "usage: scripts/demo.sh [--serve]" >&2; exit 2 ;;
+esac
+
+scripts/setup.sh
+export WEBHOOK_DEMO_ENVOY_PORT=${WEBHOOK_DEMO_ENVOY_PORT:-10000}
+export WEBHOOK_DEMO_ADMIN_PORT=${WEBHOOK_DEMO_ADMIN_PORT:-9901}
+export WEBHOOK_DEMO_BACKEND_PORT=${WEBHOOK_DEMO_BACKEND_PORT:-5000}
+base_id=${WEBHOOK_DEMO_BASE_ID:-$((WEBHOOK_DEMO_ENVOY_PORT % 60000))}
+
+echo "== building the filter (wasm32-wasip1, release)"
+cargo build --quiet --release --target wasm32-wasip1 -p webhook-guard-filter
+wasm=target/wasm32-wasip1/release/webhook_guard.wasm
+echo "   $wasm ($(wc -c < "$wasm") bytes)"
+
+# Demo secrets: printed because they are demo values. Set the variables to use your own.
+declare -A demo_secrets=(
+  [GITHUB_WEBHOOK_SECRET]="demo-github-secret"
+  [GITHUB_WEBHOOK_SECRET_PREVIOUS]="demo-github-secret-old"
+  [STRIPE_WEBHOOK_SECRET]="whsec_demo_stripe_secret"
+  [STRIPE_WEBHOOK_SECRET_PREVIOUS]="whsec_demo_stripe_secret_old"
+  [SLACK_SIGNING_SECRET]="demo-slack-signing-secret"
+  [SLACK_SIGNING_SECRET_PREVIOUS]="demo-slack-signing-secret-old"
+  [SHOPIFY_WEBHOOK_SECRET]="demo-shopify-secret"
+  [SHOPIFY_WEBHOOK_SECRET_PREVIOUS]="demo-shopify-secret-old"
+  [STANDARD_WEBHOOK_SECRET]="whsec_ZGVtby1zdGFuZGFyZC13ZWJob29rcy1zZWNyZXQtMzI="
+  [STANDARD_WEBHOOK_SECRET_PREVIOUS]="whsec_ZGVtby1zdGFuZGFyZC13ZWJob29rcy1vbGQtc2VjcmV0"
+  [CUSTOM_WEBHOOK_SECRET]="demo-custom-secret"
+  [CUSTOM_WEBHOOK_SECRET_PREVIOUS]="demo-custom-secret-old"
+)
+echo "== secrets (demo values unless set in the environment)"
+for name in $(printf '%s\n' "${!demo_secrets[@]}" | sort); do
+  if [ -z "${!name:-}" ]; then
+    export "$name=${demo_secrets[$name]}"
+    echo "   $name=${demo_secrets[$name]}"
+  else
+    echo "   $name=(from your environment, not shown)"
+  fi
+done
+
+run_dir=$(mktemp -d -t webhook-guard-demo.XXXXXX)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$run_dir"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+for port in "$WEBHOOK_DEMO_ENVOY_PORT" "$WEBHOOK_DEMO_ADMIN_PORT" "$WEBHOOK_DEMO_BACKEND_PORT"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port on 127.0.0.1 is already in use; set WEBHOOK_DEMO_*_PORT to free ports" >&2
+    exit 1
+  fi
+done
+
+echo "== starting the Flask backend on 127.0.0.1:$WEBHOOK_DEMO_BACKEND_PORT"
+.venv/bin/python demo/backend.py > "$run_dir/backend.log" 2>&1 &
+pids+=($!)
+
+echo "== starting Envoy 1.40 on 127.0.0.1:$WEBHOOK_DEMO_ENVOY_PORT (admin :$WEBHOOK_DEMO_ADMIN_PORT)"
+access_log="$run_dir/access.log"
+[ "$mode" = serve ] && access_log=/dev/stdout
+.venv/bin/python scripts/render_envoy.py --access-log "$access_log" -o "$run_dir/envoy.yaml"
+"$(.venv/bin/python scripts/envoy_path.py)" -c "$run_dir/envoy.yaml" --base-id "$base_id" \
+  --concurrency 2 --log-level warn --component-log-level wasm:info --file-flush-interval-msec 200 > "$run_dir/envoy.log" 2>&1 &
+pids+=($!)
+
+ready=""
+for _ in $(seq 1 150); do
+  if curl -fsS "http://127.0.0.1:$WEBHOOK_DEMO_ADMIN_PORT/ready" 2>/dev/null | grep -q LIVE &&
+     curl -fsS "http://127.0.0.1:$WEBHOOK_DEMO_BACKEND_PORT/healthz" >/dev/null 2>&1; then
+    ready=yes
+    break
+  fi
+  sleep 0.2
+done
+if [ -z "$ready" ]; then
+  echo "the stack did not become ready; Envoy log:" >&2
+  tail -40 "$run_dir/envoy.log" >&2
+  exit 1
+fi
+
+if [ "$mode" = serve ]; then
+  cat <<TXT
+== serving. Try:
+   curl -i -X POST http://127.0.0.1:$WEBHOOK_DEMO_ENVOY_PORT/webhooks/github -d '{}'     # 400 missing_signature
+   curl -s http://127.0.0.1:$WEBHOOK_DEMO_ENVOY_PORT/events                             # what reached Flask
+   curl -s http://127.0.0.1:$WEBHOOK_DEMO_ADMIN_PORT/stats | grep webhook_guard         # counters
+   Ctrl-C stops Envoy and Flask.
+TXT
+  tail -f "$run_dir/envoy.log" &
+  pids+=($!)
+  # Stay in the foreground until a signal, or until Envoy or Flask dies.
+  wait -n "${pids[0]}" "${pids[1]}" || true
+  echo "a demo process exited; stopping" >&2
+  exit 1
+fi
+
+echo "== scenarios"
+echo
+status=0
+(cd demo && ../.venv/bin/python scenarios.py) || status=$?
+echo
+echo "== a rejection as Envoy logged it (one JSON line per rejection)"
+grep -m1 '"event":"webhook_rejected"' "$run_dir/envoy.log" | sed 's/.*wasm log [^{]*//' || true
+echo
+echo "== access log lines carry the verdict (%FILTER_STATE(wasm.webhook_verdict:PLAIN)%)"
+sleep 1.2
+head -n 3 "$access_log" || true
+echo
+echo "== stopping"
+exit "$status"

@@ -1,0 +1,188 @@
+"""Starts the real Envoy 1.40 (from the .venv) and the Flask demo backend on loopback.
+
+Every stack gets its own free ports and --base-id, so stacks never collide; logs go to files
+under a temporary directory and are printed when a test fails.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import requests
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "demo"))
+from render_envoy import render  # noqa: E402
+
+WASM = pathlib.Path(os.environ.get("WEBHOOK_GUARD_WASM", ROOT / "target/wasm32-wasip1/release/webhook_guard.wasm"))
+DEMO_CONFIG = ROOT / "envoy" / "webhook-guard.json"
+_base_ids = itertools.count((os.getpid() % 500) * 20 + 1000)
+
+
+def envoy_binary() -> str:
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/envoy_path.py")], check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Backend:
+    def __init__(self, workdir: pathlib.Path):
+        self.port = free_port()
+        self.log_path = workdir / "backend.log"
+        env = {**os.environ, "WEBHOOK_DEMO_BACKEND_PORT": str(self.port)}
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "demo/backend.py")],
+            env=env,
+            stdout=self.log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_until(lambda: requests.get(self.url + "/healthz", timeout=1).ok, 15, "the backend")
+
+    def events(self) -> list[dict]:
+        return requests.get(self.url + "/events", timeout=5).json()["events"]
+
+    def reset(self) -> None:
+        requests.post(self.url + "/admin/reset", timeout=5).raise_for_status()
+
+    def fail_next(self, count: int) -> None:
+        requests.post(self.url + f"/admin/fail-next?count={count}", timeout=5).raise_for_status()
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+class Envoy:
+    """One Envoy process running the rendered demo template with `plugin_config`."""
+
+    def __init__(self, workdir: pathlib.Path, backend_port: int, plugin_config: dict | str, env: dict[str, str],
+                 concurrency: int = 2, wait: bool = True, check_json: bool = True):
+        self.workdir = workdir
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.base_id = next(_base_ids)
+        self.log_path = workdir / f"envoy-{self.base_id}.log"
+        self.access_log_path = workdir / f"access-{self.base_id}.log"
+        config_text = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
+        self.config_path = workdir / f"envoy-{self.base_id}.yaml"
+        self.config_path.write_text(render(
+            envoy_port=self.port,
+            admin_port=self.admin_port,
+            backend_port=backend_port,
+            wasm_path=str(WASM),
+            plugin_config=config_text,
+            access_log_path=str(self.access_log_path),
+            check_json=check_json,
+        ))
+        # Only the secrets we pass, so nothing from the developer's shell leaks in.
+        clean = {k: v for k, v in os.environ.items() if not k.endswith(("_SECRET", "_SECRET_PREVIOUS"))}
+        self.proc = subprocess.Popen(
+            [envoy_binary(), "-c", str(self.config_path), "--base-id", str(self.base_id),
+             "--concurrency", str(concurrency), "--log-level", "info", "--component-log-level", "wasm:debug",
+             "--file-flush-interval-msec", "100"],
+            env={**clean, **env},
+            stdout=self.log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"envoy exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            return requests.get(self.admin + "/ready", timeout=1).text.strip() == "LIVE"
+        wait_until(ready, timeout, "envoy /ready")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def access_log(self) -> list[dict]:
+        if not self.access_log_path.exists():
+            return []
+        return [json.loads(line) for line in self.access_log_path.read_text().splitlines() if line.strip()]
+
+    def stats(self, prefix: str = "wasmcustom.webhook_guard.") -> dict[str, int]:
+        text = requests.get(self.admin + "/stats", params={"filter": "^" + prefix.replace(".", r"\.")}, timeout=5).text
+        out = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().isdigit():
+                out[name.removeprefix("wasmcustom.")] = int(value)
+        return out
+
+    def rejection_logs(self) -> list[dict]:
+        lines = []
+        for line in self.log().splitlines():
+            if '"event":"webhook_rejected"' in line:
+                lines.append(json.loads(line[line.index("{"):]))
+        return lines
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+class Stack:
+    """Backend + Envoy; `post` sends through Envoy."""
+
+    def __init__(self, plugin_config: dict | str, env: dict[str, str], concurrency: int = 2):
+        self.tmp = tempfile.TemporaryDirectory(prefix="webhook-guard-e2e-")
+        self.workdir = pathlib.Path(self.tmp.name)
+        self.backend = Backend(self.workdir)
+        try:
+            self.envoy = Envoy(self.workdir, self.backend.port, plugin_config, env, concurrency)
+        except Exception:
+            self.backend.stop()
+            raise
+
+    def post(self, path: str, body: bytes, headers: dict[str, str] | None = None, **kw) -> requests.Response:
+        return requests.post(self.envoy.url + path, data=body, headers=headers or {}, timeout=10, **kw)
+
+    def logs(self) -> str:
+        return f"--- envoy log (tail) ---\n{self.envoy.log()[-6000:]}\n--- backend log (tail) ---\n" + \
+            self.backend.log_path.read_text(errors="replace")[-2000:]
+
+    def stop(self) -> None:
+        self.envoy.stop()
+        self.backend.stop()
+        self.tmp.cleanup()

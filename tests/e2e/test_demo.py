@@ -1,0 +1,58 @@
+"""scripts/demo.sh as a user runs it: the table mode exits 0 with every row as expected, and
+--serve stays up until SIGTERM, then stops its children."""
+import os
+import signal
+import subprocess
+import time
+
+import requests
+
+from harness import ROOT, free_port, wait_until
+
+
+def demo_env():
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("_SECRET", "_SECRET_PREVIOUS"))}
+    env.update(WEBHOOK_DEMO_ENVOY_PORT=str(free_port()), WEBHOOK_DEMO_ADMIN_PORT=str(free_port()),
+               WEBHOOK_DEMO_BACKEND_PORT=str(free_port()))
+    return env
+
+
+def test_demo_table_runs_and_every_scenario_behaves():
+    res = subprocess.run([str(ROOT / "scripts/demo.sh")], env=demo_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    out = res.stdout
+    assert "UNEXPECTED" not in out
+    assert out.count(" ok\n") >= 42
+    assert "stripe    rotated secret      200" in out
+    assert "timestamp_out_of_window" in out and '"event":"webhook_rejected"' in out
+    assert "GITHUB_WEBHOOK_SECRET=demo-github-secret" in out  # demo values are printed
+
+
+def test_demo_serve_stays_up_until_sigterm_and_cleans_up():
+    env = demo_env()
+    proc = subprocess.Popen([str(ROOT / "scripts/demo.sh"), "--serve"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        admin = f"http://127.0.0.1:{env['WEBHOOK_DEMO_ADMIN_PORT']}/ready"
+        wait_until(lambda: requests.get(admin, timeout=1).text.strip() == "LIVE", 120, "demo --serve")
+        envoy = f"http://127.0.0.1:{env['WEBHOOK_DEMO_ENVOY_PORT']}"
+        resp = requests.post(envoy + "/webhooks/github", data=b"{}", timeout=5)
+        assert resp.json() == {"error": "missing_signature", "policy": "github"}
+        time.sleep(1)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    # Its Envoy and Flask are gone: the ports refuse connections.
+    for port in ("WEBHOOK_DEMO_ENVOY_PORT", "WEBHOOK_DEMO_BACKEND_PORT"):
+        wait_until(lambda: _refused(int(env[port])), 10, f"port {port} to close")
+
+
+def _refused(port: int) -> bool:
+    try:
+        requests.get(f"http://127.0.0.1:{port}/", timeout=1)
+        return False
+    except requests.ConnectionError:
+        return True

@@ -1,0 +1,114 @@
+"""Counters, structured rejection logs, the access-log verdict and body limits, read from the
+real Envoy running the demo configuration."""
+import hashlib
+import hmac
+import time
+import uuid
+
+import requests
+
+from signers import PRESETS
+
+
+def delta(before: dict, after: dict, name: str) -> int:
+    return after.get(name, 0) - before.get(name, 0)
+
+
+def test_counters_per_policy_and_reason(demo, secrets):
+    before = demo.envoy.stats()
+    _, sign, var, _ = PRESETS["github"]
+    body = b'{"n": 1, "u": "' + uuid.uuid4().hex.encode() + b'"}'
+    assert demo.post("/webhooks/github", body, sign(secrets[var], body, 0, "d1")).status_code == 200
+    assert demo.post("/webhooks/github", body, sign(secrets[var + "_PREVIOUS"], body + b"x", 0, "d2")).status_code == 401
+    assert demo.post("/webhooks/github", body, sign(secrets[var + "_PREVIOUS"], body, 0, "d3")).status_code == 200
+    assert demo.post("/webhooks/github", body, {}).status_code == 400
+    after = demo.envoy.stats()
+    p = "webhook_guard.policy.github."
+    assert delta(before, after, p + "accepted") == 2
+    assert delta(before, after, p + "accepted_secondary_secret") == 1
+    assert delta(before, after, p + "rejected") == 2
+    assert delta(before, after, p + "reason.invalid_signature") == 1
+    assert delta(before, after, p + "reason.missing_signature") == 1
+    # Prometheus output drops the wasmcustom prefix.
+    prom = requests.get(demo.envoy.admin + "/stats/prometheus", timeout=5).text
+    assert "webhook_guard_policy_github_accepted" in prom
+
+
+def test_rejection_log_line_is_structured_and_secret_free(demo, secrets):
+    _, sign, var, _ = PRESETS["standard"]
+    delivery = "msg_" + uuid.uuid4().hex
+    body = b'{"type": "invoice.paid"}'
+    headers = sign("whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB", body, int(time.time()), delivery)
+    resp = demo.post("/webhooks/standard", body, headers)
+    assert resp.json() == {"error": "invalid_signature", "policy": "standard"}
+    lines = [l for l in demo.envoy.rejection_logs() if l.get("delivery_id") == delivery]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["policy"] == "standard"
+    assert line["reason"] == "invalid_signature"
+    assert line["status"] == 401
+    assert line["route"] == "webhooks_standard"
+    assert line["path"] == "/webhooks/standard"
+    log = demo.envoy.log()
+    for value in secrets.values():
+        assert value not in log
+
+
+def test_access_log_carries_the_verdict(demo, secrets):
+    marker = uuid.uuid4().hex
+    _, sign, var, _ = PRESETS["slack"]
+    body = f'{{"marker": "{marker}"}}'.encode()
+    demo.post(f"/webhooks/slack?m={marker}", body, sign(secrets[var], body, int(time.time()), ""))
+    demo.post(f"/webhooks/slack?m={marker}x", body, {})
+    requests.get(f"{demo.envoy.url}/events?m={marker}", timeout=5)
+    deadline = time.monotonic() + 10
+    entries = {}
+    while time.monotonic() < deadline and len(entries) < 3:
+        entries = {e["path"]: e for e in demo.envoy.access_log() if marker in e["path"]}
+        time.sleep(0.2)
+    assert entries[f"/webhooks/slack?m={marker}"]["webhook_verdict"] == "accepted"
+    assert entries[f"/webhooks/slack?m={marker}"]["webhook_policy"] == "slack"
+    assert entries[f"/webhooks/slack?m={marker}x"]["webhook_verdict"] == "missing_signature"
+    assert entries[f"/webhooks/slack?m={marker}x"]["status"] == 400
+    assert entries[f"/events?m={marker}"]["webhook_verdict"] == "unmatched"
+
+
+def _custom_headers(secret: str, body: bytes) -> dict:
+    ts = str(int(time.time()))
+    sig = hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return {"X-Webhook-Signature": sig, "X-Webhook-Timestamp": ts}
+
+
+def test_body_limit_is_enforced_by_the_filter_for_declared_and_chunked_bodies(demo, secrets):
+    secret = secrets["CUSTOM_WEBHOOK_SECRET"]
+    limit = 65536  # the demo's custom policy max_body_bytes
+    at_limit = b"a" * limit
+    assert demo.post("/webhooks/custom", at_limit, _custom_headers(secret, at_limit)).status_code == 200
+
+    over = b"a" * (limit + 1)
+    resp = demo.post("/webhooks/custom", over, _custom_headers(secret, over))
+    assert resp.status_code == 413
+    assert resp.json() == {"error": "body_too_large", "policy": "custom"}
+
+    def chunks():
+        for _ in range(3):
+            yield b"b" * 40000
+    resp = demo.post("/webhooks/custom", chunks(), _custom_headers(secret, b"b" * 120000))
+    assert resp.status_code == 413
+    assert resp.json() == {"error": "body_too_large", "policy": "custom"}
+
+
+def test_default_one_mib_limit_on_a_chunked_upload(demo, secrets):
+    def chunks():
+        for _ in range(40):
+            yield b"c" * 65536  # 2.5 MiB in total, below Envoy's own 4 MiB buffer limit
+    resp = demo.post("/webhooks/github", chunks(), {"X-Hub-Signature-256": "sha256=" + "0" * 64})
+    assert resp.status_code == 413
+    assert resp.json() == {"error": "body_too_large", "policy": "github"}
+
+
+def test_unmatched_paths_pass_untouched(demo):
+    before = demo.envoy.stats()
+    resp = requests.get(demo.envoy.url + "/events", timeout=5)
+    assert resp.status_code == 200 and "events" in resp.json()
+    assert delta(before, demo.envoy.stats(), "webhook_guard.unmatched.passed") == 1
