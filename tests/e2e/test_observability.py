@@ -29,9 +29,10 @@ def test_counters_per_policy_and_reason(demo, secrets):
     assert delta(before, after, p + "rejected") == 2
     assert delta(before, after, p + "reason.invalid_signature") == 1
     assert delta(before, after, p + "reason.missing_signature") == 1
-    # Prometheus output drops the wasmcustom prefix.
+    # Prometheus output drops the wasmcustom prefix; stats_tags turn policy and reason into labels.
     prom = requests.get(demo.envoy.admin + "/stats/prometheus", timeout=5).text
-    assert "webhook_guard_policy_github_accepted" in prom
+    assert 'webhook_guard_policy_accepted{webhook_policy="github"}' in prom
+    assert 'webhook_guard_policy_reason{webhook_policy="github",webhook_reason="invalid_signature"}' in prom
 
 
 def test_rejection_log_line_is_structured_and_secret_free(demo, secrets):
