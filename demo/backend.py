@@ -4,6 +4,7 @@
 POST /webhooks/<route>          record the delivery, answer 200 (or 500 while fail-next > 0)
 GET  /events                    {"events": [{"route": ..., ...}]}: every webhook that reached us
 POST /admin/fail-next?count=N   the next N webhook requests answer 500
+POST /admin/slow-next?count=N&seconds=S   the next N webhook requests take S seconds
 POST /admin/reset               forget recorded events and pending failures
 GET  /healthz                   readiness
 Port: WEBHOOK_DEMO_BACKEND_PORT (default 5000), bound to 127.0.0.1 unless BACKEND_HOST says otherwise.
@@ -19,6 +20,8 @@ app = Flask(__name__)
 _lock = threading.Lock()
 _events: list[dict] = []
 _fail_next = 0
+_slow_next = 0
+_slow_seconds = 0.0
 
 # Headers worth showing in /events: ids and event types, never signatures.
 _SHOWN_HEADERS = (
@@ -33,8 +36,13 @@ _SHOWN_HEADERS = (
 
 @app.post("/webhooks/<path:route>")
 def webhook(route: str):
-    global _fail_next
+    global _fail_next, _slow_next
     body = request.get_data()
+    with _lock:
+        delay = _slow_seconds if _slow_next > 0 else 0.0
+        _slow_next = max(0, _slow_next - 1)
+    if delay:
+        time.sleep(delay)
     with _lock:
         failing = _fail_next > 0
         if failing:
@@ -69,12 +77,22 @@ def fail_next():
         return jsonify({"fail_next": _fail_next})
 
 
+@app.post("/admin/slow-next")
+def slow_next():
+    global _slow_next, _slow_seconds
+    with _lock:
+        _slow_next = max(0, request.args.get("count", default=1, type=int))
+        _slow_seconds = min(30.0, max(0.0, request.args.get("seconds", default=1.0, type=float)))
+        return jsonify({"slow_next": _slow_next, "seconds": _slow_seconds})
+
+
 @app.post("/admin/reset")
 def reset():
-    global _fail_next
+    global _fail_next, _slow_next
     with _lock:
         _events.clear()
         _fail_next = 0
+        _slow_next = 0
     return jsonify({"status": "reset"})
 
 

@@ -7,10 +7,12 @@ smoke test. Used by scripts/demo.sh; expects the stack to be running.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import hashlib
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 
@@ -58,6 +60,23 @@ def main() -> int:
     print(header)
     print("-" * len(header))
     failures = 0
+
+    def row(preset, name, path, body, headers, want_status, want_answer, want_seen):
+        nonlocal failures
+        resp = requests.post(a.envoy + path, data=body, headers=headers, timeout=15)
+        try:
+            answer = resp.json().get("error") or "forwarded"
+        except ValueError:
+            answer = resp.text[:32]
+        if answer == "forwarded" and resp.status_code >= 500:
+            answer = "forwarded (backend failed)"
+        reached = seen(body)
+        ok = resp.status_code == want_status and answer == want_answer and reached == want_seen
+        failures += not ok
+        shown = {0: "no", 1: "once"}.get(reached, f"{reached} times")
+        print(f"{preset:<9} {name:<16} {resp.status_code:>6}  {answer:<32} {shown:<15} {'ok' if ok else 'UNEXPECTED'}")
+        return resp
+
     last = None
     for preset, path, sign, name, secret, ts, tamper, strip, (want_status, want_reason) in scenario_rows(secrets):
         if last and preset != last:
@@ -69,17 +88,53 @@ def main() -> int:
         if strip:
             headers = {k: v for k, v in headers.items() if k not in SIGNATURE_HEADERS}
         sent = body + b"\n" if tamper else body
-        resp = requests.post(a.envoy + path, data=sent, headers=headers, timeout=10)
-        try:
-            answer = resp.json().get("error") or "forwarded"
-        except ValueError:
-            answer = resp.text[:32]
-        reached = seen(sent)
-        ok = resp.status_code == want_status and (answer == (want_reason or "forwarded")) and reached == (want_reason is None)
-        failures += not ok
-        print(f"{preset:<9} {name:<16} {resp.status_code:>6}  {answer:<32} {'yes' if reached else 'no':<15} {'ok' if ok else 'UNEXPECTED'}")
+        row(preset, name, path, sent, headers, want_status, want_reason or "forwarded", int(want_reason is None))
+        if name == "legit":
+            # The same signed request again: a replay. Stopped, and Flask saw it once.
+            row(preset, "exact replay", path, sent, headers, 409, "replayed", 1)
 
-    print("\n(github and shopify sign no timestamp: stale/future copies verify; replay protection stops those)")
+    print("\n(github and shopify sign no timestamp: their stale/future copies verify as new deliveries;")
+    print(" only dedup stops a replay of those, as the 'exact replay' rows show)")
+
+    print("\n== replay protection follows the backend's answer\n")
+    print(header)
+    print("-" * len(header))
+    _, sign, var, _ = PRESETS["github"]
+    body = json.dumps({"id": "retry-demo", "n": uuid.uuid4().hex}).encode()
+    headers = sign(secrets[var], body, int(time.time()), "retry-demo")
+    requests.post(a.backend + "/admin/fail-next?count=1", timeout=5)
+    row("github", "backend fails", "/webhooks/github", body, headers, 500, "forwarded (backend failed)", 1)
+    row("github", "provider retry", "/webhooks/github", body, headers, 200, "forwarded", 2)
+    row("github", "retry again", "/webhooks/github", body, headers, 409, "replayed", 2)
+
+    _, sign, var, _ = PRESETS["stripe"]
+    event = f"evt_{uuid.uuid4().hex[:16]}"
+    first = json.dumps({"id": event, "attempt": 1}).encode()
+    row("stripe", "event delivered", "/webhooks/stripe", first, sign(secrets[var], first, int(time.time()) - 20, event),
+        200, "forwarded", 1)
+    again = json.dumps({"id": event, "attempt": 2}).encode()
+    row("stripe", "re-signed retry", "/webhooks/stripe", again, sign(secrets[var], again, int(time.time()), event),
+        409, "replayed", 0)
+
+    # 20 identical deliveries at once, over separate connections (both Envoy workers).
+    event = f"evt_{uuid.uuid4().hex[:16]}"
+    body = json.dumps({"id": event, "type": "burst"}).encode()
+    headers = sign(secrets[var], body, int(time.time()), event)
+    requests.post(a.backend + "/admin/slow-next?count=1&seconds=0.5", timeout=5)
+    barrier = threading.Barrier(20)
+
+    def burst(_):
+        with requests.Session() as s:
+            barrier.wait()
+            return s.post(a.envoy + "/webhooks/stripe", data=body, headers=headers, timeout=15).status_code
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        codes = list(pool.map(burst, range(20)))
+    ok = codes.count(200) == 1 and codes.count(409) == 19 and seen(body) == 1
+    failures += not ok
+    times = {0: "no", 1: "once"}.get(seen(body), f"{seen(body)} times")
+    print(f"{'stripe':<9} {'20 at once':<16} {'':>6}  {f'{codes.count(200)} x 200, {codes.count(409)} x 409':<32} "
+          f"{times:<15} {'ok' if ok else 'UNEXPECTED'}")
+
     print()
     resp = requests.get(a.envoy + "/events", timeout=5)
     print(f"GET /events (no policy matches, default allow): {resp.status_code}, passed through untouched")

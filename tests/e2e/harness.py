@@ -75,6 +75,9 @@ class Backend:
     def fail_next(self, count: int) -> None:
         requests.post(self.url + f"/admin/fail-next?count={count}", timeout=5).raise_for_status()
 
+    def slow_next(self, count: int, seconds: float) -> None:
+        requests.post(self.url + f"/admin/slow-next?count={count}&seconds={seconds}", timeout=5).raise_for_status()
+
     def stop(self) -> None:
         stop_process(self.proc)
 

@@ -22,8 +22,11 @@ def test_demo_table_runs_and_every_scenario_behaves():
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     out = res.stdout
     assert "UNEXPECTED" not in out
-    assert out.count(" ok\n") >= 42
+    assert out.count(" ok\n") >= 48 + 6
     assert "stripe    rotated secret      200" in out
+    assert "github    exact replay        409  replayed" in out
+    assert "github    provider retry      200  forwarded                        2 times" in out
+    assert "1 x 200, 19 x 409" in out
     assert "timestamp_out_of_window" in out and '"event":"webhook_rejected"' in out
     assert "GITHUB_WEBHOOK_SECRET=demo-github-secret" in out  # demo values are printed
 

@@ -5,9 +5,12 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::config::{
-    DefaultAction, KeyEncoding, Provider, RawConfig, RawCustom, RawPolicy, RawSecret,
+    DefaultAction, KeyEncoding, OnDuplicate, Provider, RawConfig, RawCustom, RawDedup, RawDedupKey,
+    RawPolicy, RawSecret, RawStore, DEFAULT_UNTIMED_RETENTION_SECONDS,
 };
-use crate::guard::{Guard, Policy};
+use crate::dedup::key::KeySource;
+use crate::dedup::Store;
+use crate::guard::{DedupPolicy, Guard, Policy, Retention};
 use crate::host::Level;
 use crate::policy::{is_header_name, is_policy_name, Matcher};
 use crate::reason::Reason;
@@ -63,11 +66,152 @@ pub fn parse(json: &[u8]) -> Result<RawConfig, ConfigError> {
 }
 
 pub fn compile(json: &[u8], env: EnvLookup) -> Result<Guard, ConfigError> {
-    let raw = parse(json)?;
-    compile_raw(raw, env)
+    compile_for_plugin(json, env, "")
 }
 
-pub fn compile_raw(raw: RawConfig, env: EnvLookup) -> Result<Guard, ConfigError> {
+/// As `compile`, with the Envoy plugin name (the default namespace of the store's keys).
+pub fn compile_for_plugin(
+    json: &[u8],
+    env: EnvLookup,
+    plugin_name: &str,
+) -> Result<Guard, ConfigError> {
+    let raw = parse(json)?;
+    compile_raw(raw, env, plugin_name)
+}
+
+pub const MAX_SHARDS: u64 = 4096;
+pub const MAX_CAPACITY: u64 = 10_000_000;
+pub const MAX_RETENTION_SECONDS: u64 = 30 * 24 * 3600;
+
+fn compile_store(raw: &RawStore, plugin_name: &str) -> Result<(Store, u64), ConfigError> {
+    let prefix = match &raw.key_prefix {
+        Some(p) if p.is_empty() || p.len() > 128 => {
+            return Err(err("store.key_prefix", "must be 1 to 128 characters"))
+        }
+        Some(p) => p.clone(),
+        None if plugin_name.is_empty() => "webhook_guard".to_string(),
+        None => format!("webhook_guard/{plugin_name}"),
+    };
+    if raw.shards == 0 || raw.shards > MAX_SHARDS {
+        return Err(err(
+            "store.shards",
+            format!("must be between 1 and {MAX_SHARDS}"),
+        ));
+    }
+    if raw.capacity < raw.shards || raw.capacity > MAX_CAPACITY {
+        return Err(err(
+            "store.capacity",
+            format!(
+                "must be between store.shards ({}) and {MAX_CAPACITY}",
+                raw.shards
+            ),
+        ));
+    }
+    if raw.sweep_interval_seconds == 0 || raw.sweep_interval_seconds > 3600 {
+        return Err(err(
+            "store.sweep_interval_seconds",
+            "must be between 1 and 3600",
+        ));
+    }
+    let shards = usize::try_from(raw.shards).map_err(|_| err("store.shards", "too large"))?;
+    let capacity = usize::try_from(raw.capacity).map_err(|_| err("store.capacity", "too large"))?;
+    Ok((
+        Store::new(&prefix, shards, capacity),
+        raw.sweep_interval_seconds.saturating_mul(1000),
+    ))
+}
+
+fn compile_dedup(
+    at: &str,
+    raw: &RawDedup,
+    provider: Provider,
+    scheme: &Scheme,
+) -> Result<Option<DedupPolicy>, ConfigError> {
+    if !raw.enabled {
+        return Ok(None);
+    }
+    let at = format!("{at}.dedup");
+    let source = match &raw.key {
+        None => presets::dedup_key(provider),
+        Some(RawDedupKey::Signature) => KeySource::Signature,
+        Some(RawDedupKey::Header { name }) => {
+            let lower = name.to_ascii_lowercase();
+            let index = scheme
+                .template
+                .iter()
+                .filter_map(|p| match p {
+                    Part::Header(h) => Some(h),
+                    _ => None,
+                })
+                .position(|h| *h == lower)
+                .ok_or_else(|| {
+                    err(
+                        format!("{at}.key.name"),
+                        format!("header '{name}' is not covered by the signature, so it cannot be a dedup key"),
+                    )
+                })?;
+            KeySource::SignedHeader { name: lower, index }
+        }
+        Some(RawDedupKey::JsonPointer { pointer }) => {
+            if !pointer.starts_with('/') {
+                return Err(err(
+                    format!("{at}.key.pointer"),
+                    "a JSON pointer starts with '/', e.g. \"/id\"",
+                ));
+            }
+            KeySource::JsonPointer(pointer.clone())
+        }
+    };
+    let retention = match raw.retention_seconds {
+        Some(s) if s == 0 || s > MAX_RETENTION_SECONDS => {
+            return Err(err(
+                format!("{at}.retention_seconds"),
+                format!("must be between 1 and {MAX_RETENTION_SECONDS}"),
+            ))
+        }
+        Some(s) => Retention::Fixed(s.saturating_mul(1000)),
+        None if scheme.timestamp.is_some() => {
+            Retention::AfterWindow(raw.retention_margin_seconds.saturating_mul(1000))
+        }
+        None => Retention::Fixed(DEFAULT_UNTIMED_RETENTION_SECONDS.saturating_mul(1000)),
+    };
+    if raw.retention_margin_seconds > 24 * 3600 {
+        return Err(err(
+            format!("{at}.retention_margin_seconds"),
+            "must be at most 86400",
+        ));
+    }
+    if raw.claim_timeout_seconds == 0 || raw.claim_timeout_seconds > 3600 {
+        return Err(err(
+            format!("{at}.claim_timeout_seconds"),
+            "must be between 1 and 3600",
+        ));
+    }
+    if let Some(bad) = raw
+        .commit_statuses
+        .iter()
+        .find(|s| !(100..=599).contains(*s))
+    {
+        return Err(err(
+            format!("{at}.commit_statuses"),
+            format!("{bad} is not an HTTP status"),
+        ));
+    }
+    Ok(Some(DedupPolicy {
+        source,
+        retention,
+        claim_timeout_ms: raw.claim_timeout_seconds.saturating_mul(1000),
+        acknowledge: raw.on_duplicate == OnDuplicate::Acknowledge,
+        commit_statuses: raw.commit_statuses.clone(),
+    }))
+}
+
+pub fn compile_raw(
+    raw: RawConfig,
+    env: EnvLookup,
+    plugin_name: &str,
+) -> Result<Guard, ConfigError> {
+    let (store, sweep_interval_ms) = compile_store(&raw.store, plugin_name)?;
     if raw.policies.is_empty() {
         return Err(err("policies", "must list at least one policy"));
     }
@@ -91,6 +235,8 @@ pub fn compile_raw(raw: RawConfig, env: EnvLookup) -> Result<Guard, ConfigError>
         policies,
         counters,
         warnings,
+        store,
+        sweep_interval_ms,
     ))
 }
 
@@ -232,9 +378,12 @@ fn compile_policy(
         }
     }
 
+    let dedup = compile_dedup(at, &p.dedup, p.provider, &scheme)?;
+
     let counter_base = counters.len();
     counters.extend(stats::policy_counters(&p.name));
     Ok(Policy {
+        dedup,
         name: p.name,
         matcher,
         scheme,

@@ -15,6 +15,52 @@ pub struct RawConfig {
     #[serde(default)]
     pub default: DefaultAction,
     pub policies: Vec<RawPolicy>,
+    /// The replay store shared by all policies.
+    #[serde(default)]
+    pub store: RawStore,
+}
+
+pub const DEFAULT_SHARDS: u64 = 64;
+pub const DEFAULT_CAPACITY: u64 = 100_000;
+pub const DEFAULT_SWEEP_INTERVAL_SECONDS: u64 = 10;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// Prefix of the shared-data keys; defaults to `webhook_guard/<plugin name>` so two
+    /// plugins sharing a `vm_id` never collide.
+    #[serde(default)]
+    pub key_prefix: Option<String>,
+    #[serde(default = "default_shards")]
+    pub shards: u64,
+    /// Most live entries (in flight or done) across all shards; beyond it: `store_full`.
+    #[serde(default = "default_capacity")]
+    pub capacity: u64,
+    #[serde(default = "default_sweep")]
+    pub sweep_interval_seconds: u64,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            key_prefix: None,
+            shards: DEFAULT_SHARDS,
+            capacity: DEFAULT_CAPACITY,
+            sweep_interval_seconds: DEFAULT_SWEEP_INTERVAL_SECONDS,
+        }
+    }
+}
+
+fn default_shards() -> u64 {
+    DEFAULT_SHARDS
+}
+
+fn default_capacity() -> u64 {
+    DEFAULT_CAPACITY
+}
+
+fn default_sweep() -> u64 {
+    DEFAULT_SWEEP_INTERVAL_SECONDS
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -47,6 +93,84 @@ pub struct RawPolicy {
     /// GitHub only: also accept the legacy `X-Hub-Signature: sha1=` when no sha256 header is sent.
     #[serde(default)]
     pub accept_legacy_sha1: bool,
+    /// Replay protection (on by default).
+    #[serde(default)]
+    pub dedup: RawDedup,
+}
+
+pub const DEFAULT_RETENTION_MARGIN_SECONDS: u64 = 60;
+pub const DEFAULT_UNTIMED_RETENTION_SECONDS: u64 = 24 * 3600;
+pub const DEFAULT_CLAIM_TIMEOUT_SECONDS: u64 = 30;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDedup {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Where the key comes from; the preset's choice when absent.
+    #[serde(default)]
+    pub key: Option<RawDedupKey>,
+    /// How long a delivery stays "done". Default: the timestamp tolerance plus
+    /// `retention_margin_seconds` after the signed timestamp; 24 h for schemes without one.
+    #[serde(default)]
+    pub retention_seconds: Option<u64>,
+    #[serde(default = "default_margin")]
+    pub retention_margin_seconds: u64,
+    /// An in-flight claim whose request never finished expires after this.
+    #[serde(default = "default_claim_timeout")]
+    pub claim_timeout_seconds: u64,
+    #[serde(default)]
+    pub on_duplicate: OnDuplicate,
+    /// Upstream statuses that commit a delivery besides 2xx (e.g. 409 from an idempotent app).
+    #[serde(default)]
+    pub commit_statuses: Vec<u16>,
+}
+
+impl Default for RawDedup {
+    fn default() -> Self {
+        RawDedup {
+            enabled: true,
+            key: None,
+            retention_seconds: None,
+            retention_margin_seconds: DEFAULT_RETENTION_MARGIN_SECONDS,
+            claim_timeout_seconds: DEFAULT_CLAIM_TIMEOUT_SECONDS,
+            on_duplicate: OnDuplicate::Reject,
+            commit_statuses: Vec::new(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_margin() -> u64 {
+    DEFAULT_RETENTION_MARGIN_SECONDS
+}
+
+fn default_claim_timeout() -> u64 {
+    DEFAULT_CLAIM_TIMEOUT_SECONDS
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDuplicate {
+    /// 409 `replayed`.
+    #[default]
+    Reject,
+    /// 200 `{"status":"duplicate"}`, so the provider stops retrying.
+    Acknowledge,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawDedupKey {
+    /// The verified MAC.
+    Signature,
+    /// A header the signed template covers.
+    Header { name: String },
+    /// A JSON pointer into the body (falls back to the signature when absent).
+    JsonPointer { pointer: String },
 }
 
 fn default_tolerance() -> u64 {

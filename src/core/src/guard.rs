@@ -4,6 +4,8 @@
 
 use serde_json::json;
 
+use crate::dedup::key::KeySource;
+use crate::dedup::{self, Claim, ClaimOutcome, Store};
 use crate::host::{Host, Level};
 use crate::policy::{Matcher, RouteInfo};
 use crate::reason::Reason;
@@ -14,8 +16,28 @@ use crate::verify::{self, lookup, Extracted, HeaderList, Lookup, Skew};
 /// Longest value copied from a request into a log line.
 const MAX_LOGGED_VALUE: usize = 128;
 
+/// How long a committed delivery stays a duplicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// From the moment of acceptance.
+    Fixed(u64),
+    /// Until the signed timestamp leaves the window, plus this margin: after that the window
+    /// check alone rejects a replay.
+    AfterWindow(u64),
+}
+
+#[derive(Debug, Clone)]
+pub struct DedupPolicy {
+    pub source: KeySource,
+    pub retention: Retention,
+    pub claim_timeout_ms: u64,
+    pub acknowledge: bool,
+    pub commit_statuses: Vec<u16>,
+}
+
 pub struct Policy {
     pub name: String,
+    pub dedup: Option<DedupPolicy>,
     pub(crate) matcher: Matcher,
     pub scheme: Scheme,
     pub(crate) keys: Vec<Vec<u8>>,
@@ -52,6 +74,8 @@ pub struct Guard {
     policies: Vec<Policy>,
     counters: Vec<String>,
     notices: Vec<(Level, String)>,
+    store: Store,
+    sweep_interval_ms: u64,
 }
 
 /// What to do with a request once its route is known.
@@ -71,6 +95,8 @@ pub struct Rejection {
     pub reason: Reason,
     /// `{"error": "<reason>", "policy": "<name>"}`: never any secret or expected MAC.
     pub body: String,
+    /// Extra response headers (e.g. `retry-after` for `in_flight`).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 /// Request facts kept for decisions and log lines.
@@ -101,6 +127,8 @@ pub struct Accepted {
     pub policy: usize,
     /// Which configured secret matched (0 = the first listed).
     pub key_index: usize,
+    /// Held until the upstream answers: pass it to `Guard::settle`.
+    pub claim: Option<Claim>,
 }
 
 impl Guard {
@@ -109,12 +137,64 @@ impl Guard {
         policies: Vec<Policy>,
         counters: Vec<String>,
         notices: Vec<(Level, String)>,
+        store: Store,
+        sweep_interval_ms: u64,
     ) -> Guard {
         Guard {
             default_deny,
             policies,
             counters,
             notices,
+            store,
+            sweep_interval_ms,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn sweep_interval_ms(&self) -> u64 {
+        self.sweep_interval_ms
+    }
+
+    /// Whether any policy uses the replay store (no store work otherwise).
+    pub fn uses_store(&self) -> bool {
+        self.policies.iter().any(|p| p.dedup.is_some())
+    }
+
+    /// Configure-time: pre-create the store's keys (keeping existing entries).
+    pub fn init_store(&self, host: &dyn Host) {
+        if self.uses_store() {
+            self.store.init(host);
+        }
+    }
+
+    /// Periodic: prune expired entries if this root wins the sweep lease.
+    pub fn sweep(&self, host: &dyn Host, owner: u64) -> Option<usize> {
+        if !self.uses_store() {
+            return None;
+        }
+        // The lease outlives two periods so a slow sweep is not taken over mid-way.
+        self.store
+            .sweep(host, owner, self.sweep_interval_ms.saturating_mul(2))
+    }
+
+    /// The upstream answered with `status` (`None`: the stream ended without an answer):
+    /// commit the claim on success, release it otherwise so a retry is admitted.
+    pub fn settle(&self, host: &dyn Host, claim: &Claim, status: Option<u16>) {
+        let commit_extra = self
+            .policies
+            .get(claim.policy)
+            .and_then(|p| p.dedup.as_ref())
+            .map_or(&[][..], |d| d.commit_statuses.as_slice());
+        let success = status.is_some_and(|s| (200..300).contains(&s) || commit_extra.contains(&s));
+        if success {
+            if self.store.commit(host, claim) {
+                host.increment(stats::STORE_COMMITTED);
+            }
+        } else if self.store.release(host, claim) {
+            host.increment(stats::STORE_RELEASED);
         }
     }
 
@@ -161,6 +241,7 @@ impl Guard {
             status: reason.default_status(),
             reason,
             body: reply_body(reason, None),
+            headers: Vec::new(),
         })
     }
 
@@ -267,13 +348,14 @@ impl Guard {
                 id.as_deref(),
             )
         };
-        let Some(key_index) =
+        let Some((key_index, mac)) =
             verify::matching_key(&policy.scheme, &pending.extracted, &policy.keys, body)
         else {
             return Err(fail(Reason::InvalidSignature, None));
         };
+        let now = host.now_ms();
         if let Some(ts) = &pending.extracted.timestamp {
-            if let Err(skew) = verify::check_window(ts.ms, host.now_ms(), policy.tolerance_ms) {
+            if let Err(skew) = verify::check_window(ts.ms, now, policy.tolerance_ms) {
                 let detail = match skew {
                     Skew::Stale => "stale",
                     Skew::Future => "future",
@@ -281,6 +363,10 @@ impl Guard {
                 return Err(fail(Reason::TimestampOutOfWindow, Some(detail)));
             }
         }
+        let claim = match &policy.dedup {
+            None => None,
+            Some(dedup) => Some(self.claim(host, policy, pending, dedup, &mac, body, now)?),
+        };
         host.increment(policy.counter_base.saturating_add(stats::ACCEPTED));
         if key_index > 0 {
             host.increment(
@@ -292,7 +378,72 @@ impl Guard {
         Ok(Accepted {
             policy: pending.policy,
             key_index,
+            claim,
         })
+    }
+
+    /// Claims the delivery's dedup key; a duplicate, an in-flight twin or a store problem
+    /// becomes the rejection to send.
+    #[allow(clippy::too_many_arguments)]
+    fn claim(
+        &self,
+        host: &dyn Host,
+        policy: &Policy,
+        pending: &Pending,
+        dedup: &DedupPolicy,
+        mac: &[u8],
+        body: &[u8],
+        now: u64,
+    ) -> Result<Claim, Rejection> {
+        let fail = |reason: Reason, detail: Option<&str>| {
+            let id = pending
+                .delivery_id
+                .clone()
+                .or_else(|| body_delivery_id(&policy.scheme, body));
+            self.reject(
+                host,
+                pending.policy,
+                reason,
+                detail,
+                &pending.info,
+                id.as_deref(),
+            )
+        };
+        let (kind, material) =
+            dedup::key::material(&dedup.source, mac, &pending.extracted.signed_headers, body);
+        let hash = dedup::key::hash(&policy.name, kind, &material);
+        let done_expiry_ms = match dedup.retention {
+            Retention::Fixed(ms) => now.saturating_add(ms),
+            Retention::AfterWindow(margin) => {
+                let ts = pending.extracted.timestamp.as_ref().map_or(now, |t| t.ms);
+                ts.max(now)
+                    .saturating_add(policy.tolerance_ms)
+                    .saturating_add(margin)
+            }
+        };
+        match self.store.claim(
+            host,
+            pending.policy,
+            hash,
+            dedup.claim_timeout_ms,
+            done_expiry_ms,
+        ) {
+            ClaimOutcome::Claimed(c) => Ok(c),
+            ClaimOutcome::Done if dedup.acknowledge => {
+                let mut r = fail(Reason::Replayed, Some("acknowledged"));
+                r.status = 200;
+                r.body = json!({"status": "duplicate", "policy": policy.name}).to_string();
+                Err(r)
+            }
+            ClaimOutcome::Done => Err(fail(Reason::Replayed, None)),
+            ClaimOutcome::InFlight { retry_after_s } => {
+                let mut r = fail(Reason::InFlight, None);
+                r.headers.push(("retry-after", retry_after_s.to_string()));
+                Err(r)
+            }
+            ClaimOutcome::Full => Err(fail(Reason::StoreFull, None)),
+            ClaimOutcome::Unavailable => Err(fail(Reason::StoreUnavailable, None)),
+        }
     }
 
     fn reject(
@@ -328,6 +479,7 @@ impl Guard {
             status,
             reason,
             body: reply_body(reason, Some(&policy.name)),
+            headers: Vec::new(),
         }
     }
 
@@ -341,6 +493,7 @@ impl Guard {
             status: reason.default_status(),
             reason,
             body: reply_body(reason, None),
+            headers: Vec::new(),
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod codec;
 pub mod compile;
 pub mod config;
+pub mod dedup;
 pub mod guard;
 pub mod host;
 pub mod memhost;
@@ -16,8 +17,9 @@ pub mod stats;
 pub mod template;
 pub mod verify;
 
-pub use compile::{compile, ConfigError};
+pub use compile::{compile, compile_for_plugin, ConfigError};
+pub use dedup::Claim;
 pub use guard::{Accepted, Guard, Pending, Rejection, RequestInfo, Route};
-pub use host::{Host, Level};
+pub use host::{Host, Level, SetError};
 pub use policy::RouteInfo;
 pub use reason::Reason;

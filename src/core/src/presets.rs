@@ -2,6 +2,7 @@
 //! (see docs/providers.md for sources); adding a preset is a table entry plus vectors.
 
 use crate::config::{Algorithm, Encoding, KeyEncoding, Provider, TimestampUnit};
+use crate::dedup::key::KeySource;
 use crate::scheme::{DeliveryId, Scheme, SigFormat, SigSource, TimestampSource, TimestampSpec};
 use crate::template::Part;
 
@@ -25,6 +26,23 @@ fn header_ts(name: &str) -> Option<TimestampSpec> {
         source: TimestampSource::Header(name.to_string()),
         unit: TimestampUnit::Seconds,
     })
+}
+
+/// Where a preset's dedup key comes from (signed material only).
+pub fn dedup_key(provider: Provider) -> KeySource {
+    match provider {
+        // X-GitHub-Delivery and Shopify's ids are not signed: the MAC is the signed material.
+        Provider::Github | Provider::Slack | Provider::Shopify | Provider::Custom => {
+            KeySource::Signature
+        }
+        // Stripe re-signs every retry with a new `t`; the event id in the body is stable.
+        Provider::Stripe => KeySource::JsonPointer("/id".into()),
+        // The signed webhook-id is the same on every retry (the template's first header).
+        Provider::StandardWebhooks => KeySource::SignedHeader {
+            name: "webhook-id".into(),
+            index: 0,
+        },
+    }
 }
 
 /// The scheme of a named provider; `None` for `custom` (built from its own config).

@@ -14,12 +14,17 @@ pub enum Reason {
     TimestampOutOfWindow,
     BodyTooLarge,
     SecretUnavailable,
+    Replayed,
+    InFlight,
+    StoreFull,
+    StoreUnavailable,
+    /// Keep last: it is the one reason without a policy (see `stats::policy_counters`).
     NoMatchingPolicy,
 }
 
 impl Reason {
     /// Every reason, in a fixed order (used to pre-define one counter per reason).
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 14] = [
         Reason::MissingSignature,
         Reason::MissingTimestamp,
         Reason::MissingHeader,
@@ -29,6 +34,10 @@ impl Reason {
         Reason::TimestampOutOfWindow,
         Reason::BodyTooLarge,
         Reason::SecretUnavailable,
+        Reason::Replayed,
+        Reason::InFlight,
+        Reason::StoreFull,
+        Reason::StoreUnavailable,
         Reason::NoMatchingPolicy,
     ];
 
@@ -43,6 +52,10 @@ impl Reason {
             Reason::TimestampOutOfWindow => "timestamp_out_of_window",
             Reason::BodyTooLarge => "body_too_large",
             Reason::SecretUnavailable => "secret_unavailable",
+            Reason::Replayed => "replayed",
+            Reason::InFlight => "in_flight",
+            Reason::StoreFull => "store_full",
+            Reason::StoreUnavailable => "store_unavailable",
             Reason::NoMatchingPolicy => "no_matching_policy",
         }
     }
@@ -56,8 +69,9 @@ impl Reason {
             | Reason::MalformedTimestamp => 400,
             Reason::InvalidSignature | Reason::TimestampOutOfWindow => 401,
             Reason::NoMatchingPolicy => 403,
+            Reason::Replayed | Reason::InFlight => 409,
             Reason::BodyTooLarge => 413,
-            Reason::SecretUnavailable => 503,
+            Reason::SecretUnavailable | Reason::StoreFull | Reason::StoreUnavailable => 503,
         }
     }
 
@@ -84,6 +98,10 @@ impl Reason {
             }
             Reason::BodyTooLarge => "the body exceeds the policy's max_body_bytes",
             Reason::SecretUnavailable => "no configured secret could be loaded (fail closed)",
+            Reason::Replayed => "this delivery was already accepted and answered successfully",
+            Reason::InFlight => "this delivery is being processed by another request right now",
+            Reason::StoreFull => "the replay store is full of unexpired entries (fail closed)",
+            Reason::StoreUnavailable => "the replay store could not be updated (fail closed)",
             Reason::NoMatchingPolicy => "no policy matches and the default is deny",
         }
     }
@@ -116,5 +134,9 @@ mod tests {
         assert_eq!(Reason::TimestampOutOfWindow.default_status(), 401);
         assert_eq!(Reason::BodyTooLarge.default_status(), 413);
         assert_eq!(Reason::SecretUnavailable.default_status(), 503);
+        assert_eq!(Reason::Replayed.default_status(), 409);
+        assert_eq!(Reason::InFlight.default_status(), 409);
+        assert_eq!(Reason::StoreFull.default_status(), 503);
+        assert_eq!(Reason::ALL.last(), Some(&Reason::NoMatchingPolicy));
     }
 }

@@ -7,12 +7,33 @@ pub const PREFIX: &str = "webhook_guard";
 
 pub const UNMATCHED_PASSED: usize = 0;
 pub const UNMATCHED_DENIED: usize = 1;
+/// The only gauge: live + not-yet-pruned entries in the replay store.
+pub const STORE_ENTRIES: usize = 2;
+pub const STORE_CAS_RETRIES: usize = 3;
+pub const STORE_SWEEPS: usize = 4;
+pub const STORE_SWEPT: usize = 5;
+pub const STORE_COMMITTED: usize = 6;
+pub const STORE_RELEASED: usize = 7;
 
 pub fn global_counters() -> Vec<String> {
-    vec![
-        format!("{PREFIX}.unmatched.passed"),
-        format!("{PREFIX}.unmatched.denied"),
+    [
+        "unmatched.passed",
+        "unmatched.denied",
+        "store.entries",
+        "store.cas_retries",
+        "store.sweeps",
+        "store.swept",
+        "store.committed",
+        "store.released",
     ]
+    .iter()
+    .map(|n| format!("{PREFIX}.{n}"))
+    .collect()
+}
+
+/// Metric type of `Guard::counter_names()[index]`.
+pub fn is_gauge(index: usize) -> bool {
+    index == STORE_ENTRIES
 }
 
 // Offsets inside a policy's block of counters.
@@ -60,5 +81,8 @@ mod tests {
         }
         assert_eq!(names[ACCEPTED], "webhook_guard.policy.p.accepted");
         assert_eq!(names[REJECTED], "webhook_guard.policy.p.rejected");
+        let global = global_counters();
+        assert_eq!(global[STORE_ENTRIES], "webhook_guard.store.entries");
+        assert_eq!(global[STORE_RELEASED], "webhook_guard.store.released");
     }
 }

@@ -280,21 +280,23 @@ pub fn compute_mac(algorithm: Algorithm, key: &[u8], parts: &[&[u8]]) -> Option<
     }
 }
 
-/// Index of the first key whose MAC equals any candidate, compared in constant time.
+/// The first key (index) whose MAC equals any candidate, compared in constant time, with
+/// that MAC.
 pub fn matching_key(
     scheme: &Scheme,
     ex: &Extracted,
     keys: &[Vec<u8>],
     body: &[u8],
-) -> Option<usize> {
+) -> Option<(usize, Vec<u8>)> {
     let algorithm = scheme.sources.get(ex.source)?.algorithm;
     let parts = signed_parts(scheme, ex, body);
-    keys.iter().position(|key| {
-        compute_mac(algorithm, key, &parts).is_some_and(|mac| {
-            ex.candidates
-                .iter()
-                .fold(subtle::Choice::from(0), |acc, c| acc | mac.ct_eq(c))
-                .into()
-        })
+    keys.iter().enumerate().find_map(|(i, key)| {
+        let mac = compute_mac(algorithm, key, &parts)?;
+        let matched: bool = ex
+            .candidates
+            .iter()
+            .fold(subtle::Choice::from(0), |acc, c| acc | mac.ct_eq(c))
+            .into();
+        matched.then_some((i, mac))
     })
 }

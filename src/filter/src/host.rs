@@ -3,8 +3,8 @@
 use std::time::UNIX_EPOCH;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::LogLevel;
-use webhook_guard_core::{Host, Level};
+use proxy_wasm::types::{LogLevel, Status};
+use webhook_guard_core::{Host, Level, SetError};
 
 /// Metric ids in the order of `Guard::counter_names()`; `None` where the define failed.
 pub struct WasmHost {
@@ -21,14 +21,30 @@ impl Host for WasmHost {
             .unwrap_or(0)
     }
 
-    fn increment(&self, counter: usize) {
-        if let Some(Some(id)) = self.metrics.get(counter) {
-            let _ = hostcalls::increment_metric(*id, 1);
+    fn add(&self, metric: usize, delta: i64) {
+        if let Some(Some(id)) = self.metrics.get(metric) {
+            let _ = hostcalls::increment_metric(*id, delta);
         }
     }
 
     fn log(&self, level: Level, line: &str) {
         log(level, line);
+    }
+
+    fn shared_get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, SetError> {
+        match hostcalls::get_shared_data(key) {
+            Ok((value, Some(cas))) => Ok(Some((value.unwrap_or_default(), cas))),
+            Ok((_, None)) => Ok(None),
+            Err(_) => Err(SetError::Failed),
+        }
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(SetError::CasMismatch),
+            Err(_) => Err(SetError::Failed),
+        }
     }
 }
 

@@ -6,7 +6,9 @@ use std::rc::Rc;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
-use webhook_guard_core::{Accepted, Pending, Reason, Rejection, RequestInfo, Route, RouteInfo};
+use webhook_guard_core::{
+    Accepted, Claim, Pending, Reason, Rejection, RequestInfo, Route, RouteInfo,
+};
 
 use crate::root::Loaded;
 
@@ -19,6 +21,8 @@ enum Phase {
     Idle,
     /// Headers checked, waiting for the end of the body.
     Buffering { pending: Pending, buffered: usize },
+    /// Forwarded upstream holding a replay-store claim, settled by the upstream's answer.
+    Forwarded(Claim),
     /// A verdict was reached; later callbacks pass through.
     Decided,
 }
@@ -39,9 +43,11 @@ impl Http {
     fn respond(&mut self, rejection: &Rejection) -> Action {
         self.phase = Phase::Decided;
         set_property(VERDICT_PROPERTY, rejection.reason.code());
+        let mut headers = vec![("content-type", "application/json")];
+        headers.extend(rejection.headers.iter().map(|(k, v)| (*k, v.as_str())));
         let _ = hostcalls::send_http_response(
             u32::from(rejection.status),
-            vec![("content-type", "application/json")],
+            headers,
             Some(rejection.body.as_bytes()),
         );
         Action::Pause
@@ -49,8 +55,11 @@ impl Http {
 
     fn finish(&mut self, loaded: &Loaded, pending: &Pending, body: &[u8]) -> Action {
         match loaded.guard.finish(&loaded.host, pending, body) {
-            Ok(Accepted { .. }) => {
-                self.phase = Phase::Decided;
+            Ok(Accepted { claim, .. }) => {
+                self.phase = match claim {
+                    Some(c) => Phase::Forwarded(c),
+                    None => Phase::Decided,
+                };
                 set_property(VERDICT_PROPERTY, "accepted");
                 Action::Continue
             }
@@ -83,6 +92,7 @@ fn unverifiable() -> Rejection {
         status: reason.default_status(),
         reason,
         body: format!(r#"{{"error":"{}","policy":null}}"#, reason.code()),
+        headers: Vec::new(),
     }
 }
 
@@ -183,5 +193,28 @@ impl HttpContext for Http {
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         // HTTP/2 requests with trailers never see end_of_stream on a body chunk.
         self.finish_buffered()
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // Upstream answers and Envoy's own local replies (timeouts, resets) both land here.
+        if let Phase::Forwarded(claim) = std::mem::replace(&mut self.phase, Phase::Decided) {
+            let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
+                .ok()
+                .flatten()
+                .and_then(|s| s.parse::<u16>().ok());
+            if let Some(loaded) = &self.loaded {
+                loaded.guard.settle(&loaded.host, &claim, status);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        // The stream ended without response headers (client gone, reset): release the claim.
+        if let Phase::Forwarded(claim) = std::mem::replace(&mut self.phase, Phase::Decided) {
+            if let Some(loaded) = &self.loaded {
+                loaded.guard.settle(&loaded.host, &claim, None);
+            }
+        }
     }
 }

@@ -1,0 +1,112 @@
+//! Dedup keys come only from material the signature covers, namespaced by policy and hashed
+//! (SHA-256, first 16 bytes stored): the store never holds ids, bodies or MACs.
+
+use sha2::{Digest, Sha256};
+
+use super::shard::{KeyHash, HASH_BYTES};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// The MAC that verified (equivalent to hashing the signed bytes).
+    Signature,
+    /// A header the signed template covers (e.g. Standard Webhooks' `webhook-id`); the index
+    /// is its position among the template's `{header:..}` parts.
+    SignedHeader { name: String, index: usize },
+    /// A value in the (signed) JSON body, e.g. Stripe's event `/id`; falls back to the
+    /// signature when the body has no such value.
+    JsonPointer(String),
+}
+
+impl KeySource {
+    pub fn describe(&self) -> String {
+        match self {
+            KeySource::Signature => "signature".into(),
+            KeySource::SignedHeader { name, .. } => format!("header:{name}"),
+            KeySource::JsonPointer(p) => format!("json:{p}"),
+        }
+    }
+}
+
+/// The material for `source`, with the kind that was actually used.
+pub fn material<'a>(
+    source: &KeySource,
+    mac: &'a [u8],
+    signed_headers: &'a [Vec<u8>],
+    body: &[u8],
+) -> (&'static str, std::borrow::Cow<'a, [u8]>) {
+    match source {
+        KeySource::Signature => ("sig", mac.into()),
+        KeySource::SignedHeader { index, .. } => match signed_headers.get(*index) {
+            Some(v) => ("hdr", v.as_slice().into()),
+            None => ("sig", mac.into()),
+        },
+        KeySource::JsonPointer(pointer) => match json_value(body, pointer) {
+            Some(v) => ("json", v.into_bytes().into()),
+            None => ("sig", mac.into()),
+        },
+    }
+}
+
+fn json_value(body: &[u8], pointer: &str) -> Option<String> {
+    let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    match doc.pointer(pointer)? {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        v @ serde_json::Value::Number(_) => Some(v.to_string()),
+        _ => None,
+    }
+}
+
+pub fn hash(policy: &str, kind: &str, material: &[u8]) -> KeyHash {
+    let mut h = Sha256::new();
+    h.update(b"webhook-guard/dedup/v1\0");
+    h.update(policy.as_bytes());
+    h.update(b"\0");
+    h.update(kind.as_bytes());
+    h.update(b"\0");
+    h.update(material);
+    let digest = h.finalize();
+    let mut out = [0u8; HASH_BYTES];
+    for (o, d) in out.iter_mut().zip(digest.iter()) {
+        *o = *d;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaced_by_policy_and_kind() {
+        assert_ne!(hash("a", "sig", b"x"), hash("b", "sig", b"x"));
+        assert_ne!(hash("a", "sig", b"x"), hash("a", "hdr", b"x"));
+        assert_eq!(hash("a", "sig", b"x"), hash("a", "sig", b"x"));
+    }
+
+    #[test]
+    fn json_pointer_with_signature_fallback() {
+        let src = KeySource::JsonPointer("/id".into());
+        let (kind, m) = material(&src, b"MAC", &[], br#"{"id":"evt_1","x":2}"#);
+        assert_eq!((kind, m.as_ref()), ("json", &b"evt_1"[..]));
+        let (kind, m) = material(&src, b"MAC", &[], br#"{"id":7}"#);
+        assert_eq!((kind, m.as_ref()), ("json", &b"7"[..]));
+        for body in [
+            &b"not json"[..],
+            br#"{"id":""}"#,
+            br#"{"id":null}"#,
+            br#"[1]"#,
+        ] {
+            assert_eq!(material(&src, b"MAC", &[], body).0, "sig");
+        }
+    }
+
+    #[test]
+    fn signed_header_by_template_index() {
+        let src = KeySource::SignedHeader {
+            name: "webhook-id".into(),
+            index: 1,
+        };
+        let headers = vec![b"a".to_vec(), b"msg_1".to_vec()];
+        assert_eq!(material(&src, b"M", &headers, b"").1.as_ref(), b"msg_1");
+    }
+}

@@ -1,0 +1,271 @@
+//! Replay protection in Envoy shared data: exactly-once admission that follows the backend.
+//!
+//! Envoy's shared data has no insert-if-absent, no delete and no key listing, so the store is a
+//! fixed set of pre-created shard keys, each holding a compact set of (key hash, expiry, state)
+//! entries, updated with read-then-CAS loops. A delivery is *claimed* (`in_flight`) when it
+//! verifies, *committed* (`done`) when the backend answers 2xx, and *released* (removed) when it
+//! fails, so the provider's retry is admitted. Expired entries are pruned on every write and by
+//! a periodic sweep that one root context at a time performs (elected by a CAS lease).
+#![deny(clippy::arithmetic_side_effects)]
+
+pub mod key;
+pub mod shard;
+
+use crate::host::{Host, SetError};
+use crate::stats;
+use shard::{Entry, KeyHash, Shard, State};
+
+/// CAS attempts before giving up with `store_unavailable`.
+pub const MAX_CAS_ATTEMPTS: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    shard_keys: Vec<String>,
+    lease_key: String,
+    per_shard_capacity: usize,
+}
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    Claimed(Claim),
+    /// Another request holds it; it may retry after this many seconds.
+    InFlight {
+        retry_after_s: u64,
+    },
+    Done,
+    Full,
+    Unavailable,
+}
+
+/// A claim held by one request until its upstream answer settles it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub policy: usize,
+    shard: usize,
+    hash: KeyHash,
+    /// Also identifies this claim: a later claimer of the same key (after ours expired) always
+    /// has a later expiry, so a release never removes someone else's claim.
+    claim_expiry_ms: u64,
+    done_expiry_ms: u64,
+}
+
+impl Claim {
+    /// When this claim lapses if never settled; also what tells it from later claims.
+    pub fn claim_expiry_ms(&self) -> u64 {
+        self.claim_expiry_ms
+    }
+
+    /// Until when a commit keeps the delivery a duplicate.
+    pub fn done_expiry_ms(&self) -> u64 {
+        self.done_expiry_ms
+    }
+}
+
+impl Store {
+    pub fn new(prefix: &str, shards: usize, capacity: usize) -> Store {
+        let shards = shards.max(1);
+        Store {
+            shard_keys: (0..shards)
+                .map(|i| format!("{prefix}/v1/shard/{i}"))
+                .collect(),
+            lease_key: format!("{prefix}/v1/sweep-lease"),
+            per_shard_capacity: capacity.div_ceil(shards).max(1),
+        }
+    }
+
+    /// Keys to pre-create at configure time (CAS on a missing key would always "succeed").
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.shard_keys
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once(self.lease_key.as_str()))
+    }
+
+    pub fn per_shard_capacity(&self) -> usize {
+        self.per_shard_capacity
+    }
+
+    /// Creates missing keys with an empty value; existing ones (a config reload under the same
+    /// `vm_id`) keep their entries.
+    pub fn init(&self, host: &dyn Host) {
+        for key in self.keys() {
+            if let Ok(None) = host.shared_get(key) {
+                let _ = host.shared_set(key, &[shard::VERSION], None);
+            }
+        }
+    }
+
+    fn shard_of(&self, hash: &KeyHash) -> usize {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(hash.get(..8).unwrap_or(&[0; 8]));
+        let n = u64::try_from(self.shard_keys.len()).unwrap_or(1);
+        u64::from_le_bytes(first)
+            .checked_rem(n)
+            .and_then(|i| usize::try_from(i).ok())
+            .unwrap_or(0)
+    }
+
+    /// Read-modify-CAS loop on one shard. `change` sees the shard with expired entries already
+    /// pruned (and how many were), and says whether to write it back.
+    fn update<T>(
+        &self,
+        host: &dyn Host,
+        shard: usize,
+        mut change: impl FnMut(&mut Shard, u64, usize) -> (bool, T),
+    ) -> Option<T> {
+        let key = self.shard_keys.get(shard)?;
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let (bytes, cas) = match host.shared_get(key) {
+                Ok(Some((bytes, cas))) => (bytes, Some(cas)),
+                Ok(None) => (Vec::new(), None),
+                Err(_) => return None,
+            };
+            let now = host.now_ms();
+            let mut s = Shard::decode(&bytes);
+            let stored = s.len();
+            let pruned = s.prune(now);
+            let (write, result) = change(&mut s, now, pruned);
+            if !write {
+                return Some(result);
+            }
+            match host.shared_set(key, &s.encode(), cas) {
+                Ok(()) => {
+                    let delta = i64::try_from(s.len())
+                        .unwrap_or(i64::MAX)
+                        .saturating_sub(i64::try_from(stored).unwrap_or(i64::MAX));
+                    if delta != 0 {
+                        host.add(stats::STORE_ENTRIES, delta);
+                    }
+                    return Some(result);
+                }
+                Err(SetError::CasMismatch) => host.increment(stats::STORE_CAS_RETRIES),
+                Err(SetError::Failed) => return None,
+            }
+        }
+        None
+    }
+
+    /// Claims `hash` as in flight until `claim_expiry_ms`; `done_expiry_ms` is kept for commit.
+    pub fn claim(
+        &self,
+        host: &dyn Host,
+        policy: usize,
+        hash: KeyHash,
+        claim_timeout_ms: u64,
+        done_expiry_ms: u64,
+    ) -> ClaimOutcome {
+        let shard = self.shard_of(&hash);
+        let capacity = self.per_shard_capacity;
+        let outcome = self.update(host, shard, |s, now, _| match s.get(&hash, now) {
+            Some(Entry {
+                state: State::Done, ..
+            }) => (false, ClaimOutcome::Done),
+            Some(Entry {
+                state: State::InFlight,
+                expiry_ms,
+                ..
+            }) => {
+                let wait_ms = expiry_ms.saturating_sub(now);
+                let retry_after_s = wait_ms.div_ceil(1000).max(1);
+                (false, ClaimOutcome::InFlight { retry_after_s })
+            }
+            None if s.len() >= capacity => (false, ClaimOutcome::Full),
+            None => {
+                let claim_expiry_ms = now.saturating_add(claim_timeout_ms);
+                s.put(Entry {
+                    hash,
+                    expiry_ms: claim_expiry_ms,
+                    state: State::InFlight,
+                });
+                let claim = Claim {
+                    policy,
+                    shard,
+                    hash,
+                    claim_expiry_ms,
+                    done_expiry_ms,
+                };
+                (true, ClaimOutcome::Claimed(claim))
+            }
+        });
+        outcome.unwrap_or(ClaimOutcome::Unavailable)
+    }
+
+    /// The backend accepted the delivery: later copies are duplicates until `done_expiry_ms`.
+    /// Returns false only if the store could not be written.
+    pub fn commit(&self, host: &dyn Host, claim: &Claim) -> bool {
+        let capacity = self.per_shard_capacity;
+        self.update(host, claim.shard, |s, _, _| {
+            let exists = s.get(&claim.hash, 0).is_some();
+            // Our claim may have expired and been pruned; re-insert if there is room.
+            if !exists && s.len() >= capacity {
+                return (false, ());
+            }
+            s.put(Entry {
+                hash: claim.hash,
+                expiry_ms: claim.done_expiry_ms,
+                state: State::Done,
+            });
+            (true, ())
+        })
+        .is_some()
+    }
+
+    /// The backend failed (or never answered): forget our claim so a retry is admitted.
+    pub fn release(&self, host: &dyn Host, claim: &Claim) -> bool {
+        self.update(host, claim.shard, |s, _, _| {
+            let ours = s.entries().iter().any(|e| {
+                e.hash == claim.hash
+                    && e.state == State::InFlight
+                    && e.expiry_ms == claim.claim_expiry_ms
+            });
+            if ours {
+                s.remove(&claim.hash);
+            }
+            (ours, ())
+        })
+        .is_some()
+    }
+
+    /// Prunes every shard if this root (`owner`) holds or wins the sweep lease.
+    /// Returns the number of entries removed, or `None` when another root holds the lease.
+    pub fn sweep(&self, host: &dyn Host, owner: u64, lease_ms: u64) -> Option<usize> {
+        if !self.acquire_lease(host, owner, lease_ms) {
+            return None;
+        }
+        let removed = (0..self.shard_keys.len())
+            .filter_map(|shard| self.update(host, shard, |_, _, pruned| (pruned > 0, pruned)))
+            .fold(0usize, usize::saturating_add);
+        host.increment(stats::STORE_SWEEPS);
+        if removed > 0 {
+            host.add(
+                stats::STORE_SWEPT,
+                i64::try_from(removed).unwrap_or(i64::MAX),
+            );
+        }
+        Some(removed)
+    }
+
+    fn acquire_lease(&self, host: &dyn Host, owner: u64, lease_ms: u64) -> bool {
+        let (bytes, cas) = match host.shared_get(&self.lease_key) {
+            Ok(Some((b, c))) => (b, Some(c)),
+            Ok(None) => (Vec::new(), None),
+            Err(_) => return false,
+        };
+        let now = host.now_ms();
+        if let (Some(exp), Some(holder)) = (
+            bytes.first_chunk::<8>().map(|b| u64::from_le_bytes(*b)),
+            bytes
+                .get(8..16)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_le_bytes),
+        ) {
+            if holder != owner && exp > now {
+                return false;
+            }
+        }
+        let mut value = now.saturating_add(lease_ms).to_le_bytes().to_vec();
+        value.extend_from_slice(&owner.to_le_bytes());
+        host.shared_set(&self.lease_key, &value, cas).is_ok()
+    }
+}

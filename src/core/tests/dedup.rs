@@ -1,0 +1,514 @@
+// Test code: a panic is a test failure, which is what we want here.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+//! The replay store: a model-based property test against a plain map, CAS races forced by
+//! interleaving, and the claim -> commit/release flow through the Guard.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use webhook_guard_core::dedup::shard::{Shard, State};
+use webhook_guard_core::dedup::{Claim, ClaimOutcome, Store};
+use webhook_guard_core::memhost::MemHost;
+use webhook_guard_core::verify::compute_mac;
+use webhook_guard_core::{
+    compile, compile_for_plugin, config::Algorithm, stats, Guard, Reason, Rejection, RequestInfo,
+};
+
+const T0: u64 = 1_700_000_000_000;
+const CLAIM_MS: u64 = 10_000;
+const DONE_MS: u64 = 30_000;
+
+fn hash(k: u8) -> [u8; 16] {
+    let mut h = [0u8; 16];
+    h[0] = k;
+    h[15] = k.wrapping_mul(7);
+    h
+}
+
+fn stored_entries(host: &MemHost, store: &Store) -> Vec<(u8, State, u64)> {
+    let mut out = Vec::new();
+    for key in store.keys().filter(|k| k.contains("/shard/")) {
+        let shard = Shard::decode(&host.shared_value(key).unwrap_or_default());
+        out.extend(
+            shard
+                .entries()
+                .iter()
+                .map(|e| (e.hash[0], e.state, e.expiry_ms)),
+        );
+    }
+    out
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Claim(u8),
+    Settle(u8, bool),
+    Advance(u64),
+    Sweep,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..6).prop_map(Op::Claim),
+        3 => ((0u8..6), any::<bool>()).prop_map(|(k, ok)| Op::Settle(k, ok)),
+        2 => (0u64..25_000).prop_map(Op::Advance),
+        1 => Just(Op::Sweep),
+    ]
+}
+
+/// The reference: live entries by key, with the same capacity rule (one shard).
+#[derive(Default)]
+struct Model {
+    entries: BTreeMap<u8, (State, u64)>,
+}
+
+impl Model {
+    fn prune(&mut self, now: u64) {
+        self.entries.retain(|_, (_, exp)| *exp > now);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn store_matches_a_simple_model(ops in prop::collection::vec(op(), 1..60), capacity in 1usize..6) {
+        let names = stats::global_counters();
+        let host = MemHost::new(&names, T0);
+        let store = Store::new("model", 1, capacity);
+        store.init(&host);
+        let mut model = Model::default();
+        let mut held: BTreeMap<u8, Vec<Claim>> = BTreeMap::new();
+        for op in ops {
+            let now = host.now_ms.get();
+            match op {
+                Op::Claim(k) => {
+                    let got = store.claim(&host, 0, hash(k), CLAIM_MS, now + DONE_MS);
+                    model.prune(now);
+                    let want = match model.entries.get(&k) {
+                        Some((State::Done, _)) => "done",
+                        Some((State::InFlight, _)) => "in_flight",
+                        None if model.entries.len() >= capacity => "full",
+                        None => {
+                            model.entries.insert(k, (State::InFlight, now + CLAIM_MS));
+                            "claimed"
+                        }
+                    };
+                    let got_kind = match &got {
+                        ClaimOutcome::Claimed(c) => { held.entry(k).or_default().push(c.clone()); "claimed" }
+                        ClaimOutcome::Done => "done",
+                        ClaimOutcome::InFlight { retry_after_s } => {
+                            let (_, exp) = model.entries[&k];
+                            prop_assert_eq!(*retry_after_s, (exp - now).div_ceil(1000).max(1));
+                            "in_flight"
+                        }
+                        ClaimOutcome::Full => "full",
+                        ClaimOutcome::Unavailable => "unavailable",
+                    };
+                    prop_assert_eq!(got_kind, want);
+                }
+                Op::Settle(k, success) => {
+                    let Some(claim) = held.get_mut(&k).and_then(|v| v.pop()) else { continue };
+                    let claim_expiry = claim.claim_expiry_ms();
+                    let done_expiry = claim.done_expiry_ms();
+                    prop_assert_eq!(done_expiry, claim_expiry - CLAIM_MS + DONE_MS);
+                    model.prune(now);
+                    if success {
+                        prop_assert!(store.commit(&host, &claim));
+                        if model.entries.contains_key(&k) || model.entries.len() < capacity {
+                            model.entries.insert(k, (State::Done, done_expiry));
+                        }
+                    } else {
+                        prop_assert!(store.release(&host, &claim));
+                        if model.entries.get(&k) == Some(&(State::InFlight, claim_expiry)) {
+                            model.entries.remove(&k);
+                        }
+                    }
+                }
+                Op::Advance(ms) => host.advance(ms),
+                Op::Sweep => {
+                    prop_assert!(store.sweep(&host, 1, 20_000).is_some());
+                    model.prune(now);
+                }
+            }
+            model.prune(host.now_ms.get());
+            let stored = stored_entries(&host, &store);
+            let now = host.now_ms.get();
+            let live: BTreeMap<u8, (State, u64)> =
+                stored.iter().filter(|(_, _, exp)| *exp > now).map(|(k, s, e)| (*k, (*s, *e))).collect();
+            prop_assert_eq!(&live, &model.entries);
+            // The gauge tracks every stored entry, pruned or not yet.
+            prop_assert_eq!(host.count("webhook_guard.store.entries"), stored.len() as i64);
+        }
+    }
+}
+
+#[test]
+fn concurrent_claims_of_one_key_admit_exactly_one() {
+    // Twenty "workers": each one's CAS write is pre-empted by the next worker's whole claim,
+    // the worst interleaving Envoy's shared-data mutex allows.
+    let names = stats::global_counters();
+    let host = Rc::new(MemHost::new(&names, T0));
+    let store = Store::new("race", 4, 100);
+    store.init(&*host);
+    let outcomes = Rc::new(RefCell::new(Vec::new()));
+
+    fn claim_chain(
+        host: Rc<MemHost>,
+        store: Store,
+        outcomes: Rc<RefCell<Vec<ClaimOutcome>>>,
+        left: usize,
+    ) {
+        if left > 1 {
+            let (h, s, o) = (host.clone(), store.clone(), outcomes.clone());
+            host.before_next_set(move || claim_chain(h, s, o, left - 1));
+        }
+        let got = store.claim(&*host, 0, hash(9), CLAIM_MS, T0 + DONE_MS);
+        outcomes.borrow_mut().push(got);
+    }
+    claim_chain(host.clone(), store.clone(), outcomes.clone(), 20);
+
+    let outcomes = outcomes.borrow();
+    assert_eq!(outcomes.len(), 20);
+    let claimed = outcomes
+        .iter()
+        .filter(|o| matches!(o, ClaimOutcome::Claimed(_)))
+        .count();
+    let in_flight = outcomes
+        .iter()
+        .filter(|o| matches!(o, ClaimOutcome::InFlight { .. }))
+        .count();
+    assert_eq!((claimed, in_flight), (1, 19));
+    assert!(host.count("webhook_guard.store.cas_retries") >= 1);
+    assert_eq!(host.count("webhook_guard.store.entries"), 1);
+}
+
+#[test]
+fn cas_exhaustion_and_host_failure_fail_closed() {
+    let names = stats::global_counters();
+    let host = MemHost::new(&names, T0);
+    let store = Store::new("x", 1, 10);
+    store.init(&host);
+    host.cas_failures.set(10_000);
+    assert_eq!(
+        store.claim(&host, 0, hash(1), CLAIM_MS, T0 + DONE_MS),
+        ClaimOutcome::Unavailable
+    );
+    host.cas_failures.set(3);
+    assert!(matches!(
+        store.claim(&host, 0, hash(1), CLAIM_MS, T0 + DONE_MS),
+        ClaimOutcome::Claimed(_)
+    ));
+    host.broken.set(true);
+    assert_eq!(
+        store.claim(&host, 0, hash(2), CLAIM_MS, T0 + DONE_MS),
+        ClaimOutcome::Unavailable
+    );
+}
+
+#[test]
+fn only_the_lease_holder_sweeps_until_the_lease_expires() {
+    let names = stats::global_counters();
+    let host = MemHost::new(&names, T0);
+    let store = Store::new("x", 2, 10);
+    store.init(&host);
+    for k in 0..4 {
+        let ClaimOutcome::Claimed(c) = store.claim(&host, 0, hash(k), CLAIM_MS, T0 + 1_000) else {
+            panic!()
+        };
+        assert!(store.commit(&host, &c));
+    }
+    host.advance(2_000);
+    assert_eq!(store.sweep(&host, 1, 5_000), Some(4));
+    assert_eq!(
+        store.sweep(&host, 2, 5_000),
+        None,
+        "another root holds the lease"
+    );
+    assert_eq!(store.sweep(&host, 1, 5_000), Some(0), "the holder renews");
+    host.advance(6_000);
+    assert_eq!(
+        store.sweep(&host, 2, 5_000),
+        Some(0),
+        "an expired lease is taken over"
+    );
+    assert_eq!(host.count("webhook_guard.store.swept"), 4);
+    assert_eq!(host.count("webhook_guard.store.entries"), 0);
+}
+
+#[test]
+fn init_keeps_existing_entries_across_a_reload() {
+    let names = stats::global_counters();
+    let host = MemHost::new(&names, T0);
+    let store = Store::new("x", 1, 10);
+    store.init(&host);
+    let ClaimOutcome::Claimed(c) = store.claim(&host, 0, hash(1), CLAIM_MS, T0 + DONE_MS) else {
+        panic!()
+    };
+    store.commit(&host, &c);
+    let reloaded = Store::new("x", 1, 10);
+    reloaded.init(&host);
+    assert_eq!(
+        reloaded.claim(&host, 0, hash(1), CLAIM_MS, T0 + DONE_MS),
+        ClaimOutcome::Done
+    );
+}
+
+// ---- through the Guard, as the filter drives it ----
+
+fn github_guard(extra: Value, store: Value) -> Guard {
+    let mut p = json!({"name": "gh", "match": {"path_prefix": "/"}, "provider": "github", "secrets": [{"inline": "s"}]});
+    for (k, v) in extra.as_object().unwrap() {
+        p[k] = v.clone();
+    }
+    compile(
+        json!({"policies": [p], "store": store})
+            .to_string()
+            .as_bytes(),
+        &|_| None,
+    )
+    .unwrap()
+}
+
+fn gh(g: &Guard, host: &MemHost, body: &[u8]) -> Result<Option<Claim>, Rejection> {
+    let sig = format!(
+        "sha256={}",
+        hex::encode(compute_mac(Algorithm::HmacSha256, b"s", &[body]).unwrap())
+    );
+    let headers = vec![("x-hub-signature-256".to_string(), sig.into_bytes())];
+    let info = RequestInfo {
+        route_name: None,
+        method: "POST".into(),
+        path: "/".into(),
+    };
+    let pending = g.begin(host, 0, info, &headers)?;
+    g.finish(host, &pending, body).map(|a| a.claim)
+}
+
+#[test]
+fn replay_after_success_is_409_and_a_failed_delivery_can_be_retried() {
+    let g = github_guard(json!({}), json!({}));
+    let host = MemHost::new(g.counter_names(), T0);
+    g.init_store(&host);
+    // Backend 500: released, the retry is admitted.
+    let claim = gh(&g, &host, b"one").unwrap().unwrap();
+    g.settle(&host, &claim, Some(500));
+    let claim = gh(&g, &host, b"one").unwrap().unwrap();
+    // While in flight, a twin gets 409 in_flight with Retry-After.
+    let r = gh(&g, &host, b"one").unwrap_err();
+    assert_eq!((r.status, r.reason), (409, Reason::InFlight));
+    assert_eq!(r.headers, vec![("retry-after", "30".to_string())]);
+    g.settle(&host, &claim, Some(204));
+    let r = gh(&g, &host, b"one").unwrap_err();
+    assert_eq!((r.status, r.reason), (409, Reason::Replayed));
+    assert_eq!(r.body, r#"{"error":"replayed","policy":"gh"}"#);
+    assert_eq!(host.count("webhook_guard.store.committed"), 1);
+    assert_eq!(host.count("webhook_guard.store.released"), 1);
+    assert_eq!(host.count("webhook_guard.policy.gh.reason.replayed"), 1);
+    assert_eq!(host.count("webhook_guard.policy.gh.reason.in_flight"), 1);
+    // A stream that ended without an answer releases too.
+    let claim = gh(&g, &host, b"two").unwrap().unwrap();
+    g.settle(&host, &claim, None);
+    assert!(gh(&g, &host, b"two").is_ok());
+}
+
+#[test]
+fn retention_defaults_to_24h_without_a_signed_timestamp_and_can_be_set() {
+    let g = github_guard(json!({}), json!({}));
+    let host = MemHost::new(g.counter_names(), T0);
+    let c = gh(&g, &host, b"x").unwrap().unwrap();
+    g.settle(&host, &c, Some(200));
+    host.advance(24 * 3600 * 1000 - 1);
+    assert_eq!(gh(&g, &host, b"x").unwrap_err().reason, Reason::Replayed);
+    host.advance(1);
+    assert!(gh(&g, &host, b"x").is_ok());
+
+    let g = github_guard(json!({"dedup": {"retention_seconds": 5}}), json!({}));
+    let host = MemHost::new(g.counter_names(), T0);
+    let c = gh(&g, &host, b"x").unwrap().unwrap();
+    g.settle(&host, &c, Some(200));
+    host.advance(5_000);
+    assert!(gh(&g, &host, b"x").is_ok());
+}
+
+#[test]
+fn stuck_claims_expire_after_the_claim_timeout() {
+    let g = github_guard(json!({"dedup": {"claim_timeout_seconds": 2}}), json!({}));
+    let host = MemHost::new(g.counter_names(), T0);
+    let _never_settled = gh(&g, &host, b"x").unwrap().unwrap();
+    host.advance(1_500);
+    let r = gh(&g, &host, b"x").unwrap_err();
+    assert_eq!((r.reason, r.headers[0].1.as_str()), (Reason::InFlight, "1"));
+    host.advance(500);
+    assert!(gh(&g, &host, b"x").is_ok());
+}
+
+#[test]
+fn acknowledge_answers_duplicates_with_200_and_commit_statuses_extend_success() {
+    let g = github_guard(
+        json!({"dedup": {"on_duplicate": "acknowledge", "commit_statuses": [409]}}),
+        json!({}),
+    );
+    let host = MemHost::new(g.counter_names(), T0);
+    let c = gh(&g, &host, b"x").unwrap().unwrap();
+    g.settle(&host, &c, Some(409));
+    let r = gh(&g, &host, b"x").unwrap_err();
+    assert_eq!((r.status, r.reason), (200, Reason::Replayed));
+    assert_eq!(r.body, r#"{"policy":"gh","status":"duplicate"}"#);
+}
+
+#[test]
+fn a_full_store_fails_closed_with_503() {
+    let g = github_guard(json!({}), json!({"shards": 1, "capacity": 2}));
+    let host = MemHost::new(g.counter_names(), T0);
+    g.init_store(&host);
+    assert!(gh(&g, &host, b"1").is_ok());
+    assert!(gh(&g, &host, b"2").is_ok());
+    let r = gh(&g, &host, b"3").unwrap_err();
+    assert_eq!((r.status, r.reason), (503, Reason::StoreFull));
+    assert_eq!(host.count("webhook_guard.policy.gh.reason.store_full"), 1);
+    // A store that cannot be written (CAS never wins) also fails closed.
+    let g = github_guard(json!({}), json!({}));
+    let host = MemHost::new(g.counter_names(), T0);
+    host.cas_failures.set(1000);
+    let r = gh(&g, &host, b"4").unwrap_err();
+    assert_eq!((r.status, r.reason), (503, Reason::StoreUnavailable));
+}
+
+#[test]
+fn dedup_can_be_disabled() {
+    let g = github_guard(json!({"dedup": {"enabled": false}}), json!({}));
+    let host = MemHost::new(g.counter_names(), T0);
+    assert_eq!(gh(&g, &host, b"x"), Ok(None));
+    assert_eq!(gh(&g, &host, b"x"), Ok(None));
+    assert!(!g.uses_store());
+}
+
+fn stripe_request(
+    g: &Guard,
+    host: &MemHost,
+    t: u64,
+    body: &str,
+) -> Result<Option<Claim>, Rejection> {
+    let mac = compute_mac(
+        Algorithm::HmacSha256,
+        b"whsec_x",
+        &[format!("{t}.").as_bytes(), body.as_bytes()],
+    )
+    .unwrap();
+    let headers = vec![(
+        "stripe-signature".to_string(),
+        format!("t={t},v1={}", hex::encode(mac)).into_bytes(),
+    )];
+    let info = RequestInfo {
+        route_name: None,
+        method: "POST".into(),
+        path: "/".into(),
+    };
+    let pending = g.begin(host, 0, info, &headers)?;
+    g.finish(host, &pending, body.as_bytes()).map(|a| a.claim)
+}
+
+#[test]
+fn stripe_retry_resigned_with_a_new_timestamp_is_a_duplicate_by_event_id() {
+    let doc = json!({"policies": [{"name": "st", "match": {"path_prefix": "/"}, "provider": "stripe", "secrets": [{"inline": "whsec_x"}]}]});
+    let g = compile(doc.to_string().as_bytes(), &|_| None).unwrap();
+    let host = MemHost::new(g.counter_names(), T0);
+    let t = T0 / 1000;
+    let c = stripe_request(&g, &host, t, r#"{"id":"evt_1","attempt":1}"#)
+        .unwrap()
+        .unwrap();
+    g.settle(&host, &c, Some(200));
+    host.advance(60_000);
+    let r = stripe_request(&g, &host, t + 60, r#"{"id":"evt_1","attempt":2}"#).unwrap_err();
+    assert_eq!(r.reason, Reason::Replayed);
+    // A different event is admitted; a body without an id falls back to the signature.
+    assert!(stripe_request(&g, &host, t + 60, r#"{"id":"evt_2"}"#).is_ok());
+    let c = stripe_request(&g, &host, t + 60, r#"{"no_id":1}"#)
+        .unwrap()
+        .unwrap();
+    g.settle(&host, &c, Some(200));
+    assert_eq!(
+        stripe_request(&g, &host, t + 60, r#"{"no_id":1}"#)
+            .unwrap_err()
+            .reason,
+        Reason::Replayed
+    );
+    // Timestamped schemes keep "done" until the timestamp leaves the window, plus the margin.
+    host.advance((300 + 60) * 1000);
+    assert!(
+        stripe_request(&g, &host, t + 60, r#"{"no_id":1}"#)
+            .unwrap_err()
+            .reason
+            == Reason::TimestampOutOfWindow
+    );
+}
+
+#[test]
+fn store_keys_are_prefixed_by_plugin_and_config_checks_dedup_fields() {
+    let doc = json!({"policies": [{"name": "gh", "match": {"path_prefix": "/"}, "provider": "github", "secrets": [{"inline": "s"}]}]});
+    let g = compile_for_plugin(doc.to_string().as_bytes(), &|_| None, "hooks").unwrap();
+    assert!(g
+        .store()
+        .keys()
+        .all(|k| k.starts_with("webhook_guard/hooks/v1/")));
+    assert_eq!(g.store().keys().count(), 65, "64 shards + the sweep lease");
+
+    let bad = |dedup: Value| {
+        let doc = json!({"policies": [{"name": "c", "match": {"path_prefix": "/"}, "provider": "custom",
+            "custom": {"signature_header": "X-Sig", "signed_template": "{header:X-Id}.{body}"},
+            "secrets": [{"inline": "s"}], "dedup": dedup}]});
+        compile(doc.to_string().as_bytes(), &|_| None)
+            .err()
+            .map(|e| e.to_string())
+    };
+    assert_eq!(
+        bad(json!({"key": {"source": "header", "name": "X-Id"}})),
+        None
+    );
+    assert!(
+        bad(json!({"key": {"source": "header", "name": "X-Delivery"}}))
+            .unwrap()
+            .contains("policies[0].dedup.key.name")
+    );
+    assert!(
+        bad(json!({"key": {"source": "json_pointer", "pointer": "id"}}))
+            .unwrap()
+            .contains("policies[0].dedup.key.pointer")
+    );
+    assert!(bad(json!({"key": {"source": "body"}}))
+        .unwrap()
+        .contains("policies[0].dedup.key"));
+    assert!(bad(json!({"retention_seconds": 0}))
+        .unwrap()
+        .contains("retention_seconds"));
+    assert!(bad(json!({"claim_timeout_seconds": 0}))
+        .unwrap()
+        .contains("claim_timeout_seconds"));
+    assert!(bad(json!({"on_duplicate": "ignore"}))
+        .unwrap()
+        .contains("on_duplicate"));
+    let store_err = |store: Value| {
+        compile(
+            json!({"policies": [{"name": "g", "match": {"path_prefix": "/"}, "provider": "github",
+            "secrets": [{"inline": "s"}]}], "store": store})
+            .to_string()
+            .as_bytes(),
+            &|_| None,
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    assert!(store_err(json!({"shards": 0})).contains("store.shards"));
+    assert!(store_err(json!({"shards": 8, "capacity": 4})).contains("store.capacity"));
+    assert!(store_err(json!({"key_prefix": ""})).contains("store.key_prefix"));
+}
