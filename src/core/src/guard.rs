@@ -158,6 +158,11 @@ impl Guard {
         self.sweep_interval_ms
     }
 
+    /// Whether any policy matches on the Envoy route name (the glue fetches it only then).
+    pub fn uses_route_names(&self) -> bool {
+        self.policies.iter().any(|p| p.matcher.uses_route_name())
+    }
+
     /// Whether any policy uses the replay store (no store work otherwise).
     pub fn uses_store(&self) -> bool {
         self.policies.iter().any(|p| p.dedup.is_some())
@@ -423,6 +428,7 @@ impl Guard {
         };
         match self.store.claim(
             host,
+            now,
             pending.policy,
             hash,
             dedup.claim_timeout_ms,

@@ -23,6 +23,8 @@ pub trait Host {
     fn now_ms(&self) -> u64;
     /// Adds `delta` to the metric at `index` of `Guard::metrics()` (counters only grow).
     fn add(&self, metric: usize, delta: i64);
+    /// Sets the gauge at `index` of `Guard::counter_names()`.
+    fn set_gauge(&self, metric: usize, value: u64);
     fn log(&self, level: Level, line: &str);
     /// Process-wide shared data (Envoy semantics): `Ok(None)` for a missing key, else the
     /// value and its CAS token.

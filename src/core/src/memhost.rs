@@ -78,6 +78,13 @@ impl Host for MemHost {
         *slot = slot.saturating_add(delta);
     }
 
+    fn set_gauge(&self, metric: usize, value: u64) {
+        let name = self.names.get(metric).cloned().unwrap_or_default();
+        self.counts
+            .borrow_mut()
+            .insert(name, i64::try_from(value).unwrap_or(i64::MAX));
+    }
+
     fn log(&self, level: Level, line: &str) {
         self.logs.borrow_mut().push((level, line.to_string()));
     }

@@ -42,6 +42,10 @@ impl Matcher {
         })
     }
 
+    pub fn uses_route_name(&self) -> bool {
+        self.route_name.is_some()
+    }
+
     pub fn matches(&self, req: &RouteInfo) -> bool {
         if let Some(want) = &self.route_name {
             if req.route_name != Some(want.as_str()) {

@@ -7,7 +7,7 @@ pub const PREFIX: &str = "webhook_guard";
 
 pub const UNMATCHED_PASSED: usize = 0;
 pub const UNMATCHED_DENIED: usize = 1;
-/// The only gauge: live + not-yet-pruned entries in the replay store.
+/// The only gauge: entries in the replay store, as counted by the last sweep.
 pub const STORE_ENTRIES: usize = 2;
 pub const STORE_CAS_RETRIES: usize = 3;
 pub const STORE_SWEEPS: usize = 4;

@@ -90,9 +90,10 @@ proptest! {
         let mut held: BTreeMap<u8, Vec<Claim>> = BTreeMap::new();
         for op in ops {
             let now = host.now_ms.get();
+            let op_done = Some(op.clone());
             match op {
                 Op::Claim(k) => {
-                    let got = store.claim(&host, 0, hash(k), CLAIM_MS, now + DONE_MS);
+                    let got = store.claim(&host, now, 0, hash(k), CLAIM_MS, now + DONE_MS);
                     model.prune(now);
                     let want = match model.entries.get(&k) {
                         Some((State::Done, _)) => "done",
@@ -146,8 +147,10 @@ proptest! {
             let live: BTreeMap<u8, (State, u64)> =
                 stored.iter().filter(|(_, _, exp)| *exp > now).map(|(k, s, e)| (*k, (*s, *e))).collect();
             prop_assert_eq!(&live, &model.entries);
-            // The gauge tracks every stored entry, pruned or not yet.
-            prop_assert_eq!(host.count("webhook_guard.store.entries"), stored.len() as i64);
+            // A sweep publishes the number of stored entries as the gauge.
+            if matches!(op_done, Some(Op::Sweep)) {
+                prop_assert_eq!(host.count("webhook_guard.store.entries"), stored.len() as i64);
+            }
         }
     }
 }
@@ -172,7 +175,7 @@ fn concurrent_claims_of_one_key_admit_exactly_one() {
             let (h, s, o) = (host.clone(), store.clone(), outcomes.clone());
             host.before_next_set(move || claim_chain(h, s, o, left - 1));
         }
-        let got = store.claim(&*host, 0, hash(9), CLAIM_MS, T0 + DONE_MS);
+        let got = store.claim(&*host, T0, 0, hash(9), CLAIM_MS, T0 + DONE_MS);
         outcomes.borrow_mut().push(got);
     }
     claim_chain(host.clone(), store.clone(), outcomes.clone(), 20);
@@ -189,6 +192,7 @@ fn concurrent_claims_of_one_key_admit_exactly_one() {
         .count();
     assert_eq!((claimed, in_flight), (1, 19));
     assert!(host.count("webhook_guard.store.cas_retries") >= 1);
+    assert_eq!(store.sweep(&*host, 1, 1_000), Some(0));
     assert_eq!(host.count("webhook_guard.store.entries"), 1);
 }
 
@@ -200,17 +204,17 @@ fn cas_exhaustion_and_host_failure_fail_closed() {
     store.init(&host);
     host.cas_failures.set(10_000);
     assert_eq!(
-        store.claim(&host, 0, hash(1), CLAIM_MS, T0 + DONE_MS),
+        store.claim(&host, T0, 0, hash(1), CLAIM_MS, T0 + DONE_MS),
         ClaimOutcome::Unavailable
     );
     host.cas_failures.set(3);
     assert!(matches!(
-        store.claim(&host, 0, hash(1), CLAIM_MS, T0 + DONE_MS),
+        store.claim(&host, T0, 0, hash(1), CLAIM_MS, T0 + DONE_MS),
         ClaimOutcome::Claimed(_)
     ));
     host.broken.set(true);
     assert_eq!(
-        store.claim(&host, 0, hash(2), CLAIM_MS, T0 + DONE_MS),
+        store.claim(&host, T0, 0, hash(2), CLAIM_MS, T0 + DONE_MS),
         ClaimOutcome::Unavailable
     );
 }
@@ -222,7 +226,8 @@ fn only_the_lease_holder_sweeps_until_the_lease_expires() {
     let store = Store::new("x", 2, 10);
     store.init(&host);
     for k in 0..4 {
-        let ClaimOutcome::Claimed(c) = store.claim(&host, 0, hash(k), CLAIM_MS, T0 + 1_000) else {
+        let ClaimOutcome::Claimed(c) = store.claim(&host, T0, 0, hash(k), CLAIM_MS, T0 + 1_000)
+        else {
             panic!()
         };
         assert!(store.commit(&host, &c));
@@ -251,14 +256,15 @@ fn init_keeps_existing_entries_across_a_reload() {
     let host = MemHost::new(&names, T0);
     let store = Store::new("x", 1, 10);
     store.init(&host);
-    let ClaimOutcome::Claimed(c) = store.claim(&host, 0, hash(1), CLAIM_MS, T0 + DONE_MS) else {
+    let ClaimOutcome::Claimed(c) = store.claim(&host, T0, 0, hash(1), CLAIM_MS, T0 + DONE_MS)
+    else {
         panic!()
     };
     store.commit(&host, &c);
     let reloaded = Store::new("x", 1, 10);
     reloaded.init(&host);
     assert_eq!(
-        reloaded.claim(&host, 0, hash(1), CLAIM_MS, T0 + DONE_MS),
+        reloaded.claim(&host, T0, 0, hash(1), CLAIM_MS, T0 + DONE_MS),
         ClaimOutcome::Done
     );
 }
@@ -461,7 +467,11 @@ fn store_keys_are_prefixed_by_plugin_and_config_checks_dedup_fields() {
         .store()
         .keys()
         .all(|k| k.starts_with("webhook_guard/hooks/v1/")));
-    assert_eq!(g.store().keys().count(), 65, "64 shards + the sweep lease");
+    assert_eq!(
+        g.store().keys().count(),
+        257,
+        "256 shards + the sweep lease"
+    );
 
     let bad = |dedup: Value| {
         let doc = json!({"policies": [{"name": "c", "match": {"path_prefix": "/"}, "provider": "custom",

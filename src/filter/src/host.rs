@@ -27,6 +27,12 @@ impl Host for WasmHost {
         }
     }
 
+    fn set_gauge(&self, metric: usize, value: u64) {
+        if let Some(Some(id)) = self.metrics.get(metric) {
+            let _ = hostcalls::record_metric(*id, value);
+        }
+    }
+
     fn log(&self, level: Level, line: &str) {
         log(level, line);
     }

@@ -13,8 +13,8 @@ use webhook_guard_core::{
 use crate::root::Loaded;
 
 /// Filter-state property read by access logs as `%FILTER_STATE(wasm.webhook_verdict:PLAIN)%`.
+/// One per request: each property write costs several microseconds in Envoy.
 const VERDICT_PROPERTY: &str = "webhook_verdict";
-const POLICY_PROPERTY: &str = "webhook_policy";
 
 enum Phase {
     /// Not (yet) under a policy.
@@ -124,10 +124,15 @@ impl HttpContext for Http {
             )
         };
         let (path, authority, method) = (pseudo(":path"), pseudo(":authority"), pseudo(":method"));
-        let route_name = hostcalls::get_property(vec!["xds", "route_name"])
-            .ok()
-            .flatten()
-            .map(|b| text(Some(&b)));
+        // A property lookup is a costly hostcall: only when some policy matches on route names.
+        let route_name = if loaded.guard.uses_route_names() {
+            hostcalls::get_property(vec!["xds", "route_name"])
+                .ok()
+                .flatten()
+                .map(|b| text(Some(&b)))
+        } else {
+            None
+        };
         let route = loaded.guard.route(
             &loaded.host,
             &RouteInfo {
@@ -145,9 +150,6 @@ impl HttpContext for Http {
             Route::Reject(r) => return self.respond(&r),
             Route::Verify(i) => i,
         };
-        if let Some(p) = loaded.guard.policy(policy) {
-            set_property(POLICY_PROPERTY, &p.name);
-        }
         let info = RequestInfo {
             route_name,
             method,

@@ -48,6 +48,9 @@ pub struct Claim {
     /// has a later expiry, so a release never removes someone else's claim.
     claim_expiry_ms: u64,
     done_expiry_ms: u64,
+    /// When the claim was made: settling prunes with this clock instead of asking the host
+    /// again (an older clock only prunes less).
+    claimed_at_ms: u64,
 }
 
 impl Claim {
@@ -106,12 +109,13 @@ impl Store {
             .unwrap_or(0)
     }
 
-    /// Read-modify-CAS loop on one shard. `change` sees the shard with expired entries already
-    /// pruned (and how many were), and says whether to write it back.
+    /// Read-modify-CAS loop on one shard. `change` sees the shard with entries expired at `now`
+    /// already pruned (and how many were), and says whether to write it back.
     fn update<T>(
         &self,
         host: &dyn Host,
         shard: usize,
+        now: u64,
         mut change: impl FnMut(&mut Shard, u64, usize) -> (bool, T),
     ) -> Option<T> {
         let key = self.shard_keys.get(shard)?;
@@ -121,24 +125,14 @@ impl Store {
                 Ok(None) => (Vec::new(), None),
                 Err(_) => return None,
             };
-            let now = host.now_ms();
-            let mut s = Shard::decode(&bytes);
-            let stored = s.len();
+            let mut s = Shard::from_vec(bytes);
             let pruned = s.prune(now);
             let (write, result) = change(&mut s, now, pruned);
             if !write {
                 return Some(result);
             }
-            match host.shared_set(key, &s.encode(), cas) {
-                Ok(()) => {
-                    let delta = i64::try_from(s.len())
-                        .unwrap_or(i64::MAX)
-                        .saturating_sub(i64::try_from(stored).unwrap_or(i64::MAX));
-                    if delta != 0 {
-                        host.add(stats::STORE_ENTRIES, delta);
-                    }
-                    return Some(result);
-                }
+            match host.shared_set(key, s.as_bytes(), cas) {
+                Ok(()) => return Some(result),
                 Err(SetError::CasMismatch) => host.increment(stats::STORE_CAS_RETRIES),
                 Err(SetError::Failed) => return None,
             }
@@ -150,6 +144,7 @@ impl Store {
     pub fn claim(
         &self,
         host: &dyn Host,
+        now_ms: u64,
         policy: usize,
         hash: KeyHash,
         claim_timeout_ms: u64,
@@ -157,7 +152,7 @@ impl Store {
     ) -> ClaimOutcome {
         let shard = self.shard_of(&hash);
         let capacity = self.per_shard_capacity;
-        let outcome = self.update(host, shard, |s, now, _| match s.get(&hash, now) {
+        let outcome = self.update(host, shard, now_ms, |s, now, _| match s.get(&hash, now) {
             Some(Entry {
                 state: State::Done, ..
             }) => (false, ClaimOutcome::Done),
@@ -184,6 +179,7 @@ impl Store {
                     hash,
                     claim_expiry_ms,
                     done_expiry_ms,
+                    claimed_at_ms: now,
                 };
                 (true, ClaimOutcome::Claimed(claim))
             }
@@ -195,7 +191,7 @@ impl Store {
     /// Returns false only if the store could not be written.
     pub fn commit(&self, host: &dyn Host, claim: &Claim) -> bool {
         let capacity = self.per_shard_capacity;
-        self.update(host, claim.shard, |s, _, _| {
+        self.update(host, claim.shard, claim.claimed_at_ms, |s, _, _| {
             let exists = s.get(&claim.hash, 0).is_some();
             // Our claim may have expired and been pruned; re-insert if there is room.
             if !exists && s.len() >= capacity {
@@ -213,11 +209,9 @@ impl Store {
 
     /// The backend failed (or never answered): forget our claim so a retry is admitted.
     pub fn release(&self, host: &dyn Host, claim: &Claim) -> bool {
-        self.update(host, claim.shard, |s, _, _| {
-            let ours = s.entries().iter().any(|e| {
-                e.hash == claim.hash
-                    && e.state == State::InFlight
-                    && e.expiry_ms == claim.claim_expiry_ms
+        self.update(host, claim.shard, claim.claimed_at_ms, |s, _, _| {
+            let ours = s.get(&claim.hash, 0).is_some_and(|e| {
+                e.state == State::InFlight && e.expiry_ms == claim.claim_expiry_ms
             });
             if ours {
                 s.remove(&claim.hash);
@@ -227,15 +221,23 @@ impl Store {
         .is_some()
     }
 
-    /// Prunes every shard if this root (`owner`) holds or wins the sweep lease.
+    /// Prunes every shard if this root (`owner`) holds or wins the sweep lease, and publishes
+    /// the number of entries left as the `store.entries` gauge (kept off the request path).
     /// Returns the number of entries removed, or `None` when another root holds the lease.
     pub fn sweep(&self, host: &dyn Host, owner: u64, lease_ms: u64) -> Option<usize> {
-        if !self.acquire_lease(host, owner, lease_ms) {
+        let now = host.now_ms();
+        if !self.acquire_lease(host, owner, now, lease_ms) {
             return None;
         }
-        let removed = (0..self.shard_keys.len())
-            .filter_map(|shard| self.update(host, shard, |_, _, pruned| (pruned > 0, pruned)))
-            .fold(0usize, usize::saturating_add);
+        let (removed, left) = (0..self.shard_keys.len())
+            .filter_map(|shard| {
+                self.update(host, shard, now, |s, _, pruned| {
+                    (pruned > 0, (pruned, s.len()))
+                })
+            })
+            .fold((0usize, 0usize), |(r, l), (pruned, len)| {
+                (r.saturating_add(pruned), l.saturating_add(len))
+            });
         host.increment(stats::STORE_SWEEPS);
         if removed > 0 {
             host.add(
@@ -243,16 +245,19 @@ impl Store {
                 i64::try_from(removed).unwrap_or(i64::MAX),
             );
         }
+        host.set_gauge(
+            stats::STORE_ENTRIES,
+            u64::try_from(left).unwrap_or(u64::MAX),
+        );
         Some(removed)
     }
 
-    fn acquire_lease(&self, host: &dyn Host, owner: u64, lease_ms: u64) -> bool {
+    fn acquire_lease(&self, host: &dyn Host, owner: u64, now: u64, lease_ms: u64) -> bool {
         let (bytes, cas) = match host.shared_get(&self.lease_key) {
             Ok(Some((b, c))) => (b, Some(c)),
             Ok(None) => (Vec::new(), None),
             Err(_) => return false,
         };
-        let now = host.now_ms();
         if let (Some(exp), Some(holder)) = (
             bytes.first_chunk::<8>().map(|b| u64::from_le_bytes(*b)),
             bytes

@@ -43,94 +43,155 @@ pub struct Entry {
     pub state: State,
 }
 
-/// A decoded shard: entries only (the version byte is checked on decode).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A shard as stored: the encoded bytes are the working form (no per-entry decoding), so a
+/// claim costs one scan and, when it writes, one in-place compaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shard {
-    entries: Vec<Entry>,
+    /// `VERSION` followed by whole entries.
+    bytes: Vec<u8>,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard {
+            bytes: vec![VERSION],
+        }
+    }
+}
+
+fn read_entry(chunk: &[u8]) -> Option<Entry> {
+    let (hash, rest) = chunk.split_first_chunk::<HASH_BYTES>()?;
+    let (expiry, rest) = rest.split_first_chunk::<8>()?;
+    let state = State::from_byte(*rest.first()?)?;
+    Some(Entry {
+        hash: *hash,
+        expiry_ms: u64::from_le_bytes(*expiry),
+        state,
+    })
+}
+
+fn write_entry(out: &mut [u8], e: &Entry) {
+    for (o, b) in out.iter_mut().zip(
+        e.hash
+            .iter()
+            .chain(e.expiry_ms.to_le_bytes().iter())
+            .chain(std::iter::once(&e.state.byte())),
+    ) {
+        *o = *b;
+    }
 }
 
 impl Shard {
-    /// Decodes a stored value. An empty value (a pre-created or "removed" key) is an empty
-    /// shard; an unknown version or a torn length is treated as empty too, so a format change
-    /// forgets entries rather than wedging the filter.
+    /// Takes a stored value. An empty value (a pre-created or "removed" key) is an empty
+    /// shard; an unknown version, a torn length or an unknown state byte makes it empty too,
+    /// so a format change forgets entries rather than wedging the filter.
     pub fn decode(bytes: &[u8]) -> Shard {
-        let Some((&version, body)) = bytes.split_first() else {
-            return Shard::default();
+        Shard::from_vec(bytes.to_vec())
+    }
+
+    pub fn from_vec(bytes: Vec<u8>) -> Shard {
+        let valid = match bytes.split_first() {
+            Some((&VERSION, body)) => {
+                body.len() % ENTRY_BYTES == 0
+                    && body
+                        .chunks_exact(ENTRY_BYTES)
+                        .all(|c| c.last().and_then(|b| State::from_byte(*b)).is_some())
+            }
+            _ => false,
         };
-        if version != VERSION || body.len() % ENTRY_BYTES != 0 {
-            return Shard::default();
+        if valid {
+            Shard { bytes }
+        } else {
+            Shard::default()
         }
-        let entries = body
-            .chunks_exact(ENTRY_BYTES)
-            .filter_map(|chunk| {
-                let (hash, rest) = chunk.split_first_chunk::<HASH_BYTES>()?;
-                let (expiry, rest) = rest.split_first_chunk::<8>()?;
-                let state = State::from_byte(*rest.first()?)?;
-                Some(Entry {
-                    hash: *hash,
-                    expiry_ms: u64::from_le_bytes(*expiry),
-                    state,
-                })
-            })
-            .collect();
-        Shard { entries }
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(
-            self.entries
-                .len()
-                .saturating_mul(ENTRY_BYTES)
-                .saturating_add(1),
-        );
-        out.push(VERSION);
-        for e in &self.entries {
-            out.extend_from_slice(&e.hash);
-            out.extend_from_slice(&e.expiry_ms.to_le_bytes());
-            out.push(e.state.byte());
-        }
-        out
+        self.bytes.clone()
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    fn body(&self) -> &[u8] {
+        self.bytes.get(1..).unwrap_or(&[])
+    }
+
+    fn chunks(&self) -> std::slice::ChunksExact<'_, u8> {
+        self.body().chunks_exact(ENTRY_BYTES)
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.body().len() / ENTRY_BYTES
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
+    }
+
+    fn position(&self, hash: &KeyHash) -> Option<usize> {
+        self.chunks()
+            .position(|c| c.get(..HASH_BYTES) == Some(&hash[..]))
+    }
+
+    fn slot_mut(&mut self, index: usize) -> Option<&mut [u8]> {
+        let start = index.checked_mul(ENTRY_BYTES)?.checked_add(1)?;
+        self.bytes.get_mut(start..start.checked_add(ENTRY_BYTES)?)
     }
 
     /// The live entry for `hash`, if any (expired entries count as absent).
     pub fn get(&self, hash: &KeyHash, now_ms: u64) -> Option<Entry> {
-        self.entries
-            .iter()
-            .find(|e| &e.hash == hash && e.expiry_ms > now_ms)
-            .copied()
+        self.chunks()
+            .filter(|c| c.get(..HASH_BYTES) == Some(&hash[..]))
+            .filter_map(read_entry)
+            .find(|e| e.expiry_ms > now_ms)
     }
 
-    /// Drops expired entries; returns how many.
+    /// Drops expired entries in place; returns how many.
     pub fn prune(&mut self, now_ms: u64) -> usize {
-        let before = self.entries.len();
-        self.entries.retain(|e| e.expiry_ms > now_ms);
-        before.saturating_sub(self.entries.len())
+        let live = |c: &[u8]| read_entry(c).is_some_and(|e| e.expiry_ms > now_ms);
+        if self.chunks().all(live) {
+            return 0;
+        }
+        let before = self.len();
+        let mut kept = Vec::with_capacity(self.bytes.len());
+        kept.push(VERSION);
+        for c in self.chunks().filter(|c| live(c)) {
+            kept.extend_from_slice(c);
+        }
+        self.bytes = kept;
+        before.saturating_sub(self.len())
     }
 
     /// Inserts or replaces the entry for `entry.hash`.
     pub fn put(&mut self, entry: Entry) {
-        match self.entries.iter_mut().find(|e| e.hash == entry.hash) {
-            Some(slot) => *slot = entry,
-            None => self.entries.push(entry),
+        let slot = self.position(&entry.hash).and_then(|i| self.slot_mut(i));
+        match slot {
+            Some(slot) => write_entry(slot, &entry),
+            None => {
+                let mut record = [0u8; ENTRY_BYTES];
+                write_entry(&mut record, &entry);
+                self.bytes.extend_from_slice(&record);
+            }
         }
     }
 
     pub fn remove(&mut self, hash: &KeyHash) -> bool {
-        let before = self.entries.len();
-        self.entries.retain(|e| &e.hash != hash);
-        before != self.entries.len()
+        let Some(start) = self
+            .position(hash)
+            .and_then(|i| i.checked_mul(ENTRY_BYTES))
+            .and_then(|o| o.checked_add(1))
+        else {
+            return false;
+        };
+        let end = start.saturating_add(ENTRY_BYTES).min(self.bytes.len());
+        self.bytes.drain(start..end);
+        true
     }
 
-    pub fn entries(&self) -> &[Entry] {
-        &self.entries
+    pub fn entries(&self) -> Vec<Entry> {
+        self.chunks().filter_map(read_entry).collect()
     }
 }
 

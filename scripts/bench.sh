@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Benchmarks: Envoy 1.40 (one worker) with and without webhook-guard, and the same checks in a
+# Flask middleware, side by side in one run on loopback. Writes docs/benchmarks.md.
+# Takes a few minutes; options are passed to bench/bench.py (--duration, --sizes, ...).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+if ! command -v wrk >/dev/null; then
+  echo "bench: installing wrk (Debian package)"
+  if [ "$(id -u)" = 0 ]; then apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+  else sudo apt-get install -y -qq wrk >/dev/null; fi
+fi
+command -v taskset >/dev/null || { echo "bench: taskset (util-linux) is required" >&2; exit 1; }
+cargo build --quiet --release --target wasm32-wasip1 -p webhook-guard-filter
+exec .venv/bin/python bench/bench.py "$@"
