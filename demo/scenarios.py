@@ -48,7 +48,11 @@ def main() -> int:
     p.add_argument("--envoy", default=f"http://127.0.0.1:{os.environ.get('WEBHOOK_DEMO_ENVOY_PORT', '10000')}")
     p.add_argument("--admin", default=f"http://127.0.0.1:{os.environ.get('WEBHOOK_DEMO_ADMIN_PORT', '9901')}")
     p.add_argument("--backend", default=f"http://127.0.0.1:{os.environ.get('WEBHOOK_DEMO_BACKEND_PORT', '5000')}")
+    p.add_argument("--ca", help="CA certificate for an https --envoy URL")
     a = p.parse_args()
+    verify = a.ca or True
+    if a.envoy.startswith("https://"):
+        print(f"(sending through TLS: {a.envoy})\n")
     secrets = {k: v for k, v in os.environ.items() if k.endswith(("_SECRET", "_SECRET_PREVIOUS"))}
 
     def seen(body: bytes) -> int:
@@ -63,7 +67,7 @@ def main() -> int:
 
     def row(preset, name, path, body, headers, want_status, want_answer, want_seen):
         nonlocal failures
-        resp = requests.post(a.envoy + path, data=body, headers=headers, timeout=15)
+        resp = requests.post(a.envoy + path, data=body, headers=headers, timeout=15, verify=verify)
         try:
             answer = resp.json().get("error") or "forwarded"
         except ValueError:
@@ -126,7 +130,8 @@ def main() -> int:
     def burst(_):
         with requests.Session() as s:
             barrier.wait()
-            return s.post(a.envoy + "/webhooks/stripe", data=body, headers=headers, timeout=15).status_code
+            return s.post(a.envoy + "/webhooks/stripe", data=body, headers=headers, timeout=15,
+                          verify=verify).status_code
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         codes = list(pool.map(burst, range(20)))
     ok = codes.count(200) == 1 and codes.count(409) == 19 and seen(body) == 1
@@ -136,10 +141,10 @@ def main() -> int:
           f"{times:<15} {'ok' if ok else 'UNEXPECTED'}")
 
     print()
-    resp = requests.get(a.envoy + "/events", timeout=5)
+    resp = requests.get(a.envoy + "/events", timeout=5, verify=verify)
     print(f"GET /events (no policy matches, default allow): {resp.status_code}, passed through untouched")
     big = b"x" * (64 * 1024 + 1)
-    resp = requests.post(a.envoy + "/webhooks/custom", data=big, timeout=10)
+    resp = requests.post(a.envoy + "/webhooks/custom", data=big, timeout=10, verify=verify)
     print(f"POST /webhooks/custom with a 64 KiB + 1 body: {resp.status_code} {resp.text}")
     failures += resp.status_code != 413
 

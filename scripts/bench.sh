@@ -11,5 +11,7 @@ if ! command -v wrk >/dev/null; then
   else sudo apt-get install -y -qq wrk >/dev/null; fi
 fi
 command -v taskset >/dev/null || { echo "bench: taskset (util-linux) is required" >&2; exit 1; }
-cargo build --quiet --release --target wasm32-wasip1 -p webhook-guard-filter
+command -v node >/dev/null || echo "bench: node not found; the wasm HMAC throughput row will be empty" >&2
+cargo build --quiet --release --target wasm32-wasip1 -p webhook-guard-filter -p webhook-guard-cli
+cargo build --quiet --release -p webhook-guard-cli
 exec .venv/bin/python bench/bench.py "$@"

@@ -3,26 +3,34 @@
 # legit, forged, stale and rotated-secret webhooks, prints what happened, then stops everything.
 #   scripts/demo.sh          run the scenario table and exit (non-zero if anything misbehaved)
 #   scripts/demo.sh --serve  start the stack and stay in the foreground until Ctrl-C / SIGTERM
-# Ports: WEBHOOK_DEMO_ENVOY_PORT (10000), WEBHOOK_DEMO_ADMIN_PORT (9901), WEBHOOK_DEMO_BACKEND_PORT (5000).
+#   --tls                    also serve HTTPS (self-signed certificate made here) and send the
+#                            table over it
+# Ports: WEBHOOK_DEMO_ENVOY_PORT (10000), WEBHOOK_DEMO_ADMIN_PORT (9901), WEBHOOK_DEMO_BACKEND_PORT (5000),
+# WEBHOOK_DEMO_TLS_PORT (10443).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode=table
-case "${1:-}" in
-  "") ;;
-  --serve) mode=serve ;;
-  -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
-  *) echo "usage: scripts/demo.sh [--serve]" >&2; exit 2 ;;
-esac
+tls=""
+for arg in "$@"; do
+  case "$arg" in
+    --serve) mode=serve ;;
+    --tls) tls=yes ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "usage: scripts/demo.sh [--serve] [--tls]" >&2; exit 2 ;;
+  esac
+done
 
 scripts/setup.sh
 export WEBHOOK_DEMO_ENVOY_PORT=${WEBHOOK_DEMO_ENVOY_PORT:-10000}
 export WEBHOOK_DEMO_ADMIN_PORT=${WEBHOOK_DEMO_ADMIN_PORT:-9901}
 export WEBHOOK_DEMO_BACKEND_PORT=${WEBHOOK_DEMO_BACKEND_PORT:-5000}
+export WEBHOOK_DEMO_TLS_PORT=${WEBHOOK_DEMO_TLS_PORT:-10443}
 base_id=${WEBHOOK_DEMO_BASE_ID:-$((WEBHOOK_DEMO_ENVOY_PORT % 60000))}
 
-echo "== building the filter (wasm32-wasip1, release)"
+echo "== building the filter (wasm32-wasip1, release) and the webhook-guard CLI"
 cargo build --quiet --release --target wasm32-wasip1 -p webhook-guard-filter
+cargo build --quiet --release -p webhook-guard-cli
 wasm=target/wasm32-wasip1/release/webhook_guard.wasm
 echo "   $wasm ($(wc -c < "$wasm") bytes)"
 
@@ -51,6 +59,9 @@ for name in $(printf '%s\n' "${!demo_secrets[@]}" | sort); do
   fi
 done
 
+echo "== checking the plugin configuration with the filter's own validator"
+target/release/webhook-guard check-config envoy/webhook-guard.json | sed 's/^/   /'
+
 run_dir=$(mktemp -d -t webhook-guard-demo.XXXXXX)
 pids=()
 cleanup() {
@@ -62,7 +73,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-for port in "$WEBHOOK_DEMO_ENVOY_PORT" "$WEBHOOK_DEMO_ADMIN_PORT" "$WEBHOOK_DEMO_BACKEND_PORT"; do
+ports=("$WEBHOOK_DEMO_ENVOY_PORT" "$WEBHOOK_DEMO_ADMIN_PORT" "$WEBHOOK_DEMO_BACKEND_PORT")
+[ -n "$tls" ] && ports+=("$WEBHOOK_DEMO_TLS_PORT")
+for port in "${ports[@]}"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port on 127.0.0.1 is already in use; set WEBHOOK_DEMO_*_PORT to free ports" >&2
     exit 1
@@ -76,7 +89,17 @@ pids+=($!)
 echo "== starting Envoy 1.40 on 127.0.0.1:$WEBHOOK_DEMO_ENVOY_PORT (admin :$WEBHOOK_DEMO_ADMIN_PORT)"
 access_log="$run_dir/access.log"
 [ "$mode" = serve ] && access_log=/dev/stdout
-.venv/bin/python scripts/render_envoy.py --access-log "$access_log" -o "$run_dir/envoy.yaml"
+tls_args=()
+envoy_url="http://127.0.0.1:$WEBHOOK_DEMO_ENVOY_PORT"
+if [ -n "$tls" ]; then
+  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=localhost" \
+    -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+    -keyout "$run_dir/tls.key" -out "$run_dir/tls.crt" >/dev/null 2>&1
+  tls_args=(--tls-port "$WEBHOOK_DEMO_TLS_PORT" --tls-cert "$run_dir/tls.crt" --tls-key "$run_dir/tls.key")
+  envoy_url="https://127.0.0.1:$WEBHOOK_DEMO_TLS_PORT"
+  echo "   HTTPS on 127.0.0.1:$WEBHOOK_DEMO_TLS_PORT (self-signed certificate $run_dir/tls.crt)"
+fi
+.venv/bin/python scripts/render_envoy.py --access-log "$access_log" "${tls_args[@]}" -o "$run_dir/envoy.yaml"
 "$(.venv/bin/python scripts/envoy_path.py)" -c "$run_dir/envoy.yaml" --base-id "$base_id" \
   --concurrency 2 --log-level warn --component-log-level wasm:info --file-flush-interval-msec 200 > "$run_dir/envoy.log" 2>&1 &
 pids+=($!)
@@ -97,11 +120,16 @@ if [ -z "$ready" ]; then
 fi
 
 if [ "$mode" = serve ]; then
+  curl_tls=""
+  [ -n "$tls" ] && curl_tls="--cacert $run_dir/tls.crt "
   cat <<TXT
-== serving. Try:
-   curl -i -X POST http://127.0.0.1:$WEBHOOK_DEMO_ENVOY_PORT/webhooks/github -d '{}'     # 400 missing_signature
-   curl -s http://127.0.0.1:$WEBHOOK_DEMO_ENVOY_PORT/events                             # what reached Flask
-   curl -s http://127.0.0.1:$WEBHOOK_DEMO_ADMIN_PORT/stats | grep webhook_guard         # counters
+== serving on $envoy_url. Try:
+   curl -i ${curl_tls}-X POST $envoy_url/webhooks/github -d '{}'      # 400 missing_signature
+   body='{"id":"evt_1"}'; curl -i ${curl_tls}-X POST $envoy_url/webhooks/stripe -d "\$body" \\
+     \$(target/release/webhook-guard sign --provider stripe --secret-env STRIPE_WEBHOOK_SECRET \\
+         --body "\$body" --format curl | sed "s/'//g")                # 200, then 409 replayed
+   curl -s ${curl_tls}$envoy_url/events                               # what reached Flask
+   curl -s http://127.0.0.1:$WEBHOOK_DEMO_ADMIN_PORT/stats | grep webhook_guard   # counters
    Ctrl-C stops Envoy and Flask.
 TXT
   tail -f "$run_dir/envoy.log" &
@@ -115,7 +143,9 @@ fi
 echo "== scenarios"
 echo
 status=0
-(cd demo && ../.venv/bin/python scenarios.py) || status=$?
+ca_args=()
+[ -n "$tls" ] && ca_args=(--ca "$run_dir/tls.crt")
+(cd demo && ../.venv/bin/python scenarios.py --envoy "$envoy_url" "${ca_args[@]}") || status=$?
 echo
 echo "== a rejection as Envoy logged it (one JSON line per rejection)"
 grep -m1 '"event":"webhook_rejected"' "$run_dir/envoy.log" | sed 's/.*wasm log [^{]*//' || true

@@ -9,6 +9,15 @@ if ! rustup target list --installed | grep -qx wasm32-wasip1; then
   rustup target add wasm32-wasip1
 fi
 
+# docker-compose (Debian package) validates docker-compose.yml in the tests; no engine is needed.
+if ! command -v docker-compose >/dev/null; then
+  echo "setup: installing docker-compose (Debian package) to validate docker-compose.yml"
+  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_cmd apt-get install -y -qq docker-compose >/dev/null 2>&1 ||
+    { $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq docker-compose >/dev/null; }
+fi
+
 req=tests/requirements.txt
 stamp=.venv/.requirements.sha256
 want=$(sha256sum "$req" | cut -d' ' -f1)

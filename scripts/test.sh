@@ -15,8 +15,9 @@ cargo clippy --quiet --target wasm32-wasip1 -p webhook-guard-filter -p webhook-g
 step "unit and property tests (core, host)"
 cargo test --workspace
 
-step "build the filter"
+step "build the filter and the CLI"
 cargo build --quiet --release --target wasm32-wasip1 -p webhook-guard-filter
+cargo build --quiet --release -p webhook-guard-cli
 wasm=target/wasm32-wasip1/release/webhook_guard.wasm
 echo "$wasm: $(wc -c < "$wasm") bytes"
 

@@ -1,12 +1,13 @@
 import pytest
 
-from harness import DEMO_CONFIG, WASM, Stack
+from harness import CLI, DEMO_CONFIG, WASM, Stack
 from signers import fresh_secrets
 
 
 def pytest_sessionstart(session):
-    if not WASM.exists():
-        raise pytest.UsageError(f"{WASM} is missing: build it first (scripts/test.sh does)")
+    for artifact in (WASM, CLI):
+        if not artifact.exists():
+            raise pytest.UsageError(f"{artifact} is missing: build it first (scripts/test.sh does)")
 
 
 @pytest.hookimpl(hookwrapper=True)

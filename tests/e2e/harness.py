@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT / "demo"))
 from render_envoy import render  # noqa: E402
 
 WASM = pathlib.Path(os.environ.get("WEBHOOK_GUARD_WASM", ROOT / "target/wasm32-wasip1/release/webhook_guard.wasm"))
+CLI = ROOT / "target/release/webhook-guard"
 DEMO_CONFIG = ROOT / "envoy" / "webhook-guard.json"
 _base_ids = itertools.count((os.getpid() % 500) * 20 + 1000)
 
@@ -96,11 +97,13 @@ class Envoy:
     """One Envoy process running the rendered demo template with `plugin_config`."""
 
     def __init__(self, workdir: pathlib.Path, backend_port: int, plugin_config: dict | str, env: dict[str, str],
-                 concurrency: int = 2, wait: bool = True, check_json: bool = True):
+                 concurrency: int = 2, wait: bool = True, check_json: bool = True,
+                 tls: tuple[str, str] | None = None):
         self.workdir = workdir
         self.port = free_port()
         self.admin_port = free_port()
         self.base_id = next(_base_ids)
+        self.tls_port = free_port() if tls else None
         self.log_path = workdir / f"envoy-{self.base_id}.log"
         self.access_log_path = workdir / f"access-{self.base_id}.log"
         config_text = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
@@ -113,6 +116,9 @@ class Envoy:
             plugin_config=config_text,
             access_log_path=str(self.access_log_path),
             check_json=check_json,
+            tls_port=self.tls_port,
+            tls_cert=tls[0] if tls else None,
+            tls_key=tls[1] if tls else None,
         ))
         # Only the secrets we pass, so nothing from the developer's shell leaks in.
         clean = {k: v for k, v in os.environ.items() if not k.endswith(("_SECRET", "_SECRET_PREVIOUS"))}
@@ -168,12 +174,13 @@ class Envoy:
 class Stack:
     """Backend + Envoy; `post` sends through Envoy."""
 
-    def __init__(self, plugin_config: dict | str, env: dict[str, str], concurrency: int = 2):
+    def __init__(self, plugin_config: dict | str, env: dict[str, str], concurrency: int = 2,
+                 tls: tuple[str, str] | None = None):
         self.tmp = tempfile.TemporaryDirectory(prefix="webhook-guard-e2e-")
         self.workdir = pathlib.Path(self.tmp.name)
         self.backend = Backend(self.workdir)
         try:
-            self.envoy = Envoy(self.workdir, self.backend.port, plugin_config, env, concurrency)
+            self.envoy = Envoy(self.workdir, self.backend.port, plugin_config, env, concurrency, tls=tls)
         except Exception:
             self.backend.stop()
             raise

@@ -107,7 +107,7 @@ def test_store_counters_and_entry_gauge(demo, secrets):
     demo.post(path, body, headers)
     demo.post(path, body, headers)
     after = demo.envoy.stats()
-    assert after["webhook_guard.store.committed"] - before.get("webhook_guard.store.committed", 0) == 1
+    assert after["webhook_guard.policy.slack.accepted"] - before.get("webhook_guard.policy.slack.accepted", 0) == 1
     assert after["webhook_guard.policy.slack.reason.replayed"] - before.get("webhook_guard.policy.slack.reason.replayed", 0) == 1
 
 

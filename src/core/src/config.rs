@@ -20,7 +20,7 @@ pub struct RawConfig {
     pub store: RawStore,
 }
 
-pub const DEFAULT_SHARDS: u64 = 256;
+pub const DEFAULT_SHARDS: u64 = 1024;
 pub const DEFAULT_CAPACITY: u64 = 100_000;
 pub const DEFAULT_SWEEP_INTERVAL_SECONDS: u64 = 10;
 

@@ -2,8 +2,6 @@
 //! Every rejection is counted, logged as one JSON line and turned into a reply here, so the
 //! glue only moves bytes.
 
-use serde_json::json;
-
 use crate::dedup::key::KeySource;
 use crate::dedup::{self, Claim, ClaimOutcome, Store};
 use crate::host::{Host, Level};
@@ -59,6 +57,16 @@ impl std::fmt::Debug for Policy {
 }
 
 impl Policy {
+    /// Secrets that loaded (the others were unset or undecodable `env` secrets).
+    pub fn usable_secrets(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The current (first usable) key: for tools that sign, never for logs.
+    pub fn first_key(&self) -> Option<&[u8]> {
+        self.keys.first().map(Vec::as_slice)
+    }
+
     pub fn status(&self, reason: Reason) -> u16 {
         self.statuses
             .get(reason.index())
@@ -194,10 +202,10 @@ impl Guard {
             .and_then(|p| p.dedup.as_ref())
             .map_or(&[][..], |d| d.commit_statuses.as_slice());
         let success = status.is_some_and(|s| (200..300).contains(&s) || commit_extra.contains(&s));
+        // No counter on commit: it is the common path, and every host call costs (the
+        // `accepted` counter already counts it).
         if success {
-            if self.store.commit(host, claim) {
-                host.increment(stats::STORE_COMMITTED);
-            }
+            self.store.commit(host, claim);
         } else if self.store.release(host, claim) {
             host.increment(stats::STORE_RELEASED);
         }
@@ -438,7 +446,10 @@ impl Guard {
             ClaimOutcome::Done if dedup.acknowledge => {
                 let mut r = fail(Reason::Replayed, Some("acknowledged"));
                 r.status = 200;
-                r.body = json!({"status": "duplicate", "policy": policy.name}).to_string();
+                r.body = format!(
+                    r#"{{"status":"duplicate","policy":{}}}"#,
+                    json_str(&policy.name)
+                );
                 Err(r)
             }
             ClaimOutcome::Done => Err(fail(Reason::Replayed, None)),
@@ -504,8 +515,21 @@ impl Guard {
     }
 }
 
+/// A JSON string literal (quoted, escaped).
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
+}
+
+fn json_opt(s: Option<&str>) -> String {
+    s.map_or_else(|| "null".to_string(), json_str)
+}
+
 fn reply_body(reason: Reason, policy: Option<&str>) -> String {
-    json!({"error": reason.code(), "policy": policy}).to_string()
+    format!(
+        r#"{{"error":"{}","policy":{}}}"#,
+        reason.code(),
+        json_opt(policy)
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -519,17 +543,21 @@ fn log_rejection(
     path: &str,
     delivery_id: Option<&str>,
 ) {
-    let line = json!({
-        "event": "webhook_rejected",
-        "policy": policy,
-        "reason": reason.code(),
-        "status": status,
-        "detail": detail,
-        "route": route,
-        "path": loggable(path.as_bytes()),
-        "delivery_id": delivery_id,
-    });
-    host.log(Level::Info, &line.to_string());
+    if !host.log_enabled(Level::Info) {
+        return;
+    }
+    // Built by hand: a serde_json::Value map costs more than the rest of a rejection.
+    let line = format!(
+        r#"{{"event":"webhook_rejected","policy":{},"reason":"{}","status":{},"detail":{},"route":{},"path":{},"delivery_id":{}}}"#,
+        json_opt(policy),
+        reason.code(),
+        status,
+        json_opt(detail),
+        json_opt(route),
+        json_str(&loggable(path.as_bytes())),
+        json_opt(delivery_id),
+    );
+    host.log(Level::Info, &line);
 }
 
 /// Request-controlled text for a log line: bounded, lossily decoded (serde escapes it).

@@ -36,4 +36,9 @@ pub trait Host {
     fn increment(&self, metric: usize) {
         self.add(metric, 1);
     }
+
+    /// Whether a line at `level` would be kept: lets callers skip building it.
+    fn log_enabled(&self, _level: Level) -> bool {
+        true
+    }
 }

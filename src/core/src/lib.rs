@@ -13,6 +13,7 @@ pub mod policy;
 pub mod presets;
 pub mod reason;
 pub mod scheme;
+pub mod sign;
 pub mod stats;
 pub mod template;
 pub mod verify;

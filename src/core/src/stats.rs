@@ -12,8 +12,7 @@ pub const STORE_ENTRIES: usize = 2;
 pub const STORE_CAS_RETRIES: usize = 3;
 pub const STORE_SWEEPS: usize = 4;
 pub const STORE_SWEPT: usize = 5;
-pub const STORE_COMMITTED: usize = 6;
-pub const STORE_RELEASED: usize = 7;
+pub const STORE_RELEASED: usize = 6;
 
 pub fn global_counters() -> Vec<String> {
     [
@@ -23,7 +22,6 @@ pub fn global_counters() -> Vec<String> {
         "store.cas_retries",
         "store.sweeps",
         "store.swept",
-        "store.committed",
         "store.released",
     ]
     .iter()

@@ -1,5 +1,6 @@
 //! `webhook_guard_core::Host` over proxy-wasm hostcalls.
 
+use std::cell::Cell;
 use std::time::UNIX_EPOCH;
 
 use proxy_wasm::hostcalls;
@@ -9,6 +10,34 @@ use webhook_guard_core::{Host, Level, SetError};
 /// Metric ids in the order of `Guard::counter_names()`; `None` where the define failed.
 pub struct WasmHost {
     pub metrics: Vec<Option<u32>>,
+    /// Envoy's level for wasm logs, re-read on every tick: skips building lines nobody keeps.
+    pub log_level: Cell<LogLevel>,
+}
+
+impl WasmHost {
+    pub fn new(metrics: Vec<Option<u32>>) -> WasmHost {
+        let host = WasmHost {
+            metrics,
+            log_level: Cell::new(LogLevel::Trace),
+        };
+        host.refresh_log_level();
+        host
+    }
+
+    pub fn refresh_log_level(&self) {
+        if let Ok(level) = hostcalls::get_log_level() {
+            self.log_level.set(level);
+        }
+    }
+}
+
+fn to_wasm_level(level: Level) -> LogLevel {
+    match level {
+        Level::Debug => LogLevel::Debug,
+        Level::Info => LogLevel::Info,
+        Level::Warn => LogLevel::Warn,
+        Level::Error => LogLevel::Error,
+    }
 }
 
 impl Host for WasmHost {
@@ -37,6 +66,10 @@ impl Host for WasmHost {
         log(level, line);
     }
 
+    fn log_enabled(&self, level: Level) -> bool {
+        to_wasm_level(level) as u32 >= self.log_level.get() as u32
+    }
+
     fn shared_get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, SetError> {
         match hostcalls::get_shared_data(key) {
             Ok((value, Some(cas))) => Ok(Some((value.unwrap_or_default(), cas))),
@@ -55,11 +88,5 @@ impl Host for WasmHost {
 }
 
 pub fn log(level: Level, line: &str) {
-    let level = match level {
-        Level::Debug => LogLevel::Debug,
-        Level::Info => LogLevel::Info,
-        Level::Warn => LogLevel::Warn,
-        Level::Error => LogLevel::Error,
-    };
-    let _ = hostcalls::log(level, line);
+    let _ = hostcalls::log(to_wasm_level(level), line);
 }

@@ -80,12 +80,10 @@ impl RootContext for Root {
                 hostcalls::define_metric(kind, name).ok()
             })
             .collect();
-        let host = WasmHost { metrics };
+        let host = WasmHost::new(metrics);
         guard.init_store(&host);
-        if guard.uses_store() {
-            let period = Duration::from_millis(guard.sweep_interval_ms());
-            let _ = hostcalls::set_tick_period(period);
-        }
+        // The tick sweeps the store and re-reads the log level.
+        let _ = hostcalls::set_tick_period(Duration::from_millis(guard.sweep_interval_ms()));
         log(
             Level::Info,
             &format!(
@@ -99,6 +97,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         if let Some(loaded) = &self.loaded {
+            loaded.host.refresh_log_level();
             loaded.guard.sweep(&loaded.host, self.sweeper_id);
         }
     }

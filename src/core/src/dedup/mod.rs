@@ -53,6 +53,23 @@ pub struct Claim {
     claimed_at_ms: u64,
 }
 
+/// Hashing spreads keys unevenly: a shard holds its share plus four standard deviations of
+/// headroom (Poisson), so `store_full` means the store really is about full, not that one
+/// shard got unlucky. The hard bound is `shards x per-shard capacity` entries.
+pub fn per_shard_capacity(capacity: usize, shards: usize) -> usize {
+    let share = capacity.div_ceil(shards.max(1)).max(1);
+    if shards <= 1 {
+        return share;
+    }
+    // ceil(4 * sqrt(share)) without floats: the smallest r with r*r >= 16*share.
+    let target = share.saturating_mul(16);
+    let mut root = 1usize;
+    while root.saturating_mul(root) < target {
+        root = root.saturating_add(1);
+    }
+    share.saturating_add(root)
+}
+
 impl Claim {
     /// When this claim lapses if never settled; also what tells it from later claims.
     pub fn claim_expiry_ms(&self) -> u64 {
@@ -73,7 +90,7 @@ impl Store {
                 .map(|i| format!("{prefix}/v1/shard/{i}"))
                 .collect(),
             lease_key: format!("{prefix}/v1/sweep-lease"),
-            per_shard_capacity: capacity.div_ceil(shards).max(1),
+            per_shard_capacity: per_shard_capacity(capacity, shards),
         }
     }
 
@@ -193,9 +210,13 @@ impl Store {
         let capacity = self.per_shard_capacity;
         self.update(host, claim.shard, claim.claimed_at_ms, |s, _, _| {
             let exists = s.get(&claim.hash, 0).is_some();
-            // Our claim may have expired and been pruned; re-insert if there is room.
+            // Our claim may have expired and been pruned; re-insert if there is room. The
+            // claim-time clock prunes less than the real one: ask the host before giving up.
             if !exists && s.len() >= capacity {
-                return (false, ());
+                s.prune(host.now_ms());
+                if s.len() >= capacity {
+                    return (false, ());
+                }
             }
             s.put(Entry {
                 hash: claim.hash,

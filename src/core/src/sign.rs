@@ -1,0 +1,109 @@
+//! Producing signatures: the inverse of verification, driven by the same `Scheme` data. Used by
+//! the `webhook-guard sign` CLI to test an endpoint by hand, never by the filter.
+
+use crate::codec::base64_encode;
+use crate::config::Encoding;
+use crate::scheme::{DeliveryId, Scheme, SigFormat, TimestampSource};
+use crate::template::Part;
+use crate::verify::compute_mac;
+
+#[derive(Debug, Clone, Default)]
+pub struct SignInput<'a> {
+    pub body: &'a [u8],
+    /// In the scheme's unit (seconds or milliseconds); required when the scheme signs one.
+    pub timestamp: Option<u64>,
+    /// Delivery id: used for the scheme's signed id header (e.g. `webhook-id`) and its
+    /// delivery-id header.
+    pub id: Option<&'a str>,
+    pub method: &'a str,
+    pub path: &'a str,
+    /// Other header values a custom template signs.
+    pub headers: &'a [(String, String)],
+}
+
+/// The headers to send: signature, timestamp and signed headers, lower-case names.
+pub fn sign(
+    scheme: &Scheme,
+    key: &[u8],
+    input: &SignInput,
+) -> Result<Vec<(String, String)>, String> {
+    let source = scheme
+        .sources
+        .first()
+        .ok_or_else(|| "the scheme has no signature header".to_string())?;
+    let ts_text = match &scheme.timestamp {
+        Some(_) => Some(
+            input
+                .timestamp
+                .ok_or_else(|| "this scheme signs a timestamp: pass one".to_string())?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let id_header = match &scheme.delivery_id {
+        Some(DeliveryId::Header(h)) => Some(h.as_str()),
+        _ => None,
+    };
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut signed_values: Vec<String> = Vec::new();
+    for part in &scheme.template {
+        if let Part::Header(name) = part {
+            let value = input
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+                .or_else(|| {
+                    (Some(name.as_str()) == id_header)
+                        .then(|| input.id.map(str::to_string))
+                        .flatten()
+                })
+                .ok_or_else(|| format!("header '{name}' is signed: pass its value"))?;
+            out.push((name.clone(), value.clone()));
+            signed_values.push(value);
+        }
+    }
+    let mut values = signed_values.iter();
+    let parts: Vec<&[u8]> = scheme
+        .template
+        .iter()
+        .map(|part| match part {
+            Part::Literal(l) => l.as_slice(),
+            Part::Body => input.body,
+            Part::Timestamp => ts_text.as_deref().unwrap_or("").as_bytes(),
+            Part::Header(_) => values.next().map_or(&b""[..], |v| v.as_bytes()),
+            Part::Method => input.method.as_bytes(),
+            Part::Path => input.path.as_bytes(),
+        })
+        .collect();
+    let mac = compute_mac(source.algorithm, key, &parts).ok_or("cannot compute the MAC")?;
+    let encoded = match source.encoding {
+        Encoding::Hex => hex::encode(&mac),
+        Encoding::Base64 => base64_encode(&mac),
+    };
+    let value = match &source.format {
+        SigFormat::Single { prefix } => format!("{prefix}{encoded}"),
+        SigFormat::KeyValues {
+            item_sep,
+            sig_key,
+            ts_key,
+        } => match (ts_key, &ts_text) {
+            (Some(k), Some(ts)) => format!("{k}={ts}{item_sep}{sig_key}={encoded}"),
+            _ => format!("{sig_key}={encoded}"),
+        },
+        SigFormat::Versioned { version } => format!("{version},{encoded}"),
+    };
+    let sig_header = source.headers.first().ok_or("no signature header name")?;
+    out.insert(0, (sig_header.clone(), value));
+    if let (Some(spec), Some(ts)) = (&scheme.timestamp, &ts_text) {
+        if let TimestampSource::Header(name) = &spec.source {
+            out.push((name.clone(), ts.clone()));
+        }
+    }
+    if let (Some(h), Some(id)) = (id_header, input.id) {
+        if !out.iter().any(|(k, _)| k == h) {
+            out.push((h.to_string(), id.to_string()));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,141 @@
+"""Deployment artifacts: the docker-compose stack, the Istio manifests and the TLS + rate-limit
+options of the Envoy template. No Docker engine or cluster here: compose is validated with
+`docker-compose config`, manifests at schema level, and the plugin configs with the filter's
+own validator (the CLI) and in the real Envoy."""
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import requests
+import yaml
+
+from harness import CLI, ROOT, Stack
+from signers import PRESETS
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from render_envoy import COMPOSE_OUTPUT, render_compose  # noqa: E402
+
+ISTIO = ROOT / "envoy" / "istio"
+
+
+def load_all(path: pathlib.Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def host_env_keys(envoy_yaml: dict) -> list[str]:
+    listener = envoy_yaml["static_resources"]["listeners"][0]
+    filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    wasm = next(f for f in filters if f["name"] == "envoy.filters.http.wasm")
+    return wasm["typed_config"]["config"]["vm_config"]["environment_variables"]["host_env_keys"]
+
+
+def test_docker_compose_config_is_valid():
+    if shutil.which("docker-compose") is None:
+        pytest.fail("docker-compose is missing: scripts/setup.sh installs it")
+    res = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"], capture_output=True,
+                         text=True, timeout=60, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    config = yaml.safe_load(res.stdout)
+    assert set(config["services"]) == {"envoy", "backend"}
+    envoy = config["services"]["envoy"]
+    assert envoy["image"] == "envoyproxy/envoy:v1.40.0"
+    published = {str(p["published"]) if isinstance(p, dict) else p.split(":")[0] for p in envoy["ports"]}
+    assert published == {"10000", "9901"}
+
+
+def test_compose_mounts_the_config_the_e2e_tests_run():
+    # One source of truth: the committed compose config is the template rendered for compose.
+    assert COMPOSE_OUTPUT.read_text() == render_compose(), "run: python3 scripts/render_envoy.py --compose"
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    envoy = compose["services"]["envoy"]
+    assert "./envoy/compose/envoy.yaml:/etc/envoy/envoy.yaml:ro" in envoy["volumes"]
+    rendered = yaml.safe_load(COMPOSE_OUTPUT.read_text())
+    # Every secret the filter may read is passed to the container, and nothing else.
+    assert set(envoy["environment"]) == set(host_env_keys(rendered))
+    # The backend image pins the same Flask as the tests.
+    assert "flask==3.1.3" in (ROOT / "demo/Dockerfile").read_text()
+    assert "flask==3.1.3" in (ROOT / "tests/requirements.txt").read_text()
+
+
+def check_config(config: dict, tmp_path: pathlib.Path) -> str:
+    f = tmp_path / f"plugin-{uuid.uuid4().hex}.json"
+    f.write_text(json.dumps(config))
+    res = subprocess.run([str(CLI), "check-config", str(f)], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_istio_manifests_are_complete_and_agree(tmp_path):
+    plugin = json.loads((ISTIO / "plugin-config.json").read_text())
+    [wasmplugin] = load_all(ISTIO / "wasmplugin.yaml")
+    assert wasmplugin["apiVersion"] == "extensions.istio.io/v1alpha1" and wasmplugin["kind"] == "WasmPlugin"
+    spec = wasmplugin["spec"]
+    assert spec["url"].startswith("oci://") and spec["phase"] == "AUTHN" and spec["failStrategy"] == "FAIL_CLOSE"
+    assert spec["selector"]["matchLabels"]
+    assert spec["pluginConfig"] == plugin
+    assert all(e["valueFrom"] == "HOST" and "value" not in e for e in spec["vmConfig"]["env"])
+
+    [envoyfilter] = load_all(ISTIO / "envoyfilter.yaml")
+    assert envoyfilter["kind"] == "EnvoyFilter"
+    ext, http = envoyfilter["spec"]["configPatches"]
+    assert ext["applyTo"] == "EXTENSION_CONFIG" and ext["patch"]["operation"] == "ADD"
+    assert http["applyTo"] == "HTTP_FILTER" and http["patch"]["operation"] == "INSERT_BEFORE"
+    assert http["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == "envoy.filters.http.router"
+    assert ext["patch"]["value"]["name"] == http["patch"]["value"]["name"]
+    wasm = ext["patch"]["value"]["typed_config"]["config"]
+    assert wasm["allow_on_headers_stop_iteration"] is True
+    assert wasm["failure_policy"] == "FAIL_CLOSED" and wasm["vm_config"]["vm_id"]
+    assert json.loads(wasm["configuration"]["value"]) == plugin
+    host_keys = set(wasm["vm_config"]["environment_variables"]["host_env_keys"])
+    assert {e["name"] for e in spec["vmConfig"]["env"]} == host_keys
+
+    [patch] = load_all(ISTIO / "deployment-patch.yaml")
+    proxy = next(c for c in patch["spec"]["template"]["spec"]["containers"] if c["name"] == "istio-proxy")
+    assert {e["name"] for e in proxy["env"]} == host_keys
+    assert all("secretKeyRef" in e["valueFrom"] for e in proxy["env"])
+    annotation = yaml.safe_load(patch["spec"]["template"]["metadata"]["annotations"]["proxy.istio.io/config"])
+    assert "wasmcustom.webhook_guard" in annotation["proxyStatsMatcher"]["inclusionPrefixes"]
+
+    env_refs = {s["env"] for p in plugin["policies"] for s in p["secrets"] if "env" in s}
+    assert env_refs == host_keys
+    assert "valid, 2 policies" in check_config(plugin, tmp_path)
+    assert "COPY plugin.wasm" in (ISTIO / "Dockerfile").read_text()
+
+
+def test_istio_plugin_config_runs_in_the_real_envoy():
+    plugin = json.loads((ISTIO / "plugin-config.json").read_text())
+    secret = "whsec_istio_test"
+    stack = Stack(plugin, {"STRIPE_WEBHOOK_SECRET": secret, "GITHUB_WEBHOOK_SECRET": "g"})
+    try:
+        _, sign, _, _ = PRESETS["stripe"]
+        body = json.dumps({"id": f"evt_{uuid.uuid4().hex}"}).encode()
+        assert stack.post("/webhooks/stripe", body, sign(secret, body, int(time.time()), "")).status_code == 200
+        assert stack.post("/webhooks/github", body, {}).json()["error"] == "missing_signature"
+    finally:
+        stack.stop()
+
+
+def test_tls_listener_and_rate_limit(tmp_path, secrets):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    stack = Stack((ROOT / "envoy/webhook-guard.json").read_text(), secrets, tls=(str(cert), str(key)))
+    try:
+        path, sign, var, _ = PRESETS["github"]
+        body = json.dumps({"id": uuid.uuid4().hex}).encode()
+        url = f"https://127.0.0.1:{stack.envoy.tls_port}{path}"
+        resp = requests.post(url, data=body, headers=sign(secrets[var], body, 0, "d"), verify=str(cert), timeout=10)
+        assert resp.status_code == 200
+        resp = requests.post(url, data=body, headers={}, verify=str(cert), timeout=10)
+        assert resp.json() == {"error": "missing_signature", "policy": "github"}
+        # The local rate limit runs before the filter (its stats exist and count requests).
+        stats = requests.get(stack.envoy.admin + "/stats", params={"filter": "webhook_ratelimit"}, timeout=5).text
+        assert "webhook_ratelimit.http_local_rate_limit.enabled: 2" in stats
+    finally:
+        stack.stop()
