@@ -4,6 +4,7 @@ options of the Envoy template. No Docker engine or cluster here: compose is vali
 own validator (the CLI) and in the real Envoy."""
 import json
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -60,6 +61,13 @@ def test_compose_mounts_the_config_the_e2e_tests_run():
     # The backend image pins the same Flask as the tests.
     assert "flask==3.1.3" in (ROOT / "demo/Dockerfile").read_text()
     assert "flask==3.1.3" in (ROOT / "tests/requirements.txt").read_text()
+
+
+def test_compose_and_demo_use_the_same_demo_secrets():
+    demo = dict(re.findall(r'^  \[(\w+)\]="([^"]*)"$', (ROOT / "scripts/demo.sh").read_text(), re.M))
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["envoy"]["environment"]
+    defaults = {k: re.fullmatch(r"\$\{\w+:-(.*)\}", v).group(1) for k, v in compose.items()}
+    assert demo and defaults == demo
 
 
 def check_config(config: dict, tmp_path: pathlib.Path) -> str:

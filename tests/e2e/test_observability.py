@@ -112,3 +112,16 @@ def test_unmatched_paths_pass_untouched(demo):
     resp = requests.get(demo.envoy.url + "/events", timeout=5)
     assert resp.status_code == 200 and "events" in resp.json()
     assert delta(before, demo.envoy.stats(), "webhook_guard.unmatched.passed") == 1
+
+
+def test_path_tricks_cannot_slip_past_a_policy(demo):
+    # normalize_path + merge_slashes: these reach the github policy, not the catch-all route.
+    import http.client
+    for path in ("//webhooks/github", "/webhooks/stripe/../github", "/webhooks/./github"):
+        conn = http.client.HTTPConnection("127.0.0.1", demo.envoy.port, timeout=5)
+        conn.request("POST", path, body=b"{}", headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        body = resp.read()
+        conn.close()
+        assert resp.status == 400, (path, body)
+        assert b'"policy":"github"' in body, (path, body)

@@ -59,9 +59,16 @@ pub fn parse(json: &[u8]) -> Result<RawConfig, ConfigError> {
     let mut de = serde_json::Deserializer::from_slice(json);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
+        // serde repeats the offending value ("unknown variant `whsec_...`"): under `secrets`
+        // that value may be a secret, so the message is ours there.
+        if path.split('.').any(|seg| seg.starts_with("secrets")) {
+            return err(
+                path,
+                "each secret is {\"env\": \"NAME\"} or {\"inline\": \"VALUE\"} (the value given is not repeated here)",
+            );
+        }
         // serde_json appends "at line L column C"; keep it, it helps with big documents.
-        err(path, inner.to_string())
+        err(path, e.into_inner().to_string())
     })
 }
 
@@ -126,6 +133,8 @@ fn compile_dedup(
     raw: &RawDedup,
     provider: Provider,
     scheme: &Scheme,
+    tolerance_ms: u64,
+    notices: &mut Vec<(Level, String)>,
 ) -> Result<Option<DedupPolicy>, ConfigError> {
     if !raw.enabled {
         return Ok(None);
@@ -175,6 +184,16 @@ fn compile_dedup(
         }
         None => Retention::Fixed(DEFAULT_UNTIMED_RETENTION_SECONDS.saturating_mul(1000)),
     };
+    if let (Retention::Fixed(ms), Some(_)) = (retention, &scheme.timestamp) {
+        if ms < tolerance_ms.saturating_mul(2) {
+            notices.push((
+                Level::Warn,
+                format!(
+                    "{at}.retention_seconds is shorter than twice the timestamp tolerance: a replay can still verify after its entry expired"
+                ),
+            ));
+        }
+    }
     if raw.retention_margin_seconds > 24 * 3600 {
         return Err(err(
             format!("{at}.retention_margin_seconds"),
@@ -378,7 +397,14 @@ fn compile_policy(
         }
     }
 
-    let dedup = compile_dedup(at, &p.dedup, p.provider, &scheme)?;
+    let dedup = compile_dedup(
+        at,
+        &p.dedup,
+        p.provider,
+        &scheme,
+        p.timestamp_tolerance_seconds.saturating_mul(1000),
+        warnings,
+    )?;
 
     let counter_base = counters.len();
     counters.extend(stats::policy_counters(&p.name));

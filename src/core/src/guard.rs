@@ -205,7 +205,15 @@ impl Guard {
         // No counter on commit: it is the common path, and every host call costs (the
         // `accepted` counter already counts it).
         if success {
-            self.store.commit(host, claim);
+            if !self.store.commit(host, claim) {
+                // The claim stays in flight until it lapses; after that a replay inside the
+                // window would be admitted again. Rare (CAS exhaustion), but never silent.
+                host.increment(stats::STORE_COMMIT_FAILED);
+                host.log(
+                    Level::Warn,
+                    "webhook-guard: could not commit a delivery to the replay store (store_unavailable)",
+                );
+            }
         } else if self.store.release(host, claim) {
             host.increment(stats::STORE_RELEASED);
         }
@@ -348,18 +356,7 @@ impl Guard {
             return Err(self.reject_unknown(host));
         };
         let fail = |reason: Reason, detail: Option<&str>| {
-            let id = pending
-                .delivery_id
-                .clone()
-                .or_else(|| body_delivery_id(&policy.scheme, body));
-            self.reject(
-                host,
-                pending.policy,
-                reason,
-                detail,
-                &pending.info,
-                id.as_deref(),
-            )
+            self.reject_with_body(host, pending, policy, body, reason, detail)
         };
         let Some((key_index, mac)) =
             verify::matching_key(&policy.scheme, &pending.extracted, &policy.keys, body)
@@ -378,7 +375,11 @@ impl Guard {
         }
         let claim = match &policy.dedup {
             None => None,
-            Some(dedup) => Some(self.claim(host, policy, pending, dedup, &mac, body, now)?),
+            Some(dedup) => {
+                let key = policy.keys.get(key_index).map_or(&[][..], Vec::as_slice);
+                let mac = verify::canonical_mac(&policy.scheme, &pending.extracted, key, body, mac);
+                Some(self.claim(host, policy, pending, dedup, &mac, body, now)?)
+            }
         };
         host.increment(policy.counter_base.saturating_add(stats::ACCEPTED));
         if key_index > 0 {
@@ -409,18 +410,7 @@ impl Guard {
         now: u64,
     ) -> Result<Claim, Rejection> {
         let fail = |reason: Reason, detail: Option<&str>| {
-            let id = pending
-                .delivery_id
-                .clone()
-                .or_else(|| body_delivery_id(&policy.scheme, body));
-            self.reject(
-                host,
-                pending.policy,
-                reason,
-                detail,
-                &pending.info,
-                id.as_deref(),
-            )
+            self.reject_with_body(host, pending, policy, body, reason, detail)
         };
         let (kind, material) =
             dedup::key::material(&dedup.source, mac, &pending.extracted.signed_headers, body);
@@ -500,6 +490,30 @@ impl Guard {
         }
     }
 
+    /// A rejection once the body is known: the delivery id may come from it (Stripe's `id`).
+    fn reject_with_body(
+        &self,
+        host: &dyn Host,
+        pending: &Pending,
+        policy: &Policy,
+        body: &[u8],
+        reason: Reason,
+        detail: Option<&str>,
+    ) -> Rejection {
+        let id = pending
+            .delivery_id
+            .clone()
+            .or_else(|| body_delivery_id(&policy.scheme, body));
+        self.reject(
+            host,
+            pending.policy,
+            reason,
+            detail,
+            &pending.info,
+            id.as_deref(),
+        )
+    }
+
     fn reject_unknown(&self, host: &dyn Host) -> Rejection {
         host.log(
             Level::Error,
@@ -554,7 +568,10 @@ fn log_rejection(
         status,
         json_opt(detail),
         json_opt(route),
-        json_str(&loggable(path.as_bytes())),
+        // The query string can carry tokens: logs get the path alone.
+        json_str(&loggable(
+            path.split_once('?').map_or(path, |(p, _)| p).as_bytes()
+        )),
         json_opt(delivery_id),
     );
     host.log(Level::Info, &line);
@@ -566,11 +583,11 @@ fn loggable(value: &[u8]) -> String {
     String::from_utf8_lossy(cut).into_owned()
 }
 
-/// The delivery id carried in a JSON body (Stripe's `id`), for log lines only.
+/// The delivery id carried in a JSON body (Stripe's `id`), for log lines only. The body is
+/// unauthenticated here: scan for one top-level string without building a document tree.
 fn body_delivery_id(scheme: &Scheme, body: &[u8]) -> Option<String> {
     let Some(DeliveryId::JsonField(field)) = &scheme.delivery_id else {
         return None;
     };
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    value.get(field)?.as_str().map(|s| loggable(s.as_bytes()))
+    crate::json::top_level_string(body, field).map(|s| loggable(s.as_bytes()))
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod dedup;
 pub mod guard;
 pub mod host;
+pub mod json;
 pub mod memhost;
 pub mod policy;
 pub mod presets;

@@ -13,6 +13,7 @@ pub const STORE_CAS_RETRIES: usize = 3;
 pub const STORE_SWEEPS: usize = 4;
 pub const STORE_SWEPT: usize = 5;
 pub const STORE_RELEASED: usize = 6;
+pub const STORE_COMMIT_FAILED: usize = 7;
 
 pub fn global_counters() -> Vec<String> {
     [
@@ -23,6 +24,7 @@ pub fn global_counters() -> Vec<String> {
         "store.sweeps",
         "store.swept",
         "store.released",
+        "store.commit_failed",
     ]
     .iter()
     .map(|n| format!("{PREFIX}.{n}"))

@@ -300,3 +300,21 @@ pub fn matching_key(
         matched.then_some((i, mac))
     })
 }
+
+/// The signature as a dedup key must not depend on which accepted algorithm the sender chose
+/// (GitHub may send a SHA-256 and a legacy SHA-1 signature of the same body): this is the
+/// HMAC-SHA256 of the signed bytes under the key that verified, reusing the MAC that matched
+/// when it already is one.
+pub fn canonical_mac(
+    scheme: &Scheme,
+    ex: &Extracted,
+    key: &[u8],
+    body: &[u8],
+    matched: Vec<u8>,
+) -> Vec<u8> {
+    let algorithm = scheme.sources.get(ex.source).map(|s| s.algorithm);
+    if algorithm == Some(Algorithm::HmacSha256) {
+        return matched;
+    }
+    compute_mac(Algorithm::HmacSha256, key, &signed_parts(scheme, ex, body)).unwrap_or(matched)
+}

@@ -17,6 +17,16 @@ fn accepted_names(doc: Value) -> Vec<String> {
     let err = compile(doc.to_string().as_bytes(), &|_| None)
         .unwrap_err()
         .to_string();
+    // Under `secrets` our own message replaces serde's (it would echo values): the names are
+    // the object keys it shows, `{"env": ...}` and `{"inline": ...}`.
+    if err.contains("each secret is") {
+        return err
+            .split("{\"")
+            .skip(1)
+            .filter_map(|s| s.split('"').next())
+            .map(str::to_string)
+            .collect();
+    }
     let list = err
         .split_once("expected one of ")
         .or_else(|| err.split_once("expected "))

@@ -125,9 +125,12 @@ proptest! {
                     model.prune(now);
                     if success {
                         prop_assert!(store.commit(&host, &claim));
-                        if model.entries.contains_key(&k) || model.entries.len() < capacity {
-                            model.entries.insert(k, (State::Done, done_expiry));
-                        }
+                        // Always recorded (even over capacity); a later expiry already set wins.
+                        let expiry = match model.entries.get(&k) {
+                            Some((State::Done, e)) => (*e).max(done_expiry),
+                            _ => done_expiry,
+                        };
+                        model.entries.insert(k, (State::Done, expiry));
                     } else {
                         prop_assert!(store.release(&host, &claim));
                         if model.entries.get(&k) == Some(&(State::InFlight, claim_expiry)) {
@@ -527,4 +530,54 @@ fn store_keys_are_prefixed_by_plugin_and_config_checks_dedup_fields() {
     assert!(store_err(json!({"shards": 0})).contains("store.shards"));
     assert!(store_err(json!({"shards": 8, "capacity": 4})).contains("store.capacity"));
     assert!(store_err(json!({"key_prefix": ""})).contains("store.key_prefix"));
+}
+
+#[test]
+fn a_legacy_sha1_copy_of_a_delivery_is_still_a_replay() {
+    let g = github_guard(json!({"accept_legacy_sha1": true}), json!({}));
+    let host = MemHost::new(g.counter_names(), T0);
+    let body = b"payload";
+    let c = gh(&g, &host, body).unwrap().unwrap();
+    g.settle(&host, &c, Some(200));
+    // The same body, signed by the same secret but sent with only the SHA-1 header.
+    let sha1 = format!(
+        "sha1={}",
+        hex::encode(compute_mac(Algorithm::HmacSha1, b"s", &[body]).unwrap())
+    );
+    let headers = vec![("x-hub-signature".to_string(), sha1.into_bytes())];
+    let info = RequestInfo {
+        route_name: None,
+        method: "POST".into(),
+        path: "/".into(),
+    };
+    let pending = g.begin(&host, 0, info, &headers).unwrap();
+    assert_eq!(
+        g.finish(&host, &pending, body).unwrap_err().reason,
+        Reason::Replayed
+    );
+}
+
+#[test]
+fn a_failed_commit_is_counted_and_logged() {
+    let g = github_guard(json!({}), json!({}));
+    let host = MemHost::new(g.counter_names(), T0);
+    let c = gh(&g, &host, b"x").unwrap().unwrap();
+    host.cas_failures.set(10_000);
+    g.settle(&host, &c, Some(200));
+    assert_eq!(host.count("webhook_guard.store.commit_failed"), 1);
+    assert!(host
+        .logs()
+        .iter()
+        .any(|(_, l)| l.contains("could not commit")));
+}
+
+#[test]
+fn a_retention_shorter_than_the_window_is_flagged() {
+    let doc = json!({"policies": [{"name": "s", "match": {"path_prefix": "/"}, "provider": "slack",
+        "secrets": [{"inline": "k"}], "dedup": {"retention_seconds": 60}}]});
+    let g = compile(doc.to_string().as_bytes(), &|_| None).unwrap();
+    assert!(g
+        .notices()
+        .iter()
+        .any(|(_, m)| m.contains("retention_seconds is shorter")));
 }

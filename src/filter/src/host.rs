@@ -1,6 +1,5 @@
 //! `webhook_guard_core::Host` over proxy-wasm hostcalls.
 
-use std::cell::Cell;
 use std::time::UNIX_EPOCH;
 
 use proxy_wasm::hostcalls;
@@ -8,26 +7,15 @@ use proxy_wasm::types::{LogLevel, Status};
 use webhook_guard_core::{Host, Level, SetError};
 
 /// Metric ids in the order of `Guard::counter_names()`; `None` where the define failed.
+// No log-level caching: proxy-wasm 0.2.5's get_log_level reads Envoy's "off" (6) into an enum
+// without that variant, so every line is handed to Envoy, which filters it.
 pub struct WasmHost {
     pub metrics: Vec<Option<u32>>,
-    /// Envoy's level for wasm logs, re-read on every tick: skips building lines nobody keeps.
-    pub log_level: Cell<LogLevel>,
 }
 
 impl WasmHost {
     pub fn new(metrics: Vec<Option<u32>>) -> WasmHost {
-        let host = WasmHost {
-            metrics,
-            log_level: Cell::new(LogLevel::Trace),
-        };
-        host.refresh_log_level();
-        host
-    }
-
-    pub fn refresh_log_level(&self) {
-        if let Ok(level) = hostcalls::get_log_level() {
-            self.log_level.set(level);
-        }
+        WasmHost { metrics }
     }
 }
 
@@ -64,10 +52,6 @@ impl Host for WasmHost {
 
     fn log(&self, level: Level, line: &str) {
         log(level, line);
-    }
-
-    fn log_enabled(&self, level: Level) -> bool {
-        to_wasm_level(level) as u32 >= self.log_level.get() as u32
     }
 
     fn shared_get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, SetError> {

@@ -82,8 +82,9 @@ impl RootContext for Root {
             .collect();
         let host = WasmHost::new(metrics);
         guard.init_store(&host);
-        // The tick sweeps the store and re-reads the log level.
-        let _ = hostcalls::set_tick_period(Duration::from_millis(guard.sweep_interval_ms()));
+        if guard.uses_store() {
+            let _ = hostcalls::set_tick_period(Duration::from_millis(guard.sweep_interval_ms()));
+        }
         log(
             Level::Info,
             &format!(
@@ -97,7 +98,6 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         if let Some(loaded) = &self.loaded {
-            loaded.host.refresh_log_level();
             loaded.guard.sweep(&loaded.host, self.sweeper_id);
         }
     }

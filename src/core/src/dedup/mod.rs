@@ -204,23 +204,19 @@ impl Store {
         outcome.unwrap_or(ClaimOutcome::Unavailable)
     }
 
-    /// The backend accepted the delivery: later copies are duplicates until `done_expiry_ms`.
-    /// Returns false only if the store could not be written.
+    /// The backend accepted the delivery: later copies are duplicates until `done_expiry_ms`
+    /// (or a later expiry another commit of the same key already set). Capacity is not checked:
+    /// a commit only replaces a claim that was admitted, and refusing it would forget a
+    /// delivery. Returns false only if the store could not be written.
     pub fn commit(&self, host: &dyn Host, claim: &Claim) -> bool {
-        let capacity = self.per_shard_capacity;
         self.update(host, claim.shard, claim.claimed_at_ms, |s, _, _| {
-            let exists = s.get(&claim.hash, 0).is_some();
-            // Our claim may have expired and been pruned; re-insert if there is room. The
-            // claim-time clock prunes less than the real one: ask the host before giving up.
-            if !exists && s.len() >= capacity {
-                s.prune(host.now_ms());
-                if s.len() >= capacity {
-                    return (false, ());
-                }
-            }
+            let expiry_ms = match s.get(&claim.hash, 0) {
+                Some(e) if e.state == State::Done => e.expiry_ms.max(claim.done_expiry_ms),
+                _ => claim.done_expiry_ms,
+            };
             s.put(Entry {
                 hash: claim.hash,
-                expiry_ms: claim.done_expiry_ms,
+                expiry_ms,
                 state: State::Done,
             });
             (true, ())
