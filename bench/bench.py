@@ -236,6 +236,18 @@ def measure(server: Server, url: str, duration: float, env: dict, warm_env: dict
     return best
 
 
+def cpu_times() -> list[int]:
+    """The aggregate /proc/stat CPU line: user nice system idle iowait irq softirq steal ..."""
+    return [int(x) for x in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+
+def steal_percent(before: list[int], after: list[int]) -> float:
+    """Share of CPU time the hypervisor took from this VM between two cpu_times() readings."""
+    delta = [b - a for a, b in zip(before, after)]
+    total = sum(delta[:8])
+    return 100.0 * delta[7] / total if total else 0.0
+
+
 def stat(server: Server, name: str) -> int:
     with urllib.request.urlopen(f"{server.admin}/stats?filter=^{name}$", timeout=5) as r:
         m = re.search(r": (\d+)", r.read().decode())
@@ -250,10 +262,19 @@ def main() -> int:
     p.add_argument("--sizes", default=",".join(map(str, SIZES)))
     p.add_argument("--store-entries", type=int, default=100_000)
     p.add_argument("--output", default=str(ROOT / "docs/benchmarks.md"))
+    p.add_argument("--from-results", action="store_true",
+                   help="only rewrite docs/benchmarks.md and the README table from bench/results.json")
     a = p.parse_args()
+    if a.from_results:
+        results = json.loads((ROOT / "bench/results.json").read_text())
+        pathlib.Path(a.output).write_text(report(results, a, results.get("date")))
+        update_readme(results)
+        return 0
     sizes = [int(s) for s in a.sizes.split(",")]
-    results = {"sizes": {}, "store": {}}
+    results = {"sizes": {}, "store": {}, "date": datetime.date.today().isoformat(),
+               "method": {"duration": a.duration, "warmup": a.warmup, "repeat": a.repeat}}
     ts = str(int(time.time()))
+    cpu_start = cpu_times()
     with tempfile.TemporaryDirectory(prefix="webhook-guard-bench-") as d:
         work = pathlib.Path(d)
         for size in sizes:
@@ -340,9 +361,14 @@ def main() -> int:
               f"replay {store['replay']['rps']:.0f} req/s", flush=True)
 
     results["hmac"] = hmac_throughput()
+    results["steal_percent"] = steal_percent(cpu_start, cpu_times())
+    print(f"== CPU steal by the hypervisor during the run: {results['steal_percent']:.1f}%", flush=True)
     (ROOT / "bench/results.json").write_text(json.dumps(results, indent=1) + "\n")
-    pathlib.Path(a.output).write_text(report(results, a))
-    print(f"wrote {a.output}")
+    results["machine"] = machine()
+    (ROOT / "bench/results.json").write_text(json.dumps(results, indent=1) + "\n")
+    pathlib.Path(a.output).write_text(report(results, a, results["date"]))
+    update_readme(results)
+    print(f"wrote {a.output} and the README's benchmark table")
     return 0
 
 
@@ -378,15 +404,39 @@ def machine() -> str:
             f"wasm {WASM.stat().st_size} bytes")
 
 
-def report(res: dict, a) -> str:
-    date = datetime.date.today().isoformat()
+def update_readme(res: dict) -> None:
+    """Rewrites the README's table between its bench markers from the same results."""
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start not in text or end not in text:
+        return
+    rows = ["| body | baseline req/s | filter, accepted req/s (added µs/req) | invalid signature in Envoy µs/req | "
+            "same check in Flask µs/req |", "|---|---:|---:|---:|---:|"]
+    for size, row in res["sizes"].items():
+        base, acc, inv, fl = row["baseline"], row["accepted"], row["invalid"], row["flask_invalid"]
+        rows.append(f"| {int(size) // 1024} KiB | {base['rps']:,.0f} | {acc['rps']:,.0f} "
+                    f"({acc['cpu_us_per_req'] - base['cpu_us_per_req']:+.0f}) | {inv['cpu_us_per_req']:.0f} | "
+                    f"{fl['cpu_us_per_req']:.0f} |")
+    body = (f"{start}\nMeasured {res.get('date')} by `scripts/bench.sh` (Envoy 1.40, one worker, wrk on "
+            "loopback; details and every path in [docs/benchmarks.md](docs/benchmarks.md)):\n\n"
+            + "\n".join(rows) + f"\n{end}")
+    readme.write_text(text[:text.index(start)] + body + text[text.index(end) + len(end):])
+
+
+def report(res: dict, a, date: str | None = None) -> str:
+    date = date or datetime.date.today().isoformat()
+    method = res.get("method", {})
+    duration = method.get("duration", a.duration)
+    warmup = method.get("warmup", a.warmup)
+    repeat = method.get("repeat", a.repeat)
     lines = [
         "# Benchmarks",
         "",
-        f"Measured {date} by `scripts/bench.sh` on {machine()}.",
+        f"Measured {date} by `scripts/bench.sh` on {res.get('machine') or machine()}.",
         "",
         f"Method: Envoy 1.40 with `--concurrency 1` pinned to CPU 0, wrk (`-t1 -c{CONNECTIONS}`, "
-        f"best of {a.repeat} runs of {a.duration:g} s after a {a.warmup:g} s warm-up) pinned to CPU 1, "
+        f"best of {repeat} runs of {duration:g} s after a {warmup:g} s warm-up) pinned to CPU 1, "
         "loopback only. Every Envoy "
         "runs the buffer filter (so the body is really read) and a `direct_response` route. "
         "`unmatched` has the filter in the chain but no policy matching (its fixed cost); "
@@ -395,7 +445,10 @@ def report(res: dict, a) -> str:
         "`replayed`); `invalid` sends a wrong signature (401). `flask` runs the same checks in a "
         "Flask `before_request` hook under gunicorn (1 sync worker, same CPU pinning). CPU/req is the "
         "server process's CPU time (user + system, from /proc) divided by the requests it answered; "
-        "added = filter minus baseline. All numbers come from one run, side by side.",
+        "added = filter minus baseline. All numbers come from one run, side by side. "
+        + (f"The hypervisor stole {res['steal_percent']:.0f}% of CPU time during this run: on a shared "
+           "VM expect run-to-run differences of tens of percent; compare rows of one run, not runs."
+           if "steal_percent" in res else ""),
         "",
         "| body | path | req/s | p50 ms | p99 ms | CPU µs/req | added µs/req | vs baseline |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -431,9 +484,9 @@ def report(res: dict, a) -> str:
         lines += [
             "",
             f"Store with {s['entries_before']:,} live entries (1 KiB bodies, default 1024 shards): Envoy RSS "
-            f"{s['rss_empty_mib']:.1f} MiB empty -> {s['rss_full_mib']:.1f} MiB full "
-            f"({(s['rss_full_mib'] - s['rss_empty_mib']) * 2**20 / max(s['entries_before'], 1):.0f} bytes per entry, "
-            f"25 of them the entry itself); accepted path {s['accepted']['rps']:,.0f} req/s at "
+            f"{s['rss_empty_mib']:.1f} MiB empty -> {s['rss_full_mib']:.1f} MiB full, "
+            f"{(s['rss_full_mib'] - s['rss_empty_mib']) * 2**20 / max(s['entries_before'], 1):.0f} bytes of RSS per "
+            f"entry (an entry is 25 bytes in shared data; RSS also moves with allocator reuse); accepted path {s['accepted']['rps']:,.0f} req/s at "
             f"{s['accepted']['cpu_us_per_req']:.1f} µs CPU/req; replay path {s['replay']['rps']:,.0f} req/s at "
             f"{s['replay']['cpu_us_per_req']:.1f} µs CPU/req ({s['entries_after']:,} entries after).",
         ]
