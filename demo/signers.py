@@ -7,6 +7,7 @@ import base64
 import datetime
 import hashlib
 import hmac
+import json
 
 import stripe
 import standardwebhooks
@@ -78,3 +79,75 @@ def fresh_secrets() -> dict[str, str]:
                 value = rnd.token_hex(16)
             out[var + suffix] = value
     return out
+
+
+# --- The rest of the provider catalog: each signs a body object (some schemes put the
+# timestamp or the dedup id in the body) and returns (body bytes, headers). Python's hmac,
+# following each provider's documented algorithm (docs/providers.md).
+def _hex(secret: str, msg: bytes, algo=hashlib.sha256) -> str:
+    return hmac.new(secret.encode(), msg, algo).hexdigest()
+
+
+def _svix(secret, obj, ts, delivery):
+    body = json.dumps(obj).encode()
+    sig = standardwebhooks.Webhook(secret).sign(delivery, datetime.datetime.fromtimestamp(ts, tz=datetime.timezone.utc),
+                                                body.decode())
+    return body, {"svix-id": delivery, "svix-timestamp": str(ts), "svix-signature": sig}
+
+
+def _zoom(secret, obj, ts, delivery):
+    body = json.dumps(obj).encode()
+    return body, {"x-zm-signature": "v0=" + _hex(secret, f"v0:{ts}:".encode() + body),
+                  "x-zm-request-timestamp": str(ts)}
+
+
+def _paddle(secret, obj, ts, delivery):
+    body = json.dumps({**obj, "notification_id": delivery}).encode()
+    return body, {"paddle-signature": f"ts={ts};h1=" + _hex(secret, f"{ts}:".encode() + body)}
+
+
+def _twitch(secret, obj, ts, delivery):
+    body = json.dumps(obj).encode()
+    stamp = datetime.datetime.fromtimestamp(ts, tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return body, {"twitch-eventsub-message-id": delivery, "twitch-eventsub-message-timestamp": stamp,
+                  "twitch-eventsub-message-signature": "sha256=" + _hex(secret, delivery.encode() + stamp.encode() + body)}
+
+
+def _pagerduty(secret, obj, ts, delivery):
+    body = json.dumps({**obj, "event": {"id": delivery}}).encode()
+    return body, {"x-pagerduty-signature": "v1=" + _hex(secret, body)}
+
+
+def _linear(secret, obj, ts, delivery):
+    body = json.dumps({**obj, "webhookTimestamp": ts * 1000}).encode()
+    return body, {"linear-signature": _hex(secret, body), "linear-delivery": delivery}
+
+
+def _intercom(secret, obj, ts, delivery):
+    body = json.dumps({**obj, "id": delivery}).encode()
+    return body, {"x-hub-signature": "sha1=" + _hex(secret, body, hashlib.sha1)}
+
+
+def _hub256(secret, obj, ts, delivery):
+    body = json.dumps(obj).encode()
+    return body, {"x-hub-signature": "sha256=" + _hex(secret, body)}
+
+
+def _gitlab(secret, obj, ts, delivery):
+    return json.dumps(obj).encode(), {"x-gitlab-token": secret, "idempotency-key": delivery}
+
+
+# preset -> (signer, signs a timestamp, signature header, secret maker, replays rejected)
+CATALOG = {
+    "svix": (_svix, True, "svix-signature", lambda s: "whsec_" + base64.b64encode(s.encode().ljust(32, b"x")[:32]).decode(), True),
+    "zoom": (_zoom, True, "x-zm-signature", str, True),
+    "paddle": (_paddle, True, "paddle-signature", str, True),
+    "twitch": (_twitch, True, "twitch-eventsub-message-signature", str, True),
+    "pagerduty": (_pagerduty, False, "x-pagerduty-signature", str, True),
+    "linear": (_linear, True, "linear-signature", str, True),
+    "intercom": (_intercom, False, "x-hub-signature", str, True),
+    "bitbucket": (_hub256, False, "x-hub-signature", str, True),
+    "jira": (_hub256, False, "x-hub-signature", str, True),
+    # GitLab's token authenticates the sender only: no replay protection is possible.
+    "gitlab": (_gitlab, False, "x-gitlab-token", str, False),
+}

@@ -67,8 +67,8 @@ def test_check_config_uses_the_filters_validator(tmp_path):
     assert "valid, 6 policies" in ok.stdout
     assert "github           secrets 1/2 usable" in ok.stdout
     broken = tmp_path / "broken.json"
-    broken.write_text(json.dumps({"policies": [{"name": "x", "match": {"path_prefix": "/"}, "provider": "gitlab",
+    broken.write_text(json.dumps({"policies": [{"name": "x", "match": {"path_prefix": "/"}, "provider": "bogus",
                                                 "secrets": [{"inline": "s"}]}]}))
     bad = cli("check-config", str(broken), check=False)
     assert bad.returncode == 1
-    assert "at policies[0].provider: unknown variant `gitlab`" in bad.stderr
+    assert "at policies[0].provider: unknown variant `bogus`" in bad.stderr

@@ -12,7 +12,7 @@ GOOD = {"name": "gh", "match": {"path_prefix": "/webhooks/github"}, "provider": 
 
 
 @pytest.mark.parametrize("config, message", [
-    ({"policies": [{**GOOD, "provider": "gitlab"}]}, "at policies[0].provider: unknown variant `gitlab`"),
+    ({"policies": [{**GOOD, "provider": "bogus"}]}, "at policies[0].provider: unknown variant `bogus`"),
     ({"policies": [GOOD], "defualt": "deny"}, "unknown field `defualt`"),
     ({"policies": [{**GOOD, "status_overrides": {"invalid_signatur": 403}}]},
      "at policies[0].status_overrides.invalid_signatur: unknown reason code"),

@@ -75,3 +75,56 @@ def test_vector_through_envoy(vectors_stack, i):
         tampered[0] ^= 1
         resp = vectors_stack.post(path_of(i, v), bytes(tampered), v["headers"])
         assert resp.json()["error"] == "invalid_signature"
+
+
+# ---- The provider catalog in the real Envoy, signed now: the full scenario matrix. ----
+import time  # noqa: E402
+import uuid  # noqa: E402
+
+from signers import CATALOG  # noqa: E402
+
+CATALOG_SCENARIOS = ["accept", "replay", "tampered", "wrong_secret", "missing", "stale", "future"]
+
+
+@pytest.fixture(scope="module")
+def catalog_stack():
+    secrets = {name: make(f"{name}-secret-{uuid.uuid4().hex[:8]}") for name, (_, _, _, make, _) in CATALOG.items()}
+    config = {"policies": [{"name": name, "match": {"path_prefix": f"/webhooks/catalog/{name}"}, "provider": name,
+                            "secrets": [{"inline": secrets[name]}]} for name in CATALOG]}
+    stack = Stack(config, {})
+    stack.catalog_secrets = secrets
+    yield stack
+    stack.stop()
+
+
+@pytest.mark.parametrize("scenario", CATALOG_SCENARIOS)
+@pytest.mark.parametrize("preset", list(CATALOG))
+def test_catalog_matrix(catalog_stack, preset, scenario):
+    sign, signs_ts, sig_header, make_secret, dedups = CATALOG[preset]
+    secret = catalog_stack.catalog_secrets[preset]
+    now = int(time.time())
+    ts = {"stale": now - 700, "future": now + 700}.get(scenario, now)
+    delivery = f"d_{uuid.uuid4().hex}"
+    obj = {"id": delivery, "type": "catalog.test", "n": 1}
+    used_secret = make_secret("wrong") if scenario == "wrong_secret" else secret
+    body, headers = sign(used_secret, obj, ts, delivery)
+    if scenario == "missing":
+        headers.pop(sig_header)
+    if scenario == "tampered":
+        body = body.replace(b'"n": 1', b'"n": 2')
+    path = f"/webhooks/catalog/{preset}"
+    if scenario == "replay":
+        assert catalog_stack.post(path, body, headers).status_code == 200
+    resp = catalog_stack.post(path, body, headers)
+    want = {
+        "accept": (200, None),
+        "replay": (409, "replayed") if dedups else (200, None),
+        "tampered": (401, "invalid_signature") if preset != "gitlab" else (200, None),
+        "wrong_secret": (401, "invalid_signature"),
+        "missing": (400, "missing_signature"),
+        "stale": (401, "timestamp_out_of_window") if signs_ts else (200, None),
+        "future": (401, "timestamp_out_of_window") if signs_ts else (200, None),
+    }[scenario]
+    assert resp.status_code == want[0], resp.text
+    if want[1]:
+        assert resp.json() == {"error": want[1], "policy": preset}

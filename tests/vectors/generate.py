@@ -165,5 +165,79 @@ add("custom ms timestamps and sha512 base64 with prefix", "custom", "self-genera
             "signed_template": "{method} {path} {timestamp} {body}"},
     method="POST", path="/webhooks/x?a=1")
 
+# --- The provider catalog (self-generated from each provider's documented algorithm; see
+# docs/providers.md for sources). Each: accepted, tampered, wrong secret, missing, and the
+# window edges where a timestamp is signed.
+def catalog(provider, secret, make_headers, body, ts, tolerance, missing_header, wrong=None, policy=None):
+    extra = {"policy": policy} if policy else {}
+    at = ts if tolerance else None  # verify_at only where a timestamp is signed
+    add(f"{provider} accepted", provider, "self-generated", secret, make_headers(secret, body, ts), body, at, "accepted",
+        **extra)
+    add(f"{provider} tampered body", provider, "derived-negative", secret, make_headers(secret, body, ts),
+        body.replace("1", "2", 1), at, "invalid_signature", **extra)
+    add(f"{provider} wrong secret", provider, "derived-negative", secret, make_headers(wrong or "not-" + secret, body, ts), body,
+        at, "invalid_signature", **extra)
+    h = {k: v for k, v in make_headers(secret, body, ts).items() if k != missing_header}
+    add(f"{provider} missing signature", provider, "derived-negative", secret, h, body, at, "missing_signature", **extra)
+    if tolerance:
+        add(f"{provider} stale", provider, "derived-negative", secret, make_headers(secret, body, ts), body,
+            ts + tolerance + 1, "timestamp_out_of_window", **extra)
+        add(f"{provider} future", provider, "derived-negative", secret, make_headers(secret, body, ts), body,
+            ts - tolerance - 1, "timestamp_out_of_window", **extra)
+
+
+T = 1700000000
+BODY = '{"id":"ntf_01h","event_id":"evt_1","event":{"id":"01PD"},"webhookTimestamp":1700000000000}'
+
+catalog("svix", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        lambda sec, b, t: {"svix-id": "msg_1", "svix-timestamp": str(t), "svix-signature": "v1," + b64(
+            base64.b64decode(sec[6:]), f"msg_1.{t}.{b}".encode())}, BODY, T, 300, "svix-signature",
+        wrong="whsec_" + base64.b64encode(b"a different 32-byte secret value").decode())
+add("svix official vector under svix-* names", "svix", "official-docs", SW_SECRET,
+    {"svix-id": SW_H["webhook-id"], "svix-timestamp": SW_H["webhook-timestamp"],
+     "svix-signature": SW_H["webhook-signature"]}, SW_BODY, 1614265330, "accepted")
+catalog("zoom", "zoom-secret-token",
+        lambda sec, b, t: {"x-zm-signature": "v0=" + hx(sec.encode(), f"v0:{t}:{b}".encode()),
+                           "x-zm-request-timestamp": str(t)}, BODY, T, 300, "x-zm-signature")
+catalog("paddle", "pdl_ntfset_01abc_secret",
+        lambda sec, b, t: {"paddle-signature": f"ts={t};h1=" + hx(sec.encode(), f"{t}:{b}".encode())}, BODY, T, 5,
+        "paddle-signature")
+add("paddle rolled secret: several h1", "paddle", "self-generated", "pdl_ntfset_01abc_secret",
+    {"paddle-signature": f"ts={T};h1={'0' * 64};h1=" + hx(b"pdl_ntfset_01abc_secret", f"{T}:{BODY}".encode())},
+    BODY, T, "accepted")
+TW_TS = "2023-11-14T22:13:20.123456789Z"  # = 1700000000.123456789
+catalog("twitch", "twitch-subscription-secret",
+        lambda sec, b, t: {"twitch-eventsub-message-id": "e76c6bd4-55c9-4987-8304-da1588d8988b",
+                           "twitch-eventsub-message-timestamp": TW_TS,
+                           "twitch-eventsub-message-signature": "sha256=" + hx(
+                               sec.encode(), f"e76c6bd4-55c9-4987-8304-da1588d8988b{TW_TS}{b}".encode())},
+        BODY, T, 600, "twitch-eventsub-message-signature")
+catalog("pagerduty", "lDQHScfUeXUKzYm+gXRn0N/iCjZIobRGrWQ6a2YxBh+hK0Z+IK",
+        lambda sec, b, t: {"x-pagerduty-signature": "v1=" + hx(sec.encode(), b.encode())},
+        BODY, T, 0, "x-pagerduty-signature")
+add("pagerduty rolled secret: several v1", "pagerduty", "self-generated", "pd-secret",
+    {"x-pagerduty-signature": f"v1={'1' * 64},v1=" + hx(b"pd-secret", BODY.encode())}, BODY, None, "accepted")
+catalog("linear", "lin_wh_secret",
+        lambda sec, b, t: {"linear-signature": hx(sec.encode(), b.encode()), "linear-delivery": "d-1"},
+        BODY, T, 60, "linear-signature")
+catalog("intercom", "intercom-client-secret",
+        lambda sec, b, t: {"x-hub-signature": "sha1=" + hx(sec.encode(), b.encode(), hashlib.sha1)},
+        BODY, T, 0, "x-hub-signature")
+catalog("bitbucket", "bitbucket-secret",
+        lambda sec, b, t: {"x-hub-signature": "sha256=" + hx(sec.encode(), b.encode())}, BODY, T, 0,
+        "x-hub-signature")
+catalog("jira", "jira-secret",
+        lambda sec, b, t: {"x-hub-signature": "sha256=" + hx(sec.encode(), b.encode())}, BODY, T, 0,
+        "x-hub-signature")
+add("gitlab token", "gitlab", "official-docs", "gitlab-token-1", {"x-gitlab-token": "gitlab-token-1"}, BODY, None,
+    "accepted")
+add("gitlab body change is not covered by the token", "gitlab", "derived", "gitlab-token-1",
+    {"x-gitlab-token": "gitlab-token-1"}, BODY + " ", None, "accepted")
+add("gitlab wrong token", "gitlab", "derived-negative", "gitlab-token-1", {"x-gitlab-token": "gitlab-token-2"},
+    BODY, None, "invalid_signature")
+add("gitlab missing token", "gitlab", "derived-negative", "gitlab-token-1", {}, BODY, None, "missing_signature")
+add("linear body without webhookTimestamp", "linear", "derived-negative", "lin_wh_secret",
+    {"linear-signature": hx(b"lin_wh_secret", b'{"id":1}')}, '{"id":1}', T, "missing_timestamp")
+
 OUT.write_text(json.dumps(vectors, indent=1) + "\n")
 print(f"wrote {len(vectors)} vectors to {OUT}")

@@ -56,7 +56,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct SignArgs {
-    /// A preset: github, stripe, slack, shopify, standard-webhooks.
+    /// A preset: github, stripe, slack, shopify, standard-webhooks, svix, zoom, paddle, twitch,
+    /// pagerduty, linear, intercom, bitbucket, jira, gitlab.
     #[arg(long, conflicts_with_all = ["config", "policy"])]
     provider: Option<String>,
     /// A plugin configuration (for custom schemes)...
@@ -236,7 +237,7 @@ fn run_sign(a: &SignArgs) -> Result<ExitCode, String> {
     };
     let timestamp = a.timestamp.or_else(|| {
         scheme.timestamp.as_ref().map(|t| match t.unit {
-            TimestampUnit::Seconds => now_ms() / 1000,
+            TimestampUnit::Seconds | TimestampUnit::Rfc3339 => now_ms() / 1000,
             TimestampUnit::Milliseconds => now_ms(),
         })
     });

@@ -140,8 +140,28 @@ fn compile_dedup(
         return Ok(None);
     }
     let at = format!("{at}.dedup");
+    if matches!(
+        scheme.sources.first().map(|s| &s.format),
+        Some(SigFormat::Token)
+    ) {
+        // A token authenticates the sender, not the delivery: nothing signed identifies it.
+        if raw.key.is_some() {
+            return Err(err(
+                format!("{at}.key"),
+                "this provider signs nothing that identifies a delivery (a token compare): no dedup key is possible",
+            ));
+        }
+        notices.push((
+            Level::Info,
+            format!("{at}: replay protection is off: the token does not cover the body"),
+        ));
+        return Ok(None);
+    }
     let source = match &raw.key {
-        None => presets::dedup_key(provider),
+        None => match presets::dedup_key(provider) {
+            Some(k) => k,
+            None => return Ok(None),
+        },
         Some(RawDedupKey::Signature) => KeySource::Signature,
         Some(RawDedupKey::Header { name }) => {
             let lower = name.to_ascii_lowercase();
@@ -366,7 +386,10 @@ fn compile_policy(
         ));
     }
 
-    if p.timestamp_tolerance_seconds == 0 || p.timestamp_tolerance_seconds > MAX_TOLERANCE_SECONDS {
+    let tolerance_s = p
+        .timestamp_tolerance_seconds
+        .unwrap_or(scheme.default_tolerance_s);
+    if tolerance_s == 0 || tolerance_s > MAX_TOLERANCE_SECONDS {
         return Err(err(
             format!("{at}.timestamp_tolerance_seconds"),
             format!("must be between 1 and {MAX_TOLERANCE_SECONDS}"),
@@ -402,7 +425,7 @@ fn compile_policy(
         &p.dedup,
         p.provider,
         &scheme,
-        p.timestamp_tolerance_seconds.saturating_mul(1000),
+        tolerance_s.saturating_mul(1000),
         warnings,
     )?;
 
@@ -415,7 +438,7 @@ fn compile_policy(
         scheme,
         keys,
         secrets_configured: configured,
-        tolerance_ms: p.timestamp_tolerance_seconds.saturating_mul(1000),
+        tolerance_ms: tolerance_s.saturating_mul(1000),
         max_body_bytes: p.max_body_bytes,
         statuses,
         counter_base,
@@ -494,5 +517,6 @@ fn custom_scheme(at: &str, c: RawCustom) -> Result<Scheme, ConfigError> {
         template,
         key_encoding: c.secret_encoding,
         delivery_id,
+        default_tolerance_s: crate::config::DEFAULT_TOLERANCE_SECONDS,
     })
 }

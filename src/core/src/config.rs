@@ -83,8 +83,9 @@ pub struct RawPolicy {
     pub custom: Option<RawCustom>,
     /// Ordered: the first is the current secret, the others are accepted during rotation.
     pub secrets: Vec<RawSecret>,
-    #[serde(default = "default_tolerance")]
-    pub timestamp_tolerance_seconds: u64,
+    /// Default: the preset's (300 s; Paddle 5 s, Linear 60 s, Twitch 600 s).
+    #[serde(default)]
+    pub timestamp_tolerance_seconds: Option<u64>,
     #[serde(default = "default_max_body")]
     pub max_body_bytes: u64,
     /// Reason code -> HTTP status for this policy's rejections.
@@ -173,10 +174,6 @@ pub enum RawDedupKey {
     JsonPointer { pointer: String },
 }
 
-fn default_tolerance() -> u64 {
-    DEFAULT_TOLERANCE_SECONDS
-}
-
 fn default_max_body() -> u64 {
     DEFAULT_MAX_BODY_BYTES
 }
@@ -204,6 +201,16 @@ pub enum Provider {
     Slack,
     Shopify,
     StandardWebhooks,
+    Svix,
+    Zoom,
+    Paddle,
+    Twitch,
+    Pagerduty,
+    Linear,
+    Intercom,
+    Bitbucket,
+    Jira,
+    Gitlab,
     Custom,
 }
 
@@ -215,6 +222,16 @@ impl Provider {
             Provider::Slack => "slack",
             Provider::Shopify => "shopify",
             Provider::StandardWebhooks => "standard-webhooks",
+            Provider::Svix => "svix",
+            Provider::Zoom => "zoom",
+            Provider::Paddle => "paddle",
+            Provider::Twitch => "twitch",
+            Provider::Pagerduty => "pagerduty",
+            Provider::Linear => "linear",
+            Provider::Intercom => "intercom",
+            Provider::Bitbucket => "bitbucket",
+            Provider::Jira => "jira",
+            Provider::Gitlab => "gitlab",
             Provider::Custom => "custom",
         }
     }
@@ -289,6 +306,9 @@ pub enum TimestampUnit {
     Seconds,
     #[serde(rename = "ms")]
     Milliseconds,
+    /// RFC 3339 date-time (Twitch), e.g. `2023-07-19T10:11:12.630662Z`.
+    #[serde(rename = "rfc3339")]
+    Rfc3339,
 }
 
 /// How secret text becomes HMAC key bytes.

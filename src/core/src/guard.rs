@@ -7,7 +7,7 @@ use crate::dedup::{self, Claim, ClaimOutcome, Store};
 use crate::host::{Host, Level};
 use crate::policy::{Matcher, RouteInfo};
 use crate::reason::Reason;
-use crate::scheme::{DeliveryId, Scheme};
+use crate::scheme::{DeliveryId, Scheme, TimestampSource};
 use crate::stats;
 use crate::verify::{self, lookup, Extracted, HeaderList, Lookup, Skew};
 
@@ -364,8 +364,21 @@ impl Guard {
             return Err(fail(Reason::InvalidSignature, None));
         };
         let now = host.now_ms();
-        if let Some(ts) = &pending.extracted.timestamp {
-            if let Err(skew) = verify::check_window(ts.ms, now, policy.tolerance_ms) {
+        let ts_ms = match (&pending.extracted.timestamp, &policy.scheme.timestamp) {
+            (Some(ts), _) => Some(ts.ms),
+            (None, Some(spec)) => match &spec.source {
+                TimestampSource::BodyJson(field) => {
+                    match verify::body_timestamp(field, spec.unit, body) {
+                        Ok(ms) => Some(ms),
+                        Err(reason) => return Err(fail(reason, Some("body"))),
+                    }
+                }
+                _ => None,
+            },
+            (None, None) => None,
+        };
+        if let Some(ts) = ts_ms {
+            if let Err(skew) = verify::check_window(ts, now, policy.tolerance_ms) {
                 let detail = match skew {
                     Skew::Stale => "stale",
                     Skew::Future => "future",
@@ -378,7 +391,7 @@ impl Guard {
             Some(dedup) => {
                 let key = policy.keys.get(key_index).map_or(&[][..], Vec::as_slice);
                 let mac = verify::canonical_mac(&policy.scheme, &pending.extracted, key, body, mac);
-                Some(self.claim(host, policy, pending, dedup, &mac, body, now)?)
+                Some(self.claim(host, policy, pending, dedup, &mac, body, now, ts_ms)?)
             }
         };
         host.increment(policy.counter_base.saturating_add(stats::ACCEPTED));
@@ -408,6 +421,7 @@ impl Guard {
         mac: &[u8],
         body: &[u8],
         now: u64,
+        ts_ms: Option<u64>,
     ) -> Result<Claim, Rejection> {
         let fail = |reason: Reason, detail: Option<&str>| {
             self.reject_with_body(host, pending, policy, body, reason, detail)
@@ -417,12 +431,11 @@ impl Guard {
         let hash = dedup::key::hash(&policy.name, kind, &material);
         let done_expiry_ms = match dedup.retention {
             Retention::Fixed(ms) => now.saturating_add(ms),
-            Retention::AfterWindow(margin) => {
-                let ts = pending.extracted.timestamp.as_ref().map_or(now, |t| t.ms);
-                ts.max(now)
-                    .saturating_add(policy.tolerance_ms)
-                    .saturating_add(margin)
-            }
+            Retention::AfterWindow(margin) => ts_ms
+                .unwrap_or(now)
+                .max(now)
+                .saturating_add(policy.tolerance_ms)
+                .saturating_add(margin),
         };
         match self.store.claim(
             host,

@@ -8,7 +8,7 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 struct Field<'f>(&'f str);
 
 impl<'de> DeserializeSeed<'de> for Field<'_> {
-    type Value = Option<String>;
+    type Value = Option<serde_json::Value>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
@@ -16,7 +16,7 @@ impl<'de> DeserializeSeed<'de> for Field<'_> {
 }
 
 impl<'de> Visitor<'de> for Field<'_> {
-    type Value = Option<String>;
+    type Value = Option<serde_json::Value>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
@@ -26,13 +26,7 @@ impl<'de> Visitor<'de> for Field<'_> {
         let mut found = None;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             if key == self.0 && found.is_none() {
-                found = map
-                    .next_value::<serde_json::Value>()
-                    .ok()
-                    .and_then(|v| match v {
-                        serde_json::Value::String(s) => Some(s),
-                        _ => None,
-                    });
+                found = Some(map.next_value::<serde_json::Value>()?);
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -41,10 +35,18 @@ impl<'de> Visitor<'de> for Field<'_> {
     }
 }
 
-/// `body[field]` when `body` is a JSON object whose `field` is a string.
-pub fn top_level_string(body: &[u8], field: &str) -> Option<String> {
+/// `body[field]` when `body` is a JSON object with that field.
+pub fn top_level(body: &[u8], field: &str) -> Option<serde_json::Value> {
     let mut de = serde_json::Deserializer::from_slice(body);
     Field(field).deserialize(&mut de).ok().flatten()
+}
+
+/// `body[field]` when `body` is a JSON object whose `field` is a string.
+pub fn top_level_string(body: &[u8], field: &str) -> Option<String> {
+    match top_level(body, field)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

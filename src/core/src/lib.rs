@@ -13,6 +13,7 @@ pub mod memhost;
 pub mod policy;
 pub mod presets;
 pub mod reason;
+pub mod rfc3339;
 pub mod scheme;
 pub mod sign;
 pub mod stats;

@@ -1,7 +1,9 @@
 //! Provider presets as data. Each returns the `Scheme` its provider documents
 //! (see docs/providers.md for sources); adding a preset is a table entry plus vectors.
 
-use crate::config::{Algorithm, Encoding, KeyEncoding, Provider, TimestampUnit};
+use crate::config::{
+    Algorithm, Encoding, KeyEncoding, Provider, TimestampUnit, DEFAULT_TOLERANCE_SECONDS,
+};
 use crate::dedup::key::KeySource;
 use crate::scheme::{DeliveryId, Scheme, SigFormat, SigSource, TimestampSource, TimestampSpec};
 use crate::template::Part;
@@ -28,20 +30,92 @@ fn header_ts(name: &str) -> Option<TimestampSpec> {
     })
 }
 
-/// Where a preset's dedup key comes from (signed material only).
-pub fn dedup_key(provider: Provider) -> KeySource {
-    match provider {
-        // X-GitHub-Delivery and Shopify's ids are not signed: the MAC is the signed material.
-        Provider::Github | Provider::Slack | Provider::Shopify | Provider::Custom => {
-            KeySource::Signature
-        }
-        // Stripe re-signs every retry with a new `t`; the event id in the body is stable.
-        Provider::Stripe => KeySource::JsonPointer("/id".into()),
-        // The signed webhook-id is the same on every retry (the template's first header).
-        Provider::StandardWebhooks => KeySource::SignedHeader {
-            name: "webhook-id".into(),
+/// Where a preset's dedup key comes from (signed material only); `None` where nothing that
+/// identifies a delivery is signed (GitLab's token signs nothing).
+pub fn dedup_key(provider: Provider) -> Option<KeySource> {
+    let json = |p: &str| Some(KeySource::JsonPointer(p.into()));
+    let header = |name: &str| {
+        Some(KeySource::SignedHeader {
+            name: name.into(),
             index: 0,
+        })
+    };
+    match provider {
+        // Unsigned delivery ids (X-GitHub-Delivery, Shopify's, Bitbucket's, Jira's): the MAC is
+        // the signed material.
+        Provider::Github
+        | Provider::Slack
+        | Provider::Shopify
+        | Provider::Zoom
+        | Provider::Linear
+        | Provider::Bitbucket
+        | Provider::Jira
+        | Provider::Custom => Some(KeySource::Signature),
+        // Stripe re-signs every retry with a new `t`; the event id in the body is stable.
+        Provider::Stripe => json("/id"),
+        // Retries change the body's attempt counter; the notification id is stable.
+        Provider::Intercom => json("/id"),
+        Provider::Paddle => json("/notification_id"),
+        Provider::Pagerduty => json("/event/id"),
+        // Signed ids, the same on every retry (the template's first header).
+        Provider::StandardWebhooks => header("webhook-id"),
+        Provider::Svix => header("svix-id"),
+        Provider::Twitch => header("twitch-eventsub-message-id"),
+        Provider::Gitlab => None,
+    }
+}
+
+fn ts(source: TimestampSource, unit: TimestampUnit) -> Option<TimestampSpec> {
+    Some(TimestampSpec { source, unit })
+}
+
+fn kv(header: &str, sep: char, sig_key: &str, ts_key: Option<&str>) -> SigSource {
+    SigSource {
+        headers: vec![header.to_string()],
+        format: SigFormat::KeyValues {
+            item_sep: sep,
+            sig_key: sig_key.to_string(),
+            ts_key: ts_key.map(str::to_string),
         },
+        algorithm: Algorithm::HmacSha256,
+        encoding: Encoding::Hex,
+    }
+}
+
+/// An HMAC over the raw body, hex, with a fixed prefix (GitHub-style).
+fn body_hex(header: &str, prefix: &str, algorithm: Algorithm, id_header: Option<&str>) -> Scheme {
+    Scheme {
+        sources: vec![single(&[header], prefix, algorithm, Encoding::Hex)],
+        timestamp: None,
+        template: vec![Part::Body],
+        key_encoding: KeyEncoding::Utf8,
+        delivery_id: id_header.map(|h| DeliveryId::Header(h.into())),
+        default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+    }
+}
+
+/// Standard Webhooks under a given header prefix (`webhook` or `svix`).
+fn standard(prefix: &str) -> Scheme {
+    Scheme {
+        sources: vec![SigSource {
+            headers: vec![format!("{prefix}-signature")],
+            format: SigFormat::Versioned {
+                version: "v1".into(),
+            },
+            algorithm: Algorithm::HmacSha256,
+            encoding: Encoding::Base64,
+        }],
+        timestamp: header_ts(&format!("{prefix}-timestamp")),
+        template: vec![
+            Part::Header(format!("{prefix}-id")),
+            lit("."),
+            Part::Timestamp,
+            lit("."),
+            Part::Body,
+        ],
+        key_encoding: KeyEncoding::Whsec,
+        delivery_id: Some(DeliveryId::Header(format!("{prefix}-id"))),
+        default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
     }
 }
 
@@ -69,6 +143,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
                 template: vec![Part::Body],
                 key_encoding: KeyEncoding::Utf8,
                 delivery_id: Some(DeliveryId::Header("x-github-delivery".into())),
+                default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
             }
         }
         Provider::Stripe => Scheme {
@@ -90,6 +165,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             // Stripe uses the whole `whsec_...` string as the key, prefix included.
             key_encoding: KeyEncoding::Utf8,
             delivery_id: Some(DeliveryId::JsonField("id".into())),
+            default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
         },
         Provider::Slack => Scheme {
             sources: vec![single(
@@ -102,6 +178,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             template: vec![lit("v0:"), Part::Timestamp, lit(":"), Part::Body],
             key_encoding: KeyEncoding::Utf8,
             delivery_id: None,
+            default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
         },
         Provider::Shopify => Scheme {
             // The Events product sends the un-prefixed spelling.
@@ -115,26 +192,106 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             template: vec![Part::Body],
             key_encoding: KeyEncoding::Utf8,
             delivery_id: Some(DeliveryId::Header("x-shopify-webhook-id".into())),
+            default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
         },
-        Provider::StandardWebhooks => Scheme {
-            sources: vec![SigSource {
-                headers: vec!["webhook-signature".into()],
-                format: SigFormat::Versioned {
-                    version: "v1".into(),
-                },
-                algorithm: Algorithm::HmacSha256,
-                encoding: Encoding::Base64,
-            }],
-            timestamp: header_ts("webhook-timestamp"),
+        Provider::StandardWebhooks => standard("webhook"),
+        // Svix (and Clerk, Resend...) send the Standard Webhooks scheme under svix-* names.
+        Provider::Svix => standard("svix"),
+        Provider::Zoom => Scheme {
+            sources: vec![single(
+                &["x-zm-signature"],
+                "v0=",
+                Algorithm::HmacSha256,
+                Encoding::Hex,
+            )],
+            timestamp: header_ts("x-zm-request-timestamp"),
+            template: vec![lit("v0:"), Part::Timestamp, lit(":"), Part::Body],
+            key_encoding: KeyEncoding::Utf8,
+            delivery_id: Some(DeliveryId::Header("x-zm-trackingid".into())),
+            default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+        },
+        Provider::Paddle => Scheme {
+            // `ts=..;h1=..[;h1=..]`: several h1 during a secret rotation.
+            sources: vec![kv("paddle-signature", ';', "h1", Some("ts"))],
+            timestamp: ts(TimestampSource::SignatureParam, TimestampUnit::Seconds),
+            template: vec![Part::Timestamp, lit(":"), Part::Body],
+            key_encoding: KeyEncoding::Utf8,
+            delivery_id: Some(DeliveryId::JsonField("notification_id".into())),
+            // Paddle's SDKs allow 5 s.
+            default_tolerance_s: 5,
+        },
+        Provider::Twitch => Scheme {
+            sources: vec![single(
+                &["twitch-eventsub-message-signature"],
+                "sha256=",
+                Algorithm::HmacSha256,
+                Encoding::Hex,
+            )],
+            timestamp: ts(
+                TimestampSource::Header("twitch-eventsub-message-timestamp".into()),
+                TimestampUnit::Rfc3339,
+            ),
+            // Message id, timestamp and body, no separators; the exact timestamp bytes.
             template: vec![
-                Part::Header("webhook-id".into()),
-                lit("."),
+                Part::Header("twitch-eventsub-message-id".into()),
                 Part::Timestamp,
-                lit("."),
                 Part::Body,
             ],
-            key_encoding: KeyEncoding::Whsec,
-            delivery_id: Some(DeliveryId::Header("webhook-id".into())),
+            key_encoding: KeyEncoding::Utf8,
+            delivery_id: Some(DeliveryId::Header("twitch-eventsub-message-id".into())),
+            default_tolerance_s: 600,
+        },
+        Provider::Pagerduty => Scheme {
+            // `v1=..,v1=..`: one per active secret.
+            sources: vec![kv("x-pagerduty-signature", ',', "v1", None)],
+            timestamp: None,
+            template: vec![Part::Body],
+            key_encoding: KeyEncoding::Utf8,
+            delivery_id: None,
+            default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+        },
+        Provider::Linear => Scheme {
+            sources: vec![single(
+                &["linear-signature"],
+                "",
+                Algorithm::HmacSha256,
+                Encoding::Hex,
+            )],
+            // webhookTimestamp (ms) lives in the signed body.
+            timestamp: ts(
+                TimestampSource::BodyJson("webhookTimestamp".into()),
+                TimestampUnit::Milliseconds,
+            ),
+            template: vec![Part::Body],
+            key_encoding: KeyEncoding::Utf8,
+            delivery_id: Some(DeliveryId::Header("linear-delivery".into())),
+            default_tolerance_s: 60,
+        },
+        Provider::Intercom => body_hex("x-hub-signature", "sha1=", Algorithm::HmacSha1, None),
+        Provider::Bitbucket => body_hex(
+            "x-hub-signature",
+            "sha256=",
+            Algorithm::HmacSha256,
+            Some("x-request-uuid"),
+        ),
+        Provider::Jira => body_hex(
+            "x-hub-signature",
+            "sha256=",
+            Algorithm::HmacSha256,
+            Some("x-atlassian-webhook-identifier"),
+        ),
+        Provider::Gitlab => Scheme {
+            sources: vec![SigSource {
+                headers: vec!["x-gitlab-token".into()],
+                format: SigFormat::Token,
+                algorithm: Algorithm::HmacSha256,
+                encoding: Encoding::Hex,
+            }],
+            timestamp: None,
+            template: Vec::new(),
+            key_encoding: KeyEncoding::Utf8,
+            delivery_id: Some(DeliveryId::Header("idempotency-key".into())),
+            default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
         },
         Provider::Custom => return None,
     };

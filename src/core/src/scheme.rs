@@ -13,6 +13,8 @@ pub struct Scheme {
     pub key_encoding: KeyEncoding,
     /// Logged as the delivery id (informational; may be unsigned).
     pub delivery_id: Option<DeliveryId>,
+    /// Tolerance when the policy sets none (the provider's own SDK default).
+    pub default_tolerance_s: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -37,6 +39,9 @@ pub enum SigFormat {
     },
     /// Space-separated `version,value` entries; only `version` counts (Standard Webhooks).
     Versioned { version: String },
+    /// The header carries the secret itself (GitLab's `X-Gitlab-Token`): compared in constant
+    /// time; it authenticates the sender, not the body.
+    Token,
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +55,9 @@ pub enum TimestampSource {
     Header(String),
     /// The `ts_key` item of a `KeyValues` signature header.
     SignatureParam,
+    /// A top-level number in the JSON body (Linear's `webhookTimestamp`): read after the body
+    /// verified, since the body is what is signed.
+    BodyJson(String),
 }
 
 #[derive(Debug, Clone)]

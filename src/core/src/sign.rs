@@ -32,12 +32,17 @@ pub fn sign(
         .first()
         .ok_or_else(|| "the scheme has no signature header".to_string())?;
     let ts_text = match &scheme.timestamp {
-        Some(_) => Some(
-            input
+        // A body timestamp is part of the body the caller passes.
+        Some(spec) if matches!(spec.source, TimestampSource::BodyJson(_)) => None,
+        Some(spec) => {
+            let ts = input
                 .timestamp
-                .ok_or_else(|| "this scheme signs a timestamp: pass one".to_string())?
-                .to_string(),
-        ),
+                .ok_or_else(|| "this scheme signs a timestamp: pass one".to_string())?;
+            Some(match spec.unit {
+                crate::config::TimestampUnit::Rfc3339 => crate::rfc3339::format_secs(ts),
+                _ => ts.to_string(),
+            })
+        }
         None => None,
     };
     let id_header = match &scheme.delivery_id {
@@ -92,6 +97,8 @@ pub fn sign(
             _ => format!("{sig_key}={encoded}"),
         },
         SigFormat::Versioned { version } => format!("{version},{encoded}"),
+        // The token is the secret itself.
+        SigFormat::Token => String::from_utf8_lossy(key).into_owned(),
     };
     let sig_header = source.headers.first().ok_or("no signature header name")?;
     out.insert(0, (sig_header.clone(), value));

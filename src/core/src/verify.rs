@@ -78,9 +78,15 @@ pub fn extract(
                     Lookup::Many => return Err(Reason::MalformedTimestamp),
                     Lookup::One(v) => v.to_vec(),
                 },
+                // In the body: read once the body has verified (`body_timestamp`).
+                TimestampSource::BodyJson(_) => Vec::new(),
             };
-            let ms = parse_timestamp(&raw, spec.unit).ok_or(Reason::MalformedTimestamp)?;
-            Some(Timestamp { raw, ms })
+            if matches!(spec.source, TimestampSource::BodyJson(_)) {
+                None
+            } else {
+                let ms = parse_timestamp(&raw, spec.unit).ok_or(Reason::MalformedTimestamp)?;
+                Some(Timestamp { raw, ms })
+            }
         }
     };
 
@@ -171,6 +177,7 @@ pub fn parse_candidates(source: &SigSource, value: &[u8]) -> Result<Candidates, 
             }
             Ok((candidates, ts))
         }
+        SigFormat::Token => Ok((vec![value.to_vec()], None)),
         SigFormat::Versioned { version } => {
             let mut candidates = Vec::new();
             let mut seen = 0usize;
@@ -216,8 +223,12 @@ fn split_once<'a>(value: &'a [u8], sep: &[u8]) -> Option<(&'a [u8], &'a [u8])> {
     Some((value.get(..at)?, value.get(at.checked_add(sep.len())?..)?))
 }
 
-/// Canonical non-negative decimal only: no sign, no spaces, no leading zeros.
+/// Canonical non-negative decimal only (no sign, spaces or leading zeros), or an RFC 3339
+/// date-time for `Rfc3339`; the result is milliseconds since the epoch.
 pub fn parse_timestamp(raw: &[u8], unit: TimestampUnit) -> Option<u64> {
+    if unit == TimestampUnit::Rfc3339 {
+        return crate::rfc3339::parse_ms(raw);
+    }
     if raw.is_empty() || raw.len() > MAX_TIMESTAMP_DIGITS || !raw.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -228,6 +239,7 @@ pub fn parse_timestamp(raw: &[u8], unit: TimestampUnit) -> Option<u64> {
     match unit {
         TimestampUnit::Seconds => value.checked_mul(1000),
         TimestampUnit::Milliseconds => Some(value),
+        TimestampUnit::Rfc3339 => None,
     }
 }
 
@@ -288,7 +300,19 @@ pub fn matching_key(
     keys: &[Vec<u8>],
     body: &[u8],
 ) -> Option<(usize, Vec<u8>)> {
-    let algorithm = scheme.sources.get(ex.source)?.algorithm;
+    let source = scheme.sources.get(ex.source)?;
+    if matches!(source.format, SigFormat::Token) {
+        // The token is the secret itself: compare it, in constant time, with each key.
+        return keys.iter().enumerate().find_map(|(i, key)| {
+            let matched: bool = ex
+                .candidates
+                .iter()
+                .fold(subtle::Choice::from(0), |acc, c| acc | key.ct_eq(c))
+                .into();
+            matched.then(|| (i, key.clone()))
+        });
+    }
+    let algorithm = source.algorithm;
     let parts = signed_parts(scheme, ex, body);
     keys.iter().enumerate().find_map(|(i, key)| {
         let mac = compute_mac(algorithm, key, &parts)?;
@@ -317,4 +341,15 @@ pub fn canonical_mac(
         return matched;
     }
     compute_mac(Algorithm::HmacSha256, key, &signed_parts(scheme, ex, body)).unwrap_or(matched)
+}
+
+/// The signed timestamp carried in the (verified) JSON body, in milliseconds.
+pub fn body_timestamp(field: &str, unit: TimestampUnit, body: &[u8]) -> Result<u64, Reason> {
+    let value = crate::json::top_level(body, field).ok_or(Reason::MissingTimestamp)?;
+    let n = value.as_u64().ok_or(Reason::MalformedTimestamp)?;
+    match unit {
+        TimestampUnit::Seconds => n.checked_mul(1000).ok_or(Reason::MalformedTimestamp),
+        TimestampUnit::Milliseconds => Ok(n),
+        TimestampUnit::Rfc3339 => Err(Reason::MalformedTimestamp),
+    }
 }

@@ -311,7 +311,7 @@ fn config_errors_name_the_field() {
             json!({"policies": [base()], "extra": 1}),
             "unknown field `extra`",
         ),
-        (with("provider", json!("gitlab")), "policies[0].provider"),
+        (with("provider", json!("bogus")), "policies[0].provider"),
         (with("secret", json!([])), "unknown field `secret`"),
         (with("secrets", json!([])), "policies[0].secrets"),
         (

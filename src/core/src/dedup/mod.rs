@@ -18,11 +18,22 @@ use shard::{Entry, KeyHash, Shard, State};
 /// CAS attempts before giving up with `store_unavailable`.
 pub const MAX_CAS_ATTEMPTS: usize = 64;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Store {
     shard_keys: Vec<String>,
     lease_key: String,
     per_shard_capacity: usize,
+}
+
+// A thousand key names are noise in debug output.
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("shards", &self.shard_keys.len())
+            .field("lease_key", &self.lease_key)
+            .field("per_shard_capacity", &self.per_shard_capacity)
+            .finish()
+    }
 }
 
 /// What a claim found.
