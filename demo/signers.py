@@ -137,6 +137,18 @@ def _gitlab(secret, obj, ts, delivery):
     return json.dumps(obj).encode(), {"x-gitlab-token": secret, "idempotency-key": delivery}
 
 
+SQUARE_URL = "https://hooks.example.com/webhooks/square"
+
+
+def _square(secret, obj, ts, delivery):
+    body = json.dumps({**obj, "event_id": delivery}).encode()
+    sig = base64.b64encode(hmac.new(secret.encode(), SQUARE_URL.encode() + body, hashlib.sha256).digest()).decode()
+    return body, {"x-square-hmacsha256-signature": sig}
+
+
+# Policy settings a preset needs beyond its secret.
+CATALOG_POLICY = {"square": {"signed_url": SQUARE_URL}}
+
 # preset -> (signer, signs a timestamp, signature header, secret maker, replays rejected)
 CATALOG = {
     "svix": (_svix, True, "svix-signature", lambda s: "whsec_" + base64.b64encode(s.encode().ljust(32, b"x")[:32]).decode(), True),
@@ -150,4 +162,5 @@ CATALOG = {
     "jira": (_hub256, False, "x-hub-signature", str, True),
     # GitLab's token authenticates the sender only: no replay protection is possible.
     "gitlab": (_gitlab, False, "x-gitlab-token", str, False),
+    "square": (_square, False, "x-square-hmacsha256-signature", str, True),
 }

@@ -5,6 +5,8 @@ Published timestamped examples are years old, so in real time they must come bac
 `timestamp_out_of_window`. The filter checks the signature first, so that answer (with the
 log's detail "stale") proves the signature verified; a tampered copy gives `invalid_signature`.
 """
+import hashlib
+import hmac
 import json
 import pathlib
 
@@ -81,7 +83,7 @@ def test_vector_through_envoy(vectors_stack, i):
 import time  # noqa: E402
 import uuid  # noqa: E402
 
-from signers import CATALOG  # noqa: E402
+from signers import CATALOG, CATALOG_POLICY  # noqa: E402
 
 CATALOG_SCENARIOS = ["accept", "replay", "tampered", "wrong_secret", "missing", "stale", "future"]
 
@@ -90,7 +92,12 @@ CATALOG_SCENARIOS = ["accept", "replay", "tampered", "wrong_secret", "missing", 
 def catalog_stack():
     secrets = {name: make(f"{name}-secret-{uuid.uuid4().hex[:8]}") for name, (_, _, _, make, _) in CATALOG.items()}
     config = {"policies": [{"name": name, "match": {"path_prefix": f"/webhooks/catalog/{name}"}, "provider": name,
-                            "secrets": [{"inline": secrets[name]}]} for name in CATALOG]}
+                            "secrets": [{"inline": secrets[name]}], **CATALOG_POLICY.get(name, {})}
+                           for name in CATALOG]}
+    # The handshakes: the same providers with answer_challenges on.
+    config["policies"] += [{"name": f"{name}-challenge", "match": {"path_prefix": f"/webhooks/challenge/{name}"},
+                            "provider": name, "secrets": [{"inline": secrets[name]}], "answer_challenges": True}
+                           for name in ("zoom", "twitch")]
     stack = Stack(config, {})
     stack.catalog_secrets = secrets
     yield stack
@@ -128,3 +135,34 @@ def test_catalog_matrix(catalog_stack, preset, scenario):
     assert resp.status_code == want[0], resp.text
     if want[1]:
         assert resp.json() == {"error": want[1], "policy": preset}
+
+
+def test_zoom_url_validation_is_answered_by_the_filter(catalog_stack):
+    secret = catalog_stack.catalog_secrets["zoom"]
+    sign = CATALOG["zoom"][0]
+    obj = {"event": "endpoint.url_validation", "payload": {"plainToken": "qgg8vlvZRS6UYooatFL8Aw"}, "event_ts": 1}
+    body, headers = sign(secret, obj, int(time.time()), "")
+    before = len(catalog_stack.backend.events())
+    resp = catalog_stack.post("/webhooks/challenge/zoom", body, headers)
+    assert resp.status_code == 200
+    expected = hmac.new(secret.encode(), b"qgg8vlvZRS6UYooatFL8Aw", hashlib.sha256).hexdigest()
+    assert resp.json() == {"plainToken": "qgg8vlvZRS6UYooatFL8Aw", "encryptedToken": expected}
+    assert len(catalog_stack.backend.events()) == before, "answered by Envoy"
+    # Unsigned handshakes are rejected like any delivery; ordinary events still go through.
+    assert catalog_stack.post("/webhooks/challenge/zoom", body, {}).status_code == 400
+    body, headers = sign(secret, {"event": "meeting.started", "id": uuid.uuid4().hex}, int(time.time()), "")
+    assert catalog_stack.post("/webhooks/challenge/zoom", body, headers).json()["status"] == "ok"
+
+
+def test_twitch_callback_verification_is_answered_by_the_filter(catalog_stack):
+    secret = catalog_stack.catalog_secrets["twitch"]
+    sign = CATALOG["twitch"][0]
+    body, headers = sign(secret, {"challenge": "pogchamp-kappa-360noscope-vohiyo", "subscription": {}},
+                         int(time.time()), f"m_{uuid.uuid4().hex}")
+    headers["twitch-eventsub-message-type"] = "webhook_callback_verification"
+    resp = catalog_stack.post("/webhooks/challenge/twitch", body, headers)
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == "text/plain"
+    assert resp.text == "pogchamp-kappa-360noscope-vohiyo"
+    stats = catalog_stack.envoy.stats()
+    assert stats["webhook_guard.policy.twitch-challenge.challenges_answered"] == 1

@@ -239,5 +239,13 @@ add("gitlab missing token", "gitlab", "derived-negative", "gitlab-token-1", {}, 
 add("linear body without webhookTimestamp", "linear", "derived-negative", "lin_wh_secret",
     {"linear-signature": hx(b"lin_wh_secret", b'{"id":1}')}, '{"id":1}', T, "missing_timestamp")
 
+SQ_URL = "https://example.com/webhooks/square"
+catalog("square", "square-signature-key",
+        lambda sec, b, t: {"x-square-hmacsha256-signature": b64(sec.encode(), (SQ_URL + b).encode())},
+        BODY, T, 0, "x-square-hmacsha256-signature", policy={"signed_url": SQ_URL})
+add("square signed for another URL", "square", "derived-negative", "square-signature-key",
+    {"x-square-hmacsha256-signature": b64(b"square-signature-key", ("https://example.com/other" + BODY).encode())},
+    BODY, None, "invalid_signature", policy={"signed_url": SQ_URL})
+
 OUT.write_text(json.dumps(vectors, indent=1) + "\n")
 print(f"wrote {len(vectors)} vectors to {OUT}")

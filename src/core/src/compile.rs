@@ -10,7 +10,7 @@ use crate::config::{
 };
 use crate::dedup::key::KeySource;
 use crate::dedup::Store;
-use crate::guard::{DedupPolicy, Guard, Policy, Retention};
+use crate::guard::{Challenge, DedupPolicy, Guard, Policy, Retention};
 use crate::host::Level;
 use crate::policy::{is_header_name, is_policy_name, Matcher};
 use crate::reason::Reason;
@@ -320,8 +320,37 @@ fn compile_policy(
                 ),
             ))
         }
+        (Provider::Square, None) => match &p.signed_url {
+            Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
+                presets::square(url)
+            }
+            _ => return Err(err(
+                format!("{at}.signed_url"),
+                "square needs the notification URL exactly as registered at Square (http(s)://...)",
+            )),
+        },
         (other, None) => presets::scheme(other, p.accept_legacy_sha1)
             .ok_or_else(|| err(format!("{at}.provider"), "unknown provider"))?,
+    };
+    if p.signed_url.is_some() && p.provider != Provider::Square {
+        return Err(err(
+            format!("{at}.signed_url"),
+            "only applies to provider 'square'",
+        ));
+    }
+    let challenge = match (p.answer_challenges, p.provider) {
+        (false, _) => None,
+        (true, Provider::Zoom) => Some(Challenge::ZoomUrlValidation),
+        (true, Provider::Twitch) => Some(Challenge::TwitchCallbackVerification),
+        (true, other) => {
+            return Err(err(
+                format!("{at}.answer_challenges"),
+                format!(
+                    "only applies to 'zoom' and 'twitch', not '{}'",
+                    other.name()
+                ),
+            ))
+        }
     };
 
     if p.secrets.is_empty() || p.secrets.len() > MAX_SECRETS {
@@ -433,6 +462,7 @@ fn compile_policy(
     counters.extend(stats::policy_counters(&p.name));
     Ok(Policy {
         dedup,
+        challenge,
         name: p.name,
         matcher,
         scheme,

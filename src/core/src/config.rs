@@ -97,6 +97,13 @@ pub struct RawPolicy {
     /// Replay protection (on by default).
     #[serde(default)]
     pub dedup: RawDedup,
+    /// Square only: the notification URL exactly as registered at Square (it is signed, and
+    /// Envoy never sees it as the sender did).
+    #[serde(default)]
+    pub signed_url: Option<String>,
+    /// Zoom and Twitch only: answer the provider's (signed) endpoint challenge in the filter.
+    #[serde(default)]
+    pub answer_challenges: bool,
 }
 
 pub const DEFAULT_RETENTION_MARGIN_SECONDS: u64 = 60;
@@ -211,6 +218,7 @@ pub enum Provider {
     Bitbucket,
     Jira,
     Gitlab,
+    Square,
     Custom,
 }
 
@@ -232,6 +240,7 @@ impl Provider {
             Provider::Bitbucket => "bitbucket",
             Provider::Jira => "jira",
             Provider::Gitlab => "gitlab",
+            Provider::Square => "square",
             Provider::Custom => "custom",
         }
     }

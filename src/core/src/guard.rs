@@ -33,9 +33,19 @@ pub struct DedupPolicy {
     pub commit_statuses: Vec<u16>,
 }
 
+/// A provider's endpoint handshake the filter answers itself (it is signed like a delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// Zoom `endpoint.url_validation`: reply `{"plainToken", "encryptedToken": hex(HMAC)}`.
+    ZoomUrlValidation,
+    /// Twitch `webhook_callback_verification`: reply the `challenge` as text.
+    TwitchCallbackVerification,
+}
+
 pub struct Policy {
     pub name: String,
     pub dedup: Option<DedupPolicy>,
+    pub challenge: Option<Challenge>,
     pub(crate) matcher: Matcher,
     pub scheme: Scheme,
     pub(crate) keys: Vec<Vec<u8>>,
@@ -122,6 +132,8 @@ pub struct Pending {
     extracted: Extracted,
     info: RequestInfo,
     delivery_id: Option<String>,
+    /// Twitch marks its handshake in a header (read before the headers are gone).
+    challenge_header: bool,
 }
 
 impl Pending {
@@ -137,6 +149,16 @@ pub struct Accepted {
     pub key_index: usize,
     /// Held until the upstream answers: pass it to `Guard::settle`.
     pub claim: Option<Claim>,
+    /// A verified handshake the filter answers itself instead of forwarding.
+    pub reply: Option<LocalReply>,
+}
+
+/// A success answered by the filter (a challenge response).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
 }
 
 impl Guard {
@@ -313,11 +335,17 @@ impl Guard {
             info.path.as_bytes(),
         )
         .map_err(|reason| fail(reason, None))?;
+        let challenge_header = policy.challenge == Some(Challenge::TwitchCallbackVerification)
+            && matches!(
+                lookup(headers, "twitch-eventsub-message-type"),
+                Lookup::One(v) if v == b"webhook_callback_verification"
+            );
         Ok(Pending {
             policy: policy_index,
             extracted,
             info,
             delivery_id,
+            challenge_header,
         })
     }
 
@@ -386,6 +414,15 @@ impl Guard {
                 return Err(fail(Reason::TimestampOutOfWindow, Some(detail)));
             }
         }
+        if let Some(reply) = self.challenge_reply(policy, pending, key_index, body) {
+            host.increment(policy.counter_base.saturating_add(stats::CHALLENGES));
+            return Ok(Accepted {
+                policy: pending.policy,
+                key_index,
+                claim: None,
+                reply: Some(reply),
+            });
+        }
         let claim = match &policy.dedup {
             None => None,
             Some(dedup) => {
@@ -406,7 +443,48 @@ impl Guard {
             policy: pending.policy,
             key_index,
             claim,
+            reply: None,
         })
+    }
+
+    /// The answer to a verified handshake, when the policy answers them and this is one.
+    fn challenge_reply(
+        &self,
+        policy: &Policy,
+        pending: &Pending,
+        key_index: usize,
+        body: &[u8],
+    ) -> Option<LocalReply> {
+        match policy.challenge? {
+            Challenge::ZoomUrlValidation => {
+                if crate::json::top_level_string(body, "event")? != "endpoint.url_validation" {
+                    return None;
+                }
+                let payload = crate::json::top_level(body, "payload")?;
+                let token = payload.get("plainToken")?.as_str()?;
+                let key = policy.keys.get(key_index)?;
+                let mac = verify::compute_mac(
+                    crate::config::Algorithm::HmacSha256,
+                    key,
+                    &[token.as_bytes()],
+                )?;
+                Some(LocalReply {
+                    status: 200,
+                    content_type: "application/json",
+                    body: format!(
+                        r#"{{"plainToken":{},"encryptedToken":"{}"}}"#,
+                        json_str(token),
+                        hex::encode(mac)
+                    ),
+                })
+            }
+            Challenge::TwitchCallbackVerification if pending.challenge_header => Some(LocalReply {
+                status: 200,
+                content_type: "text/plain",
+                body: crate::json::top_level_string(body, "challenge")?,
+            }),
+            Challenge::TwitchCallbackVerification => None,
+        }
     }
 
     /// Claims the delivery's dedup key; a duplicate, an in-flight twin or a store problem

@@ -22,7 +22,7 @@ pub mod verify;
 
 pub use compile::{compile, compile_for_plugin, ConfigError};
 pub use dedup::Claim;
-pub use guard::{Accepted, Guard, Pending, Rejection, RequestInfo, Route};
+pub use guard::{Accepted, Guard, LocalReply, Pending, Rejection, RequestInfo, Route};
 pub use host::{Host, Level, SetError};
 pub use policy::RouteInfo;
 pub use reason::Reason;

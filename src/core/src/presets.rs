@@ -62,6 +62,24 @@ pub fn dedup_key(provider: Provider) -> Option<KeySource> {
         Provider::Svix => header("svix-id"),
         Provider::Twitch => header("twitch-eventsub-message-id"),
         Provider::Gitlab => None,
+        Provider::Square => json("/event_id"),
+    }
+}
+
+/// Square signs the notification URL it was given, then the body: the URL is policy config.
+pub fn square(notification_url: &str) -> Scheme {
+    Scheme {
+        sources: vec![single(
+            &["x-square-hmacsha256-signature"],
+            "",
+            Algorithm::HmacSha256,
+            Encoding::Base64,
+        )],
+        timestamp: None,
+        template: vec![lit(notification_url), Part::Body],
+        key_encoding: KeyEncoding::Utf8,
+        delivery_id: Some(DeliveryId::JsonField("event_id".into())),
+        default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
     }
 }
 
@@ -293,7 +311,8 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             delivery_id: Some(DeliveryId::Header("idempotency-key".into())),
             default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
         },
-        Provider::Custom => return None,
+        // Needs the policy's signed_url: `square()`.
+        Provider::Square | Provider::Custom => return None,
     };
     Some(s)
 }

@@ -40,7 +40,8 @@ pub fn is_gauge(index: usize) -> bool {
 pub const ACCEPTED: usize = 0;
 pub const ACCEPTED_SECONDARY_SECRET: usize = 1;
 pub const REJECTED: usize = 2;
-const FIRST_REASON: usize = 3;
+pub const CHALLENGES: usize = 3;
+const FIRST_REASON: usize = 4;
 
 /// Reasons a policy can produce (`no_matching_policy` has no policy).
 pub fn policy_reasons() -> impl Iterator<Item = Reason> {
@@ -59,6 +60,7 @@ pub fn policy_counters(policy: &str) -> Vec<String> {
         format!("{base}.accepted"),
         format!("{base}.accepted_secondary_secret"),
         format!("{base}.rejected"),
+        format!("{base}.challenges_answered"),
     ];
     // One slot per reason index keeps offsets trivial; the `no_matching_policy` slot is the
     // last one and is simply never defined.

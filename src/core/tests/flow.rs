@@ -404,3 +404,61 @@ fn the_shipped_demo_config_compiles() {
     assert_eq!(g.policies().len(), 6);
     assert!(g.notices().is_empty());
 }
+
+#[test]
+fn challenges_and_square_need_their_own_settings() {
+    let base = |provider: &str, extra: Value| {
+        let mut p = json!({"name": "p", "match": {"path_prefix": "/"}, "provider": provider, "secrets": [{"inline": "s"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        compile(json!({"policies": [p]}).to_string().as_bytes(), &|_| None)
+            .err()
+            .map(|e| e.to_string())
+    };
+    assert!(base("square", json!({}))
+        .unwrap()
+        .contains("policies[0].signed_url"));
+    assert!(base("square", json!({"signed_url": "https://h/x"})).is_none());
+    assert!(base("github", json!({"signed_url": "https://h/x"}))
+        .unwrap()
+        .contains("only applies to provider 'square'"));
+    assert!(base("github", json!({"answer_challenges": true}))
+        .unwrap()
+        .contains("policies[0].answer_challenges"));
+    assert!(base("zoom", json!({"answer_challenges": true})).is_none());
+}
+
+#[test]
+fn a_verified_zoom_url_validation_is_answered_not_forwarded() {
+    let g = guard(
+        json!([{"name": "z", "match": {"path_prefix": "/"}, "provider": "zoom", "secrets": [{"inline": "tok"}],
+                "answer_challenges": true}]),
+        &[],
+    );
+    let host = MemHost::new(g.counter_names(), NOW * 1000);
+    let body = br#"{"event":"endpoint.url_validation","payload":{"plainToken":"abc"}}"#;
+    let mac = compute_mac(
+        Algorithm::HmacSha256,
+        b"tok",
+        &[format!("v0:{NOW}:").as_bytes(), body],
+    )
+    .unwrap();
+    let hs = headers(&[
+        (
+            "x-zm-signature",
+            format!("v0={}", hex::encode(mac)).as_bytes(),
+        ),
+        ("x-zm-request-timestamp", NOW.to_string().as_bytes()),
+    ]);
+    let pending = g.begin(&host, 0, info("/"), &hs).unwrap();
+    let accepted = g.finish(&host, &pending, body).unwrap();
+    let reply = accepted.reply.expect("answered by the filter");
+    let expected = hex::encode(compute_mac(Algorithm::HmacSha256, b"tok", &[b"abc"]).unwrap());
+    assert_eq!(
+        reply.body,
+        format!(r#"{{"plainToken":"abc","encryptedToken":"{expected}"}}"#)
+    );
+    assert!(accepted.claim.is_none());
+    assert_eq!(host.count("webhook_guard.policy.z.challenges_answered"), 1);
+}

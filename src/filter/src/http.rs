@@ -55,6 +55,18 @@ impl Http {
 
     fn finish(&mut self, loaded: &Loaded, pending: &Pending, body: &[u8]) -> Action {
         match loaded.guard.finish(&loaded.host, pending, body) {
+            Ok(Accepted {
+                reply: Some(reply), ..
+            }) => {
+                self.phase = Phase::Decided;
+                set_property(VERDICT_PROPERTY, "challenge_answered");
+                let _ = hostcalls::send_http_response(
+                    u32::from(reply.status),
+                    vec![("content-type", reply.content_type)],
+                    Some(reply.body.as_bytes()),
+                );
+                Action::Pause
+            }
             Ok(Accepted { claim, .. }) => {
                 self.phase = match claim {
                     Some(c) => Phase::Forwarded(c),
