@@ -146,8 +146,40 @@ def _square(secret, obj, ts, delivery):
     return body, {"x-square-hmacsha256-signature": sig}
 
 
+def _ed25519(private_hex: str):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(private_hex))
+
+
+def _public(private_hex: str) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    return _ed25519(private_hex).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def _discord(private_hex, obj, ts, delivery):
+    body = json.dumps(obj).encode()
+    sig = _ed25519(private_hex).sign(str(ts).encode() + body).hex()
+    return body, {"x-signature-ed25519": sig, "x-signature-timestamp": str(ts)}
+
+
+def _standard_v1a(private_hex, obj, ts, delivery):
+    body = json.dumps(obj).encode()
+    sig = _ed25519(private_hex).sign(f"{delivery}.{ts}.".encode() + body)
+    return body, {"webhook-id": delivery, "webhook-timestamp": str(ts),
+                  "webhook-signature": "v1a," + base64.b64encode(sig).decode()}
+
+
+def _private_key(seed: str) -> str:
+    return hashlib.sha256(seed.encode()).hexdigest()
+
+
 # Policy settings a preset needs beyond its secret.
 CATALOG_POLICY = {"square": {"signed_url": SQUARE_URL}}
+# Public-key presets: the signer holds the private key, the policy gets the public one.
+CATALOG_PUBLIC = {
+    "discord": lambda private_hex: _public(private_hex).hex(),
+    "standard-webhooks-v1a": lambda private_hex: "whpk_" + base64.b64encode(_public(private_hex)).decode(),
+}
 
 # preset -> (signer, signs a timestamp, signature header, secret maker, replays rejected)
 CATALOG = {
@@ -163,4 +195,6 @@ CATALOG = {
     # GitLab's token authenticates the sender only: no replay protection is possible.
     "gitlab": (_gitlab, False, "x-gitlab-token", str, False),
     "square": (_square, False, "x-square-hmacsha256-signature", str, True),
+    "discord": (_discord, True, "x-signature-ed25519", _private_key, True),
+    "standard-webhooks-v1a": (_standard_v1a, True, "webhook-signature", _private_key, True),
 }

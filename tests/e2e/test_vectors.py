@@ -83,7 +83,7 @@ def test_vector_through_envoy(vectors_stack, i):
 import time  # noqa: E402
 import uuid  # noqa: E402
 
-from signers import CATALOG, CATALOG_POLICY  # noqa: E402
+from signers import CATALOG, CATALOG_POLICY, CATALOG_PUBLIC  # noqa: E402
 
 CATALOG_SCENARIOS = ["accept", "replay", "tampered", "wrong_secret", "missing", "stale", "future"]
 
@@ -92,7 +92,8 @@ CATALOG_SCENARIOS = ["accept", "replay", "tampered", "wrong_secret", "missing", 
 def catalog_stack():
     secrets = {name: make(f"{name}-secret-{uuid.uuid4().hex[:8]}") for name, (_, _, _, make, _) in CATALOG.items()}
     config = {"policies": [{"name": name, "match": {"path_prefix": f"/webhooks/catalog/{name}"}, "provider": name,
-                            "secrets": [{"inline": secrets[name]}], **CATALOG_POLICY.get(name, {})}
+                            "secrets": [{"inline": CATALOG_PUBLIC.get(name, str)(secrets[name])}],
+                            **CATALOG_POLICY.get(name, {})}
                            for name in CATALOG]}
     # The handshakes: the same providers with answer_challenges on.
     config["policies"] += [{"name": f"{name}-challenge", "match": {"path_prefix": f"/webhooks/challenge/{name}"},

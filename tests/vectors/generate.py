@@ -247,5 +247,38 @@ add("square signed for another URL", "square", "derived-negative", "square-signa
     {"x-square-hmacsha256-signature": b64(b"square-signature-key", ("https://example.com/other" + BODY).encode())},
     BODY, None, "invalid_signature", policy={"signed_url": SQ_URL})
 
+# --- Public-key schemes.
+# Standard Webhooks v1a: the official asymmetric vector (svix-server worker.rs).
+V1A_PK = "whpk_1SiA4o9hyqTCpIqC5V9HUakiiaeACeqfZTInDBbOir4="
+V1A_H = {**SW_H, "webhook-signature":
+         "v1a,hnO3f9T8Ytu9HwrXslvumlUpqtNVqkhqw/enGzPCXe5BdqzCInXqYXFymVJaA7AZdpXwVLPo3mNl8EM+m7TBAg=="}
+add("standard-webhooks-v1a official example", "standard-webhooks-v1a", "official-sdk-test", V1A_PK, V1A_H, SW_BODY,
+    1614265330, "accepted")
+add("standard-webhooks-v1a tampered", "standard-webhooks-v1a", "derived-negative", V1A_PK, V1A_H, SW_BODY + " ",
+    1614265330, "invalid_signature")
+add("standard-webhooks-v1a v1 HMAC entries do not count", "standard-webhooks-v1a", "derived-negative", V1A_PK, SW_H,
+    SW_BODY, 1614265330, "malformed_signature")
+# Discord: RFC 8032 section 7.1 TEST 1 key pair (Discord publishes no vector).
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+DC_PRIV = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(
+    "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"))
+DC_PUB = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+DC_BODY = '{"type":1,"id":"1234","application_id":"5678"}'
+
+
+def discord_headers(priv, b, t):
+    return {"x-signature-ed25519": priv.sign(f"{t}{b}".encode()).hex(), "x-signature-timestamp": str(t)}
+
+
+add("discord PING", "discord", "self-generated", DC_PUB, discord_headers(DC_PRIV, DC_BODY, T), DC_BODY, T, "accepted")
+add("discord tampered (Discord's own probes send these)", "discord", "derived-negative", DC_PUB,
+    discord_headers(DC_PRIV, DC_BODY, T), DC_BODY.replace("1", "2", 1), T, "invalid_signature")
+add("discord other key", "discord", "derived-negative", DC_PUB,
+    discord_headers(Ed25519PrivateKey.from_private_bytes(b"\x01" * 32), DC_BODY, T), DC_BODY, T, "invalid_signature")
+add("discord missing signature", "discord", "derived-negative", DC_PUB, {"x-signature-timestamp": str(T)}, DC_BODY, T,
+    "missing_signature")
+add("discord stale", "discord", "derived-negative", DC_PUB, discord_headers(DC_PRIV, DC_BODY, T), DC_BODY, T + 301,
+    "timestamp_out_of_window")
+
 OUT.write_text(json.dumps(vectors, indent=1) + "\n")
 print(f"wrote {len(vectors)} vectors to {OUT}")

@@ -369,6 +369,7 @@ fn compile_policy(
                 let key = scheme
                     .key_encoding
                     .decode(text)
+                    .filter(|k| scheme.key_fits(k))
                     .ok_or_else(|| err(&sat, bad_key_message(scheme.key_encoding)))?;
                 keys.push(key);
             }
@@ -386,7 +387,11 @@ fn compile_policy(
                         "policy '{}': environment variable {name} is unset or empty (is it in vm_config.environment_variables.host_env_keys?)",
                         p.name
                     )),
-                    Some(text) => match scheme.key_encoding.decode(&text) {
+                    Some(text) => match scheme
+                        .key_encoding
+                        .decode(&text)
+                        .filter(|k| scheme.key_fits(k))
+                    {
                         Some(key) => keys.push(key),
                         None => unusable.push(format!(
                             "policy '{}': environment variable {name}: {}",
@@ -480,6 +485,8 @@ fn bad_key_message(encoding: KeyEncoding) -> &'static str {
         KeyEncoding::Utf8 => "secret is empty",
         KeyEncoding::Base64 => "secret is not non-empty standard base64",
         KeyEncoding::Whsec => "secret is not 'whsec_' followed by non-empty base64",
+        KeyEncoding::Hex => "key is not the hex of a 32-byte public key",
+        KeyEncoding::Whpk => "key is not 'whpk_' followed by the base64 of a 32-byte public key",
     }
 }
 

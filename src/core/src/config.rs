@@ -219,6 +219,9 @@ pub enum Provider {
     Jira,
     Gitlab,
     Square,
+    Discord,
+    #[serde(rename = "standard-webhooks-v1a")]
+    StandardWebhooksV1a,
     Custom,
 }
 
@@ -241,6 +244,8 @@ impl Provider {
             Provider::Jira => "jira",
             Provider::Gitlab => "gitlab",
             Provider::Square => "square",
+            Provider::Discord => "discord",
+            Provider::StandardWebhooksV1a => "standard-webhooks-v1a",
             Provider::Custom => "custom",
         }
     }
@@ -297,6 +302,9 @@ pub enum Algorithm {
     HmacSha256,
     HmacSha1,
     HmacSha512,
+    /// A public-key signature (Discord, Standard Webhooks `v1a`): the secret is the sender's
+    /// 32-byte public key.
+    Ed25519,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -331,4 +339,8 @@ pub enum KeyEncoding {
     Base64,
     /// Standard Webhooks: optional `whsec_` prefix, then base64.
     Whsec,
+    /// Hex (Discord's application public key).
+    Hex,
+    /// Standard Webhooks public key: optional `whpk_` prefix, then base64.
+    Whpk,
 }

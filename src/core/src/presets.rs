@@ -63,6 +63,9 @@ pub fn dedup_key(provider: Provider) -> Option<KeySource> {
         Provider::Twitch => header("twitch-eventsub-message-id"),
         Provider::Gitlab => None,
         Provider::Square => json("/event_id"),
+        // Interactions are not retried; the (strictly verified) signature identifies one.
+        Provider::Discord => Some(KeySource::Signature),
+        Provider::StandardWebhooksV1a => header("webhook-id"),
     }
 }
 
@@ -311,6 +314,30 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             delivery_id: Some(DeliveryId::Header("idempotency-key".into())),
             default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
         },
+        Provider::Discord => Scheme {
+            sources: vec![single(
+                &["x-signature-ed25519"],
+                "",
+                Algorithm::Ed25519,
+                Encoding::Hex,
+            )],
+            timestamp: header_ts("x-signature-timestamp"),
+            template: vec![Part::Timestamp, Part::Body],
+            key_encoding: KeyEncoding::Hex,
+            delivery_id: None,
+            default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+        },
+        Provider::StandardWebhooksV1a => {
+            let mut s = standard("webhook");
+            if let Some(source) = s.sources.first_mut() {
+                source.format = SigFormat::Versioned {
+                    version: "v1a".into(),
+                };
+                source.algorithm = Algorithm::Ed25519;
+            }
+            s.key_encoding = KeyEncoding::Whpk;
+            s
+        }
         // Needs the policy's signed_url: `square()`.
         Provider::Square | Provider::Custom => return None,
     };

@@ -72,8 +72,18 @@ impl Algorithm {
         match self {
             Algorithm::HmacSha1 => 20,
             Algorithm::HmacSha256 => 32,
-            Algorithm::HmacSha512 => 64,
+            Algorithm::HmacSha512 | Algorithm::Ed25519 => 64,
         }
+    }
+}
+
+impl Scheme {
+    /// Whether `key` can verify this scheme (public keys have a fixed size).
+    pub fn key_fits(&self, key: &[u8]) -> bool {
+        !self
+            .sources
+            .iter()
+            .any(|s| s.algorithm == Algorithm::Ed25519 && key.len() != 32)
     }
 }
 
@@ -85,6 +95,11 @@ impl KeyEncoding {
             KeyEncoding::Base64 => crate::codec::base64_decode(secret.as_bytes())?,
             KeyEncoding::Whsec => {
                 let rest = secret.strip_prefix("whsec_").unwrap_or(secret);
+                crate::codec::base64_decode(rest.as_bytes())?
+            }
+            KeyEncoding::Hex => hex::decode(secret.trim()).ok()?,
+            KeyEncoding::Whpk => {
+                let rest = secret.strip_prefix("whpk_").unwrap_or(secret);
                 crate::codec::base64_decode(rest.as_bytes())?
             }
         };

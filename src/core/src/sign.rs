@@ -31,6 +31,9 @@ pub fn sign(
         .sources
         .first()
         .ok_or_else(|| "the scheme has no signature header".to_string())?;
+    if source.algorithm == crate::config::Algorithm::Ed25519 {
+        return Err("public-key schemes are signed by the provider's private key, not here".into());
+    }
     let ts_text = match &scheme.timestamp {
         // A body timestamp is part of the body the caller passes.
         Some(spec) if matches!(spec.source, TimestampSource::BodyJson(_)) => None,

@@ -289,7 +289,19 @@ pub fn compute_mac(algorithm: Algorithm, key: &[u8], parts: &[&[u8]]) -> Option<
         Algorithm::HmacSha1 => run::<Hmac<sha1::Sha1>>(key, parts),
         Algorithm::HmacSha256 => run::<Hmac<sha2::Sha256>>(key, parts),
         Algorithm::HmacSha512 => run::<Hmac<sha2::Sha512>>(key, parts),
+        // Not a MAC: verified by `ed25519_matches`.
+        Algorithm::Ed25519 => None,
     }
+}
+
+/// Ed25519 over the signed bytes, strict (canonical signatures only, no small-order keys).
+fn ed25519_matches(public_key: &[u8], candidates: &[Vec<u8>], message: &[u8]) -> Option<Vec<u8>> {
+    let key_bytes: &[u8; 32] = public_key.try_into().ok()?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(key_bytes).ok()?;
+    candidates.iter().find_map(|c| {
+        let sig = ed25519_dalek::Signature::from_slice(c).ok()?;
+        key.verify_strict(message, &sig).ok().map(|()| c.clone())
+    })
 }
 
 /// The first key (index) whose MAC equals any candidate, compared in constant time, with
@@ -314,6 +326,14 @@ pub fn matching_key(
     }
     let algorithm = source.algorithm;
     let parts = signed_parts(scheme, ex, body);
+    if algorithm == Algorithm::Ed25519 {
+        // Ed25519 needs the whole message at once.
+        let message = parts.concat();
+        return keys
+            .iter()
+            .enumerate()
+            .find_map(|(i, key)| ed25519_matches(key, &ex.candidates, &message).map(|s| (i, s)));
+    }
     keys.iter().enumerate().find_map(|(i, key)| {
         let mac = compute_mac(algorithm, key, &parts)?;
         let matched: bool = ex
