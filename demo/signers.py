@@ -169,6 +169,24 @@ def _standard_v1a(private_hex, obj, ts, delivery):
                   "webhook-signature": "v1a," + base64.b64encode(sig).decode()}
 
 
+def _sendgrid(private_hex, obj, ts, delivery):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    body = json.dumps([{**obj, "sg_event_id": delivery}]).encode() + b"\r\n"
+    key = ec.derive_private_key(int(private_hex, 16) % (2**255), ec.SECP256R1())
+    sig = key.sign(str(ts).encode() + body, ec.ECDSA(hashes.SHA256()))
+    return body, {"x-twilio-email-event-webhook-signature": base64.b64encode(sig).decode(),
+                  "x-twilio-email-event-webhook-timestamp": str(ts)}
+
+
+def _p256_public(private_hex: str) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    key = ec.derive_private_key(int(private_hex, 16) % (2**255), ec.SECP256R1())
+    return base64.b64encode(key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+
+
 def _private_key(seed: str) -> str:
     return hashlib.sha256(seed.encode()).hexdigest()
 
@@ -179,6 +197,7 @@ CATALOG_POLICY = {"square": {"signed_url": SQUARE_URL}}
 CATALOG_PUBLIC = {
     "discord": lambda private_hex: _public(private_hex).hex(),
     "standard-webhooks-v1a": lambda private_hex: "whpk_" + base64.b64encode(_public(private_hex)).decode(),
+    "sendgrid": _p256_public,
 }
 
 # preset -> (signer, signs a timestamp, signature header, secret maker, replays rejected)
@@ -197,4 +216,5 @@ CATALOG = {
     "square": (_square, False, "x-square-hmacsha256-signature", str, True),
     "discord": (_discord, True, "x-signature-ed25519", _private_key, True),
     "standard-webhooks-v1a": (_standard_v1a, True, "webhook-signature", _private_key, True),
+    "sendgrid": (_sendgrid, True, "x-twilio-email-event-webhook-signature", _private_key, True),
 }

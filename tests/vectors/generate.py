@@ -280,5 +280,33 @@ add("discord missing signature", "discord", "derived-negative", DC_PUB, {"x-sign
 add("discord stale", "discord", "derived-negative", DC_PUB, discord_headers(DC_PRIV, DC_BODY, T), DC_BODY, T + 301,
     "timestamp_out_of_window")
 
+# SendGrid: ECDSA P-256 / SHA-256 over "{timestamp}{body}", base64 DER signature, base64 SPKI key.
+# SendGrid's test body ends with CRLF, which is signed.
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+SG_PRIV = ec.derive_private_key(0x1234567890ABCDEF1234567890ABCDEF1234567890ABCDEF1234567890ABCDEF, ec.SECP256R1())
+SG_PUB = base64.b64encode(SG_PRIV.public_key().public_bytes(
+    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+SG_BODY = '[{"email":"example@test.com","event":"processed","sg_event_id":"rbtnWrG1DVDGGGFHFyun0A=="}]\r\n'
+
+
+def sendgrid_headers(priv, b, t):
+    sig = priv.sign(f"{t}{b}".encode(), ec.ECDSA(hashes.SHA256()))
+    return {"x-twilio-email-event-webhook-signature": base64.b64encode(sig).decode(),
+            "x-twilio-email-event-webhook-timestamp": str(t)}
+
+
+add("sendgrid event batch with trailing CRLF", "sendgrid", "self-generated", SG_PUB,
+    sendgrid_headers(SG_PRIV, SG_BODY, T), SG_BODY, T, "accepted")
+add("sendgrid CRLF stripped", "sendgrid", "derived-negative", SG_PUB, sendgrid_headers(SG_PRIV, SG_BODY, T),
+    SG_BODY.rstrip(), T, "invalid_signature")
+add("sendgrid other key", "sendgrid", "derived-negative", SG_PUB,
+    sendgrid_headers(ec.generate_private_key(ec.SECP256R1()), SG_BODY, T), SG_BODY, T, "invalid_signature")
+add("sendgrid stale", "sendgrid", "derived-negative", SG_PUB, sendgrid_headers(SG_PRIV, SG_BODY, T), SG_BODY, T + 301,
+    "timestamp_out_of_window")
+add("sendgrid missing timestamp", "sendgrid", "derived-negative", SG_PUB,
+    {k: v for k, v in sendgrid_headers(SG_PRIV, SG_BODY, T).items() if "timestamp" not in k}, SG_BODY, T,
+    "missing_timestamp")
+
 OUT.write_text(json.dumps(vectors, indent=1) + "\n")
 print(f"wrote {len(vectors)} vectors to {OUT}")

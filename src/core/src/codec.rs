@@ -18,15 +18,20 @@ pub fn base64_encode(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// Decodes hex (either case) or base64 text that must yield exactly `len` bytes.
-pub fn decode_mac(encoding: crate::config::Encoding, text: &[u8], len: usize) -> Option<Vec<u8>> {
-    // A bound before decoding: base64 of 64 bytes is 88 chars, hex 128.
-    if text.is_empty() || text.len() > 2 * len + 4 {
+/// Decodes hex (either case) or base64 text that must yield `min..=max` bytes (exactly the MAC
+/// length for HMACs; a DER range for ECDSA).
+pub fn decode_mac(
+    encoding: crate::config::Encoding,
+    text: &[u8],
+    (min, max): (usize, usize),
+) -> Option<Vec<u8>> {
+    // A bound before decoding: base64 of 72 bytes is 96 chars, hex 144.
+    if text.is_empty() || text.len() > max.saturating_mul(2).saturating_add(4) {
         return None;
     }
     let bytes = match encoding {
         crate::config::Encoding::Hex => hex::decode(text).ok()?,
         crate::config::Encoding::Base64 => base64_decode(text)?,
     };
-    (bytes.len() == len).then_some(bytes)
+    (min..=max).contains(&bytes.len()).then_some(bytes)
 }

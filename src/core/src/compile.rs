@@ -483,7 +483,9 @@ fn compile_policy(
 fn bad_key_message(encoding: KeyEncoding) -> &'static str {
     match encoding {
         KeyEncoding::Utf8 => "secret is empty",
-        KeyEncoding::Base64 => "secret is not non-empty standard base64",
+        KeyEncoding::Base64 => {
+            "secret is not non-empty standard base64 (for ECDSA: of a P-256 SubjectPublicKeyInfo)"
+        }
         KeyEncoding::Whsec => "secret is not 'whsec_' followed by non-empty base64",
         KeyEncoding::Hex => "key is not the hex of a 32-byte public key",
         KeyEncoding::Whpk => "key is not 'whpk_' followed by the base64 of a 32-byte public key",

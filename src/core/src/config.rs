@@ -220,6 +220,7 @@ pub enum Provider {
     Gitlab,
     Square,
     Discord,
+    Sendgrid,
     #[serde(rename = "standard-webhooks-v1a")]
     StandardWebhooksV1a,
     Custom,
@@ -245,6 +246,7 @@ impl Provider {
             Provider::Gitlab => "gitlab",
             Provider::Square => "square",
             Provider::Discord => "discord",
+            Provider::Sendgrid => "sendgrid",
             Provider::StandardWebhooksV1a => "standard-webhooks-v1a",
             Provider::Custom => "custom",
         }
@@ -305,6 +307,10 @@ pub enum Algorithm {
     /// A public-key signature (Discord, Standard Webhooks `v1a`): the secret is the sender's
     /// 32-byte public key.
     Ed25519,
+    /// ECDSA on P-256 with SHA-256, DER signatures (SendGrid): the secret is the sender's public
+    /// key as base64 SubjectPublicKeyInfo.
+    #[serde(rename = "ecdsa-p256-sha256")]
+    EcdsaP256Sha256,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]

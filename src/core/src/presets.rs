@@ -65,6 +65,9 @@ pub fn dedup_key(provider: Provider) -> Option<KeySource> {
         Provider::Square => json("/event_id"),
         // Interactions are not retried; the (strictly verified) signature identifies one.
         Provider::Discord => Some(KeySource::Signature),
+        // The body is an array of events; ECDSA signatures are malleable, so the key is the
+        // canonical hash of the signed bytes (see verify::canonical_mac), never the signature.
+        Provider::Sendgrid => Some(KeySource::Signature),
         Provider::StandardWebhooksV1a => header("webhook-id"),
     }
 }
@@ -324,6 +327,19 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             timestamp: header_ts("x-signature-timestamp"),
             template: vec![Part::Timestamp, Part::Body],
             key_encoding: KeyEncoding::Hex,
+            delivery_id: None,
+            default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+        },
+        Provider::Sendgrid => Scheme {
+            sources: vec![single(
+                &["x-twilio-email-event-webhook-signature"],
+                "",
+                Algorithm::EcdsaP256Sha256,
+                Encoding::Base64,
+            )],
+            timestamp: header_ts("x-twilio-email-event-webhook-timestamp"),
+            template: vec![Part::Timestamp, Part::Body],
+            key_encoding: KeyEncoding::Base64,
             delivery_id: None,
             default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
         },

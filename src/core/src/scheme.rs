@@ -68,11 +68,13 @@ pub enum DeliveryId {
 }
 
 impl Algorithm {
-    pub fn mac_len(self) -> usize {
+    /// Accepted signature sizes in bytes: fixed for MACs and Ed25519, a DER range for ECDSA.
+    pub fn signature_lengths(self) -> (usize, usize) {
         match self {
-            Algorithm::HmacSha1 => 20,
-            Algorithm::HmacSha256 => 32,
-            Algorithm::HmacSha512 | Algorithm::Ed25519 => 64,
+            Algorithm::HmacSha1 => (20, 20),
+            Algorithm::HmacSha256 => (32, 32),
+            Algorithm::HmacSha512 | Algorithm::Ed25519 => (64, 64),
+            Algorithm::EcdsaP256Sha256 => (8, 72),
         }
     }
 }
@@ -80,10 +82,11 @@ impl Algorithm {
 impl Scheme {
     /// Whether `key` can verify this scheme (public keys have a fixed size).
     pub fn key_fits(&self, key: &[u8]) -> bool {
-        !self
-            .sources
-            .iter()
-            .any(|s| s.algorithm == Algorithm::Ed25519 && key.len() != 32)
+        self.sources.iter().all(|s| match s.algorithm {
+            Algorithm::Ed25519 => key.len() == 32,
+            Algorithm::EcdsaP256Sha256 => crate::verify::p256_key(key).is_some(),
+            _ => true,
+        })
     }
 }
 

@@ -31,7 +31,10 @@ pub fn sign(
         .sources
         .first()
         .ok_or_else(|| "the scheme has no signature header".to_string())?;
-    if source.algorithm == crate::config::Algorithm::Ed25519 {
+    if matches!(
+        source.algorithm,
+        crate::config::Algorithm::Ed25519 | crate::config::Algorithm::EcdsaP256Sha256
+    ) {
         return Err("public-key schemes are signed by the provider's private key, not here".into());
     }
     let ts_text = match &scheme.timestamp {

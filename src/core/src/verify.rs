@@ -134,7 +134,7 @@ pub fn parse_candidates(source: &SigSource, value: &[u8]) -> Result<Candidates, 
     if value.len() > MAX_SIGNATURE_HEADER_BYTES {
         return Err(Reason::MalformedSignature);
     }
-    let len = source.algorithm.mac_len();
+    let len = source.algorithm.signature_lengths();
     match &source.format {
         SigFormat::Single { prefix } => {
             let encoded = value
@@ -289,9 +289,25 @@ pub fn compute_mac(algorithm: Algorithm, key: &[u8], parts: &[&[u8]]) -> Option<
         Algorithm::HmacSha1 => run::<Hmac<sha1::Sha1>>(key, parts),
         Algorithm::HmacSha256 => run::<Hmac<sha2::Sha256>>(key, parts),
         Algorithm::HmacSha512 => run::<Hmac<sha2::Sha512>>(key, parts),
-        // Not a MAC: verified by `ed25519_matches`.
-        Algorithm::Ed25519 => None,
+        // Not MACs: verified by `ed25519_matches` / `p256_matches`.
+        Algorithm::Ed25519 | Algorithm::EcdsaP256Sha256 => None,
     }
+}
+
+/// A P-256 public key from its DER SubjectPublicKeyInfo.
+pub fn p256_key(spki_der: &[u8]) -> Option<p256::ecdsa::VerifyingKey> {
+    use p256::pkcs8::DecodePublicKey;
+    p256::ecdsa::VerifyingKey::from_public_key_der(spki_der).ok()
+}
+
+/// ECDSA P-256/SHA-256 over the signed bytes, DER signatures.
+fn p256_matches(spki_der: &[u8], candidates: &[Vec<u8>], message: &[u8]) -> Option<Vec<u8>> {
+    use p256::ecdsa::signature::Verifier;
+    let key = p256_key(spki_der)?;
+    candidates.iter().find_map(|c| {
+        let sig = p256::ecdsa::Signature::from_der(c).ok()?;
+        key.verify(message, &sig).ok().map(|()| c.clone())
+    })
 }
 
 /// Ed25519 over the signed bytes, strict (canonical signatures only, no small-order keys).
@@ -326,13 +342,17 @@ pub fn matching_key(
     }
     let algorithm = source.algorithm;
     let parts = signed_parts(scheme, ex, body);
-    if algorithm == Algorithm::Ed25519 {
-        // Ed25519 needs the whole message at once.
+    if matches!(algorithm, Algorithm::Ed25519 | Algorithm::EcdsaP256Sha256) {
+        // Public-key schemes need the whole message at once.
         let message = parts.concat();
+        let check = match algorithm {
+            Algorithm::Ed25519 => ed25519_matches,
+            _ => p256_matches,
+        };
         return keys
             .iter()
             .enumerate()
-            .find_map(|(i, key)| ed25519_matches(key, &ex.candidates, &message).map(|s| (i, s)));
+            .find_map(|(i, key)| check(key, &ex.candidates, &message).map(|s| (i, s)));
     }
     keys.iter().enumerate().find_map(|(i, key)| {
         let mac = compute_mac(algorithm, key, &parts)?;
