@@ -8,6 +8,7 @@ import datetime
 import hashlib
 import hmac
 import json
+from urllib.parse import quote_plus
 
 import stripe
 import standardwebhooks
@@ -191,8 +192,21 @@ def _private_key(seed: str) -> str:
     return hashlib.sha256(seed.encode()).hexdigest()
 
 
+TWILIO_ORIGIN = "https://hooks.example.com"
+
+
+def _twilio(token, obj, ts, delivery):
+    # Twilio's own SDK computes the signature over the URL it requested and the form params.
+    from twilio.request_validator import RequestValidator
+    params = {k: str(v) for k, v in {**obj, "MessageSid": delivery}.items()}
+    body = "&".join(f"{quote_plus(k)}={quote_plus(v)}" for k, v in params.items()).encode()
+    url = TWILIO_ORIGIN + "/webhooks/catalog/twilio"
+    return body, {"x-twilio-signature": RequestValidator(token).compute_signature(url, params),
+                  "content-type": "application/x-www-form-urlencoded"}
+
+
 # Policy settings a preset needs beyond its secret.
-CATALOG_POLICY = {"square": {"signed_url": SQUARE_URL}}
+CATALOG_POLICY = {"square": {"signed_url": SQUARE_URL}, "twilio": {"public_origin": TWILIO_ORIGIN}}
 # Public-key presets: the signer holds the private key, the policy gets the public one.
 CATALOG_PUBLIC = {
     "discord": lambda private_hex: _public(private_hex).hex(),
@@ -217,4 +231,5 @@ CATALOG = {
     "discord": (_discord, True, "x-signature-ed25519", _private_key, True),
     "standard-webhooks-v1a": (_standard_v1a, True, "webhook-signature", _private_key, True),
     "sendgrid": (_sendgrid, True, "x-twilio-email-event-webhook-signature", _private_key, True),
+    "twilio": (_twilio, False, "x-twilio-signature", str, True),
 }

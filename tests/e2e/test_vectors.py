@@ -119,7 +119,7 @@ def test_catalog_matrix(catalog_stack, preset, scenario):
     if scenario == "missing":
         headers.pop(sig_header)
     if scenario == "tampered":
-        body = body.replace(b'"n": 1', b'"n": 2')
+        body = body.replace(b'"n": 1', b'"n": 2').replace(b"n=1", b"n=2")
     path = f"/webhooks/catalog/{preset}"
     if scenario == "replay":
         assert catalog_stack.post(path, body, headers).status_code == 200
@@ -167,3 +167,28 @@ def test_twitch_callback_verification_is_answered_by_the_filter(catalog_stack):
     assert resp.text == "pogchamp-kappa-360noscope-vohiyo"
     stats = catalog_stack.envoy.stats()
     assert stats["webhook_guard.policy.twitch-challenge.challenges_answered"] == 1
+
+
+def test_provider_sdks_accept_what_the_filter_accepts(tmp_path):
+    """Cross-checks with SDKs that only verify: what our signer (the CLI) and our test signers
+    produce, the providers' own verifiers accept too."""
+    import subprocess
+    from paddle_billing.Notifications import PaddleSignature, Secret
+    from sendgrid.helpers.eventwebhook import EventWebhook
+
+    from harness import CLI
+    from signers import _p256_public, _private_key, _sendgrid
+
+    body = '{"notification_id":"ntf_1","event_type":"transaction.completed"}'
+    out = subprocess.run([str(CLI), "sign", "--provider", "paddle", "--secret", "pdl_ntfset_secret", "--body", body],
+                         capture_output=True, text=True, check=True).stdout
+    header = out.split(": ", 1)[1].strip()
+    assert PaddleSignature().verify(header, body, Secret("pdl_ntfset_secret"))
+    assert not PaddleSignature().verify(header, body + " ", Secret("pdl_ntfset_secret"))
+
+    private = _private_key("sdk-cross-check")
+    body, headers = _sendgrid(private, {"event": "delivered"}, int(time.time()), "sg_1")
+    hook = EventWebhook()
+    key = hook.convert_public_key_to_ecdsa(_p256_public(private))
+    assert hook.verify_signature(body.decode(), headers["x-twilio-email-event-webhook-signature"],
+                                 headers["x-twilio-email-event-webhook-timestamp"], key)

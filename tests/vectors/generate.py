@@ -308,5 +308,41 @@ add("sendgrid missing timestamp", "sendgrid", "derived-negative", SG_PUB,
     {k: v for k, v in sendgrid_headers(SG_PRIV, SG_BODY, T).items() if "timestamp" not in k}, SG_BODY, T,
     "missing_timestamp")
 
+# Twilio: HMAC-SHA1 base64 over public URL + sorted form params (twilio-python request_validator);
+# JSON bodies: the URL carries bodySHA256=<hex sha256(body)> and only the URL is signed.
+from urllib.parse import urlencode  # noqa: E402
+TW_TOKEN, TW_ORIGIN = "12345", "https://mycompany.com"
+TW_PARAMS = {"CallSid": "CA1234567890ABCDE", "Caller": "+12349013030", "Digits": "1234", "From": "+12349013030",
+             "To": "+18005551212"}
+TW_FORM = urlencode(TW_PARAMS)
+
+
+def twilio_sig(token, url, params):
+    s = url + "".join(k + v for k, v in sorted(params.items()))
+    return base64.b64encode(hmac.new(token.encode(), s.encode(), hashlib.sha1).digest()).decode()
+
+
+TW_FORM_CT = {"content-type": "application/x-www-form-urlencoded"}
+for i, (name, expect, params, body) in enumerate([
+    ("twilio form parameters", "accepted", TW_PARAMS, TW_FORM),
+    ("twilio parameter changed", "invalid_signature", TW_PARAMS, TW_FORM.replace("1234", "1235", 1)),
+    ("twilio parameter added", "invalid_signature", TW_PARAMS, TW_FORM + "&Extra=1"),
+]):
+    path = f"/webhooks/twilio/form{i}?foo=1&bar=2"
+    add(name, "twilio", "self-generated" if expect == "accepted" else "derived-negative", TW_TOKEN,
+        {**TW_FORM_CT, "x-twilio-signature": twilio_sig(TW_TOKEN, TW_ORIGIN + path, params)}, body, None, expect,
+        path=path, policy={"public_origin": TW_ORIGIN})
+TW_JSON = '{"event":"message.sent","sid":"SM1"}'
+for i, (name, expect, body) in enumerate([("twilio JSON body with bodySHA256", "accepted", TW_JSON),
+                                           ("twilio JSON body swapped", "invalid_signature", TW_JSON.replace("SM1", "SM2"))]):
+    path = f"/webhooks/twilio/json{i}?bodySHA256=" + hashlib.sha256(TW_JSON.encode()).hexdigest()
+    add(name, "twilio", "self-generated" if expect == "accepted" else "derived-negative", TW_TOKEN,
+        {"content-type": "application/json", "x-twilio-signature": twilio_sig(TW_TOKEN, TW_ORIGIN + path, {})},
+        body, None, expect, path=path, policy={"public_origin": TW_ORIGIN})
+path = "/webhooks/twilio/json-unsigned"
+add("twilio JSON body without bodySHA256 is not covered", "twilio", "derived-negative", TW_TOKEN,
+    {"content-type": "application/json", "x-twilio-signature": twilio_sig(TW_TOKEN, TW_ORIGIN + path, {})},
+    TW_JSON, None, "invalid_signature", path=path, policy={"public_origin": TW_ORIGIN})
+
 OUT.write_text(json.dumps(vectors, indent=1) + "\n")
 print(f"wrote {len(vectors)} vectors to {OUT}")

@@ -329,9 +329,29 @@ fn compile_policy(
                 "square needs the notification URL exactly as registered at Square (http(s)://...)",
             )),
         },
+        (Provider::Twilio, None) => match &p.public_origin {
+            Some(origin)
+                if (origin.starts_with("https://") || origin.starts_with("http://"))
+                    && !origin.trim_start_matches("https://").trim_start_matches("http://").contains('/') =>
+            {
+                presets::twilio(origin)
+            }
+            _ => {
+                return Err(err(
+                    format!("{at}.public_origin"),
+                    "twilio needs the scheme and host the sender used, e.g. \"https://hooks.example.com\" (no path)",
+                ))
+            }
+        },
         (other, None) => presets::scheme(other, p.accept_legacy_sha1)
             .ok_or_else(|| err(format!("{at}.provider"), "unknown provider"))?,
     };
+    if p.public_origin.is_some() && p.provider != Provider::Twilio {
+        return Err(err(
+            format!("{at}.public_origin"),
+            "only applies to provider 'twilio'",
+        ));
+    }
     if p.signed_url.is_some() && p.provider != Provider::Square {
         return Err(err(
             format!("{at}.signed_url"),
@@ -557,5 +577,6 @@ fn custom_scheme(at: &str, c: RawCustom) -> Result<Scheme, ConfigError> {
         key_encoding: c.secret_encoding,
         delivery_id,
         default_tolerance_s: crate::config::DEFAULT_TOLERANCE_SECONDS,
+        body_sha256_query: false,
     })
 }

@@ -101,6 +101,10 @@ pub struct RawPolicy {
     /// Envoy never sees it as the sender did).
     #[serde(default)]
     pub signed_url: Option<String>,
+    /// Twilio only: scheme, host (and port) the sender used, e.g. `https://hooks.example.com`;
+    /// the request's path and query follow it in the signed URL.
+    #[serde(default)]
+    pub public_origin: Option<String>,
     /// Zoom and Twitch only: answer the provider's (signed) endpoint challenge in the filter.
     #[serde(default)]
     pub answer_challenges: bool,
@@ -221,6 +225,7 @@ pub enum Provider {
     Square,
     Discord,
     Sendgrid,
+    Twilio,
     #[serde(rename = "standard-webhooks-v1a")]
     StandardWebhooksV1a,
     Custom,
@@ -247,6 +252,7 @@ impl Provider {
             Provider::Square => "square",
             Provider::Discord => "discord",
             Provider::Sendgrid => "sendgrid",
+            Provider::Twilio => "twilio",
             Provider::StandardWebhooksV1a => "standard-webhooks-v1a",
             Provider::Custom => "custom",
         }

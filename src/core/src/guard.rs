@@ -391,6 +391,9 @@ impl Guard {
         else {
             return Err(fail(Reason::InvalidSignature, None));
         };
+        if policy.scheme.body_sha256_query && !verify::body_hash_matches(&pending.extracted, body) {
+            return Err(fail(Reason::InvalidSignature, Some("body")));
+        }
         let now = host.now_ms();
         let ts_ms = match (&pending.extracted.timestamp, &policy.scheme.timestamp) {
             (Some(ts), _) => Some(ts.ms),

@@ -6,6 +6,7 @@ pub mod codec;
 pub mod compile;
 pub mod config;
 pub mod dedup;
+pub mod form;
 pub mod guard;
 pub mod host;
 pub mod json;

@@ -68,7 +68,29 @@ pub fn dedup_key(provider: Provider) -> Option<KeySource> {
         // The body is an array of events; ECDSA signatures are malleable, so the key is the
         // canonical hash of the signed bytes (see verify::canonical_mac), never the signature.
         Provider::Sendgrid => Some(KeySource::Signature),
+        // Nothing but the URL and the parameters is signed: the signature is the key (status
+        // callbacks for one call differ in their parameters, so they stay distinct).
+        Provider::Twilio => Some(KeySource::Signature),
         Provider::StandardWebhooksV1a => header("webhook-id"),
+    }
+}
+
+/// Twilio signs the URL it requested (public origin + path and query) and the sorted form
+/// parameters; JSON bodies are covered by a `bodySHA256` URL parameter instead.
+pub fn twilio(public_origin: &str) -> Scheme {
+    Scheme {
+        sources: vec![single(
+            &["x-twilio-signature"],
+            "",
+            Algorithm::HmacSha1,
+            Encoding::Base64,
+        )],
+        timestamp: None,
+        template: vec![lit(public_origin), Part::Path, Part::FormParams],
+        key_encoding: KeyEncoding::Utf8,
+        delivery_id: None,
+        default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+        body_sha256_query: true,
     }
 }
 
@@ -86,6 +108,7 @@ pub fn square(notification_url: &str) -> Scheme {
         key_encoding: KeyEncoding::Utf8,
         delivery_id: Some(DeliveryId::JsonField("event_id".into())),
         default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+        body_sha256_query: false,
     }
 }
 
@@ -115,6 +138,7 @@ fn body_hex(header: &str, prefix: &str, algorithm: Algorithm, id_header: Option<
         key_encoding: KeyEncoding::Utf8,
         delivery_id: id_header.map(|h| DeliveryId::Header(h.into())),
         default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+        body_sha256_query: false,
     }
 }
 
@@ -140,6 +164,7 @@ fn standard(prefix: &str) -> Scheme {
         key_encoding: KeyEncoding::Whsec,
         delivery_id: Some(DeliveryId::Header(format!("{prefix}-id"))),
         default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+        body_sha256_query: false,
     }
 }
 
@@ -168,6 +193,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
                 key_encoding: KeyEncoding::Utf8,
                 delivery_id: Some(DeliveryId::Header("x-github-delivery".into())),
                 default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+                body_sha256_query: false,
             }
         }
         Provider::Stripe => Scheme {
@@ -190,6 +216,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             key_encoding: KeyEncoding::Utf8,
             delivery_id: Some(DeliveryId::JsonField("id".into())),
             default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+            body_sha256_query: false,
         },
         Provider::Slack => Scheme {
             sources: vec![single(
@@ -203,6 +230,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             key_encoding: KeyEncoding::Utf8,
             delivery_id: None,
             default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+            body_sha256_query: false,
         },
         Provider::Shopify => Scheme {
             // The Events product sends the un-prefixed spelling.
@@ -217,6 +245,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             key_encoding: KeyEncoding::Utf8,
             delivery_id: Some(DeliveryId::Header("x-shopify-webhook-id".into())),
             default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+            body_sha256_query: false,
         },
         Provider::StandardWebhooks => standard("webhook"),
         // Svix (and Clerk, Resend...) send the Standard Webhooks scheme under svix-* names.
@@ -233,6 +262,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             key_encoding: KeyEncoding::Utf8,
             delivery_id: Some(DeliveryId::Header("x-zm-trackingid".into())),
             default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+            body_sha256_query: false,
         },
         Provider::Paddle => Scheme {
             // `ts=..;h1=..[;h1=..]`: several h1 during a secret rotation.
@@ -243,6 +273,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             delivery_id: Some(DeliveryId::JsonField("notification_id".into())),
             // Paddle's SDKs allow 5 s.
             default_tolerance_s: 5,
+            body_sha256_query: false,
         },
         Provider::Twitch => Scheme {
             sources: vec![single(
@@ -264,6 +295,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             key_encoding: KeyEncoding::Utf8,
             delivery_id: Some(DeliveryId::Header("twitch-eventsub-message-id".into())),
             default_tolerance_s: 600,
+            body_sha256_query: false,
         },
         Provider::Pagerduty => Scheme {
             // `v1=..,v1=..`: one per active secret.
@@ -273,6 +305,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             key_encoding: KeyEncoding::Utf8,
             delivery_id: None,
             default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+            body_sha256_query: false,
         },
         Provider::Linear => Scheme {
             sources: vec![single(
@@ -290,6 +323,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             key_encoding: KeyEncoding::Utf8,
             delivery_id: Some(DeliveryId::Header("linear-delivery".into())),
             default_tolerance_s: 60,
+            body_sha256_query: false,
         },
         Provider::Intercom => body_hex("x-hub-signature", "sha1=", Algorithm::HmacSha1, None),
         Provider::Bitbucket => body_hex(
@@ -316,6 +350,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             key_encoding: KeyEncoding::Utf8,
             delivery_id: Some(DeliveryId::Header("idempotency-key".into())),
             default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+            body_sha256_query: false,
         },
         Provider::Discord => Scheme {
             sources: vec![single(
@@ -329,6 +364,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             key_encoding: KeyEncoding::Hex,
             delivery_id: None,
             default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+            body_sha256_query: false,
         },
         Provider::Sendgrid => Scheme {
             sources: vec![single(
@@ -342,6 +378,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             key_encoding: KeyEncoding::Base64,
             delivery_id: None,
             default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+            body_sha256_query: false,
         },
         Provider::StandardWebhooksV1a => {
             let mut s = standard("webhook");
@@ -354,8 +391,8 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             s.key_encoding = KeyEncoding::Whpk;
             s
         }
-        // Needs the policy's signed_url: `square()`.
-        Provider::Square | Provider::Custom => return None,
+        // Need a URL from the policy: `square()`, `twilio()`.
+        Provider::Square | Provider::Twilio | Provider::Custom => return None,
     };
     Some(s)
 }

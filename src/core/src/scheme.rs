@@ -15,6 +15,8 @@ pub struct Scheme {
     pub delivery_id: Option<DeliveryId>,
     /// Tolerance when the policy sets none (the provider's own SDK default).
     pub default_tolerance_s: u64,
+    /// Twilio: a non-form body is covered only through the URL's `bodySHA256` parameter.
+    pub body_sha256_query: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -74,6 +74,12 @@ pub fn sign(
             signed_values.push(value);
         }
     }
+    // Sign a body's form parameters as Twilio does (callers pass form bodies for such schemes).
+    let form = if scheme.template.contains(&Part::FormParams) {
+        crate::form::sorted_params(input.body)
+    } else {
+        Vec::new()
+    };
     let mut values = signed_values.iter();
     let parts: Vec<&[u8]> = scheme
         .template
@@ -85,6 +91,7 @@ pub fn sign(
             Part::Header(_) => values.next().map_or(&b""[..], |v| v.as_bytes()),
             Part::Method => input.method.as_bytes(),
             Part::Path => input.path.as_bytes(),
+            Part::FormParams => form.as_slice(),
         })
         .collect();
     let mac = compute_mac(source.algorithm, key, &parts).ok_or("cannot compute the MAC")?;

@@ -9,6 +9,9 @@ pub enum Part {
     Header(String),
     Method,
     Path,
+    /// Form parameters of an `application/x-www-form-urlencoded` body, decoded, de-duplicated,
+    /// sorted by name then value, concatenated as name+value (Twilio).
+    FormParams,
 }
 
 pub fn parse(template: &str) -> Result<Vec<Part>, String> {

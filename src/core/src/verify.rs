@@ -57,6 +57,8 @@ pub struct Extracted {
     pub signed_headers: Vec<Vec<u8>>,
     pub method: Vec<u8>,
     pub path: Vec<u8>,
+    /// The body is `application/x-www-form-urlencoded` (its parameters may be signed).
+    pub form_encoded: bool,
 }
 
 pub fn extract(
@@ -101,6 +103,11 @@ pub fn extract(
         }
     }
 
+    let form_encoded = matches!(
+        lookup(headers, "content-type"),
+        Lookup::One(v) if v.len() >= 33
+            && v.get(..33).is_some_and(|p| p.eq_ignore_ascii_case(b"application/x-www-form-urlencoded"))
+    );
     Ok(Extracted {
         source: source_index,
         candidates,
@@ -108,6 +115,7 @@ pub fn extract(
         signed_headers,
         method: method.to_vec(),
         path: path.to_vec(),
+        form_encoded,
     })
 }
 
@@ -261,7 +269,12 @@ pub fn check_window(ts_ms: u64, now_ms: u64, tolerance_ms: u64) -> Result<(), Sk
 }
 
 /// The bytes the scheme signs, as slices in order (fed to the MAC without concatenating).
-pub fn signed_parts<'a>(scheme: &'a Scheme, ex: &'a Extracted, body: &'a [u8]) -> Vec<&'a [u8]> {
+pub fn signed_parts<'a>(
+    scheme: &'a Scheme,
+    ex: &'a Extracted,
+    body: &'a [u8],
+    form: &'a [u8],
+) -> Vec<&'a [u8]> {
     let mut headers = ex.signed_headers.iter();
     scheme
         .template
@@ -273,8 +286,38 @@ pub fn signed_parts<'a>(scheme: &'a Scheme, ex: &'a Extracted, body: &'a [u8]) -
             Part::Header(_) => headers.next().map_or(&[][..], Vec::as_slice),
             Part::Method => ex.method.as_slice(),
             Part::Path => ex.path.as_slice(),
+            Part::FormParams => form,
         })
         .collect()
+}
+
+/// The `{form}` part: only for form-encoded bodies (anything else signs no parameters).
+pub fn form_part(scheme: &Scheme, ex: &Extracted, body: &[u8]) -> Vec<u8> {
+    if ex.form_encoded && scheme.template.contains(&Part::FormParams) {
+        crate::form::sorted_params(body)
+    } else {
+        Vec::new()
+    }
+}
+
+/// Twilio covers a non-form body only through `bodySHA256=<hex>` in the signed URL: check it.
+/// A non-empty body with neither is not covered by the signature at all, so it fails too.
+pub fn body_hash_matches(ex: &Extracted, body: &[u8]) -> bool {
+    use sha2::Digest;
+    if ex.form_encoded {
+        return true;
+    }
+    let query = ex.path.splitn(2, |b| *b == b'?').nth(1).unwrap_or(&[]);
+    let param = query
+        .split(|b| *b == b'&')
+        .find_map(|kv| kv.strip_prefix(&b"bodySHA256="[..]));
+    match param {
+        Some(hex_digest) => {
+            let digest = sha2::Sha256::digest(body);
+            hex::decode(hex_digest).is_ok_and(|want| want.as_slice() == digest.as_slice())
+        }
+        None => body.is_empty(),
+    }
 }
 
 pub fn compute_mac(algorithm: Algorithm, key: &[u8], parts: &[&[u8]]) -> Option<Vec<u8>> {
@@ -341,7 +384,8 @@ pub fn matching_key(
         });
     }
     let algorithm = source.algorithm;
-    let parts = signed_parts(scheme, ex, body);
+    let form = form_part(scheme, ex, body);
+    let parts = signed_parts(scheme, ex, body, &form);
     if matches!(algorithm, Algorithm::Ed25519 | Algorithm::EcdsaP256Sha256) {
         // Public-key schemes need the whole message at once.
         let message = parts.concat();
@@ -380,7 +424,13 @@ pub fn canonical_mac(
     if algorithm == Some(Algorithm::HmacSha256) {
         return matched;
     }
-    compute_mac(Algorithm::HmacSha256, key, &signed_parts(scheme, ex, body)).unwrap_or(matched)
+    let form = form_part(scheme, ex, body);
+    compute_mac(
+        Algorithm::HmacSha256,
+        key,
+        &signed_parts(scheme, ex, body, &form),
+    )
+    .unwrap_or(matched)
 }
 
 /// The signed timestamp carried in the (verified) JSON body, in milliseconds.

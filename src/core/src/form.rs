@@ -1,0 +1,69 @@
+//! `application/x-www-form-urlencoded` bodies as Twilio signs them: every (name, value) pair
+//! decoded, duplicates dropped, sorted by name then value, concatenated as name + value.
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => b.checked_sub(b'0'),
+        b'a'..=b'f' => b.checked_sub(b'a').and_then(|v| v.checked_add(10)),
+        b'A'..=b'F' => b.checked_sub(b'A').and_then(|v| v.checked_add(10)),
+        _ => None,
+    }
+}
+
+/// Percent-decoding with `+` as space; a malformed escape is kept as is.
+pub fn decode(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0usize;
+    while let Some(&b) = raw.get(i) {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = raw.get(i.saturating_add(1)).copied().and_then(hex_val);
+                let lo = raw.get(i.saturating_add(2)).copied().and_then(hex_val);
+                if let (Some(h), Some(l)) = (hi, lo) {
+                    out.push(h.wrapping_mul(16).wrapping_add(l));
+                    i = i.saturating_add(2);
+                } else {
+                    out.push(b'%');
+                }
+            }
+            _ => out.push(b),
+        }
+        i = i.saturating_add(1);
+    }
+    out
+}
+
+pub fn sorted_params(body: &[u8]) -> Vec<u8> {
+    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = body
+        .split(|b| *b == b'&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let mut kv = p.splitn(2, |b| *b == b'=');
+            let k = decode(kv.next().unwrap_or(&[]));
+            let v = decode(kv.next().unwrap_or(&[]));
+            (k, v)
+        })
+        .collect();
+    pairs.sort();
+    pairs.dedup();
+    pairs
+        .into_iter()
+        .flat_map(|(k, v)| k.into_iter().chain(v))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorts_decodes_and_dedups() {
+        assert_eq!(
+            sorted_params(b"To=%2B1800&From=a+b&Digits=1&Digits=1&Digits=0"),
+            b"Digits0Digits1Froma bTo+1800".to_vec()
+        );
+        assert_eq!(decode(b"%zz%4"), b"%zz%4".to_vec());
+        assert!(sorted_params(b"").is_empty());
+    }
+}
