@@ -186,6 +186,20 @@ def test_provider_sdks_accept_what_the_filter_accepts(tmp_path):
     assert PaddleSignature().verify(header, body, Secret("pdl_ntfset_secret"))
     assert not PaddleSignature().verify(header, body + " ", Secret("pdl_ntfset_secret"))
 
+    from square.utils.webhooks_helper import verify_signature as square_verify
+
+    config = tmp_path / "square.json"
+    url = "https://hooks.example.com/webhooks/square"
+    config.write_text(json.dumps({"policies": [{"name": "sq", "match": {"path_prefix": "/"}, "provider": "square",
+                                                "signed_url": url, "secrets": [{"inline": "sq-key"}]}]}))
+    body = '{"event_id":"e1","type":"payment.updated"}'
+    out = subprocess.run([str(CLI), "sign", "--config", str(config), "--policy", "sq", "--body", body],
+                         capture_output=True, text=True, check=True).stdout
+    header = out.split(": ", 1)[1].strip()
+    assert square_verify(request_body=body, signature_header=header, signature_key="sq-key", notification_url=url)
+    assert not square_verify(request_body=body, signature_header=header, signature_key="sq-key",
+                             notification_url=url + "x")
+
     private = _private_key("sdk-cross-check")
     body, headers = _sendgrid(private, {"event": "delivered"}, int(time.time()), "sg_1")
     hook = EventWebhook()
