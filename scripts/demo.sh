@@ -106,7 +106,7 @@ pids+=($!)
 
 ready=""
 for _ in $(seq 1 150); do
-  if curl -fsS "http://127.0.0.1:$WEBHOOK_DEMO_ADMIN_PORT/ready" 2>/dev/null | grep -q LIVE &&
+  if [ "$(curl -fsS "http://127.0.0.1:$WEBHOOK_DEMO_ADMIN_PORT/ready" 2>/dev/null)" = LIVE ] &&
      curl -fsS "http://127.0.0.1:$WEBHOOK_DEMO_BACKEND_PORT/healthz" >/dev/null 2>&1; then
     ready=yes
     break
@@ -125,9 +125,10 @@ if [ "$mode" = serve ]; then
   cat <<TXT
 == serving on $envoy_url. Try:
    curl -i ${curl_tls}-X POST $envoy_url/webhooks/github -d '{}'      # 400 missing_signature
-   body='{"id":"evt_1"}'; curl -i ${curl_tls}-X POST $envoy_url/webhooks/stripe -d "\$body" \\
-     \$(target/release/webhook-guard sign --provider stripe --secret-env STRIPE_WEBHOOK_SECRET \\
-         --body "\$body" --format curl | sed "s/'//g")                # 200, then 409 replayed
+   export STRIPE_WEBHOOK_SECRET=...   # the value printed above, in your shell
+   body='{"id":"evt_1"}'
+   sig=\$(target/release/webhook-guard sign --provider stripe --secret-env STRIPE_WEBHOOK_SECRET --body "\$body")
+   curl -i ${curl_tls}-X POST $envoy_url/webhooks/stripe -d "\$body" -H "\$sig"   # 200, then 409 replayed
    curl -s ${curl_tls}$envoy_url/events                               # what reached Flask
    curl -s http://127.0.0.1:$WEBHOOK_DEMO_ADMIN_PORT/stats | grep webhook_guard   # counters
    Ctrl-C stops Envoy and Flask.

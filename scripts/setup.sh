@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+if ! grep -qx wasm32-wasip1 <<<"$(rustup target list --installed)"; then
   echo "setup: adding rust target wasm32-wasip1"
   rustup target add wasm32-wasip1
 fi
@@ -32,7 +32,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 
 envoy_bin=$(.venv/bin/python scripts/envoy_path.py)
-if ! "$envoy_bin" --version | grep -q '/1\.40\.'; then
+# Capture first: `grep -q` closing the pipe early would fail the check under pipefail.
+envoy_version=$("$envoy_bin" --version)
+if ! grep -q '/1\.40\.' <<<"$envoy_version"; then
   echo "setup: $envoy_bin is not Envoy 1.40" >&2
   exit 1
 fi
