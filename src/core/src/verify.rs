@@ -74,20 +74,21 @@ pub fn extract(
         None => None,
         Some(spec) => {
             let raw = match &spec.source {
-                TimestampSource::SignatureParam => ts_param.ok_or(Reason::MissingTimestamp)?,
+                TimestampSource::SignatureParam => Some(ts_param.ok_or(Reason::MissingTimestamp)?),
                 TimestampSource::Header(name) => match lookup(headers, name) {
                     Lookup::Absent => return Err(Reason::MissingTimestamp),
                     Lookup::Many => return Err(Reason::MalformedTimestamp),
-                    Lookup::One(v) => v.to_vec(),
+                    Lookup::One(v) => Some(v.to_vec()),
                 },
                 // In the body: read once the body has verified (`body_timestamp`).
-                TimestampSource::BodyJson(_) => Vec::new(),
+                TimestampSource::BodyJson(_) => None,
             };
-            if matches!(spec.source, TimestampSource::BodyJson(_)) {
-                None
-            } else {
-                let ms = parse_timestamp(&raw, spec.unit).ok_or(Reason::MalformedTimestamp)?;
-                Some(Timestamp { raw, ms })
+            match raw {
+                None => None,
+                Some(raw) => {
+                    let ms = parse_timestamp(&raw, spec.unit).ok_or(Reason::MalformedTimestamp)?;
+                    Some(Timestamp { raw, ms })
+                }
             }
         }
     };
@@ -103,10 +104,10 @@ pub fn extract(
         }
     }
 
+    const FORM: &[u8] = b"application/x-www-form-urlencoded";
     let form_encoded = matches!(
         lookup(headers, "content-type"),
-        Lookup::One(v) if v.len() >= 33
-            && v.get(..33).is_some_and(|p| p.eq_ignore_ascii_case(b"application/x-www-form-urlencoded"))
+        Lookup::One(v) if v.get(..FORM.len()).is_some_and(|p| p.eq_ignore_ascii_case(FORM))
     );
     Ok(Extracted {
         source: source_index,

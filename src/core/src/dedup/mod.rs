@@ -113,10 +113,6 @@ impl Store {
             .chain(std::iter::once(self.lease_key.as_str()))
     }
 
-    pub fn per_shard_capacity(&self) -> usize {
-        self.per_shard_capacity
-    }
-
     /// Creates missing keys with an empty value; existing ones (a config reload under the same
     /// `vm_id`) keep their entries.
     pub fn init(&self, host: &dyn Host) {
