@@ -132,8 +132,9 @@ proptest! {
                         };
                         model.entries.insert(k, (State::Done, expiry));
                     } else {
-                        prop_assert!(store.release(&host, &claim));
+                        let removed = store.release(&host, &claim);
                         if model.entries.get(&k) == Some(&(State::InFlight, claim_expiry)) {
+                            prop_assert!(removed, "a live claim of ours must be released");
                             model.entries.remove(&k);
                         }
                     }
@@ -352,12 +353,16 @@ fn retention_defaults_to_24h_without_a_signed_timestamp_and_can_be_set() {
 fn stuck_claims_expire_after_the_claim_timeout() {
     let g = github_guard(json!({"dedup": {"claim_timeout_seconds": 2}}), json!({}));
     let host = MemHost::new(g.counter_names(), T0);
-    let _never_settled = gh(&g, &host, b"x").unwrap().unwrap();
+    let stuck = gh(&g, &host, b"x").unwrap().unwrap();
     host.advance(1_500);
     let r = gh(&g, &host, b"x").unwrap_err();
     assert_eq!((r.reason, r.headers[0].1.as_str()), (Reason::InFlight, "1"));
     host.advance(500);
-    assert!(gh(&g, &host, b"x").is_ok());
+    assert!(gh(&g, &host, b"x").unwrap().is_some());
+    // The lapsed claim settling late neither removes the new claim nor counts as a release.
+    g.settle(&host, &stuck, Some(500));
+    assert_eq!(host.count("webhook_guard.store.released"), 0);
+    assert_eq!(gh(&g, &host, b"x").unwrap_err().reason, Reason::InFlight);
 }
 
 #[test]

@@ -232,6 +232,7 @@ impl Store {
     }
 
     /// The backend failed (or never answered): forget our claim so a retry is admitted.
+    /// True when our claim was there and is gone (not when it had lapsed or was replaced).
     pub fn release(&self, host: &dyn Host, claim: &Claim) -> bool {
         self.update(host, claim.shard, claim.claimed_at_ms, |s, _, _| {
             let ours = s.get(&claim.hash, 0).is_some_and(|e| {
@@ -240,9 +241,9 @@ impl Store {
             if ours {
                 s.remove(&claim.hash);
             }
-            (ours, ())
+            (ours, ours)
         })
-        .is_some()
+        .unwrap_or(false)
     }
 
     /// Prunes every shard if this root (`owner`) holds or wins the sweep lease, and publishes
