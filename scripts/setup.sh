@@ -9,14 +9,17 @@ if ! grep -qx wasm32-wasip1 <<<"$(rustup target list --installed)"; then
   rustup target add wasm32-wasip1
 fi
 
-# docker-compose (Debian package) validates docker-compose.yml in the tests; no engine is needed.
-if ! command -v docker-compose >/dev/null; then
-  echo "setup: installing docker-compose (Debian package) to validate docker-compose.yml"
-  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+# Debian packages: docker-compose validates docker-compose.yml (no engine is needed); etcd-server
+# is the shared replay store of the two-replica tests and demo.
+apt_install() {
+  local sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  echo "setup: installing $* (Debian packages)"
   export DEBIAN_FRONTEND=noninteractive
-  $sudo_cmd apt-get install -y -qq docker-compose >/dev/null 2>&1 ||
-    { $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq docker-compose >/dev/null; }
-fi
+  $sudo_cmd apt-get install -y -qq "$@" >/dev/null 2>&1 ||
+    { $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq "$@" >/dev/null; }
+}
+command -v docker-compose >/dev/null || apt_install docker-compose
+command -v etcd >/dev/null || apt_install etcd-server
 
 req=tests/requirements.txt
 stamp=.venv/.requirements.sha256

@@ -5,10 +5,12 @@ under a temporary directory and are printed when a test fails.
 """
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -98,7 +100,7 @@ class Envoy:
 
     def __init__(self, workdir: pathlib.Path, backend_port: int, plugin_config: dict | str, env: dict[str, str],
                  concurrency: int = 2, wait: bool = True, check_json: bool = True,
-                 tls: tuple[str, str] | None = None):
+                 tls: tuple[str, str] | None = None, etcd_port: int = 2379):
         self.workdir = workdir
         self.port = free_port()
         self.admin_port = free_port()
@@ -119,6 +121,7 @@ class Envoy:
             tls_port=self.tls_port,
             tls_cert=tls[0] if tls else None,
             tls_key=tls[1] if tls else None,
+            etcd_port=etcd_port,
         ))
         # Only the secrets we pass, so nothing from the developer's shell leaks in.
         clean = {k: v for k, v in os.environ.items() if not k.endswith(("_SECRET", "_SECRET_PREVIOUS"))}
@@ -169,6 +172,59 @@ class Envoy:
 
     def stop(self) -> None:
         stop_process(self.proc)
+
+
+class Etcd:
+    """A single-member etcd (Debian's etcd-server, installed by scripts/setup.sh) on loopback,
+    with its own ports and data directory; it can be stopped, paused and started again."""
+
+    def __init__(self, workdir: pathlib.Path):
+        self.port = free_port()
+        self.peer_port = free_port()
+        self.data_dir = workdir / f"etcd-{self.port}"
+        self.log_path = workdir / f"etcd-{self.port}.log"
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        self.proc = subprocess.Popen(
+            [shutil.which("etcd") or "etcd", "--name", "wg", "--data-dir", str(self.data_dir),
+             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"wg={peer}",
+             # Revisions pile up with every claim: keep one hour of history.
+             "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1h"],
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        wait_until(lambda: requests.get(self.url + "/health", timeout=1).json().get("health") == "true",
+                   20, "etcd /health")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def pause(self) -> None:
+        """Stops answering without closing connections: calls time out instead of failing."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def keys(self, prefix: str) -> dict[str, str]:
+        """Keys under `prefix` and their values (through the v3 gateway)."""
+        b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+        start = prefix.encode()
+        end = start[:-1] + bytes([start[-1] + 1])
+        resp = requests.post(self.url + "/v3/kv/range", json={"key": b64(start), "range_end": b64(end)}, timeout=5)
+        resp.raise_for_status()
+        return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode()
+                for kv in resp.json().get("kvs", [])}
 
 
 class Stack:

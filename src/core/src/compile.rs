@@ -5,11 +5,13 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::config::{
-    DefaultAction, KeyEncoding, OnDuplicate, Provider, RawConfig, RawCustom, RawDedup, RawDedupKey,
-    RawPolicy, RawSecret, RawStore, DEFAULT_UNTIMED_RETENTION_SECONDS,
+    DefaultAction, KeyEncoding, OnDuplicate, OnStoreError, Provider, RawConfig, RawCustom,
+    RawDedup, RawDedupKey, RawPolicy, RawPolicyStore, RawSecret, RawStore, DEFAULT_ETCD_PREFIX,
+    DEFAULT_UNTIMED_RETENTION_SECONDS,
 };
 use crate::dedup::key::KeySource;
 use crate::dedup::Store;
+use crate::etcd::EtcdStore;
 use crate::guard::{Challenge, DedupPolicy, Guard, Policy, Retention};
 use crate::host::Level;
 use crate::policy::{is_header_name, is_policy_name, Matcher};
@@ -242,7 +244,59 @@ fn compile_dedup(
         claim_timeout_ms: raw.claim_timeout_seconds.saturating_mul(1000),
         acknowledge: raw.on_duplicate == OnDuplicate::Acknowledge,
         commit_statuses: raw.commit_statuses.clone(),
+        remote: None,
     }))
+}
+
+const MAX_ETCD_TIMEOUT_MS: u64 = 60_000;
+
+fn compile_policy_store(at: &str, raw: &RawPolicyStore) -> Result<Option<EtcdStore>, ConfigError> {
+    let RawPolicyStore::Etcd {
+        cluster,
+        prefix,
+        authority,
+        timeout_ms,
+        on_error,
+    } = raw
+    else {
+        return Ok(None);
+    };
+    let at = format!("{at}.store");
+    let plain =
+        |s: &str| !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic());
+    if !plain(cluster) {
+        return Err(err(
+            format!("{at}.cluster"),
+            "must name an Envoy cluster (1 to 255 visible ASCII characters)",
+        ));
+    }
+    let authority = authority.as_deref().unwrap_or(cluster);
+    if !plain(authority) {
+        return Err(err(
+            format!("{at}.authority"),
+            "must be a host[:port] (1 to 255 visible ASCII characters)",
+        ));
+    }
+    let prefix = prefix.as_deref().unwrap_or(DEFAULT_ETCD_PREFIX);
+    if !plain(prefix) || prefix.len() > 128 || prefix.trim_matches('/').is_empty() {
+        return Err(err(
+            format!("{at}.prefix"),
+            "must be 1 to 128 visible ASCII characters besides '/'",
+        ));
+    }
+    if *timeout_ms == 0 || *timeout_ms > MAX_ETCD_TIMEOUT_MS {
+        return Err(err(
+            format!("{at}.timeout_ms"),
+            format!("must be between 1 and {MAX_ETCD_TIMEOUT_MS}"),
+        ));
+    }
+    Ok(Some(EtcdStore::new(
+        cluster,
+        authority,
+        prefix,
+        *timeout_ms,
+        *on_error == OnStoreError::Allow,
+    )))
 }
 
 pub fn compile_raw(
@@ -474,7 +528,7 @@ fn compile_policy(
         }
     }
 
-    let dedup = compile_dedup(
+    let mut dedup = compile_dedup(
         at,
         &p.dedup,
         p.provider,
@@ -482,6 +536,16 @@ fn compile_policy(
         tolerance_s.saturating_mul(1000),
         warnings,
     )?;
+    match (&mut dedup, compile_policy_store(at, &p.store)?) {
+        (Some(d), remote) => d.remote = remote,
+        (None, Some(_)) => {
+            return Err(err(
+                format!("{at}.store"),
+                "an etcd store holds replay claims, but this policy has no replay protection (dedup is disabled or impossible for its provider)",
+            ))
+        }
+        (None, None) => {}
+    }
 
     let counter_base = counters.len();
     counters.extend(stats::policy_counters(&p.name));

@@ -108,6 +108,51 @@ pub struct RawPolicy {
     /// Zoom and Twitch only: answer the provider's (signed) endpoint challenge in the filter.
     #[serde(default)]
     pub answer_challenges: bool,
+    /// Where this policy's dedup claims live: this Envoy's shared data (default) or etcd,
+    /// shared by every replica.
+    #[serde(default)]
+    pub store: RawPolicyStore,
+}
+
+pub const DEFAULT_ETCD_TIMEOUT_MS: u64 = 500;
+pub const DEFAULT_ETCD_PREFIX: &str = "webhook-guard/dedup";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawPolicyStore {
+    /// Envoy shared data: one proxy process.
+    #[default]
+    Local,
+    /// etcd over its v3 JSON gateway, through an Envoy cluster: all replicas.
+    Etcd {
+        /// Name of the Envoy cluster that reaches etcd's client port.
+        cluster: String,
+        /// Key prefix in etcd.
+        #[serde(default)]
+        prefix: Option<String>,
+        /// `:authority` of the calls; the cluster name when absent.
+        #[serde(default)]
+        authority: Option<String>,
+        /// Per call; the request waits at most this long for each etcd round trip.
+        #[serde(default = "default_etcd_timeout")]
+        timeout_ms: u64,
+        #[serde(default)]
+        on_error: OnStoreError,
+    },
+}
+
+fn default_etcd_timeout() -> u64 {
+    DEFAULT_ETCD_TIMEOUT_MS
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// 503 `store_unavailable`: nothing passes unprotected (fail closed).
+    #[default]
+    Deny,
+    /// Forward without a claim, counted and logged: availability over replay protection.
+    Allow,
 }
 
 pub const DEFAULT_RETENTION_MARGIN_SECONDS: u64 = 60;

@@ -3,7 +3,10 @@
 //! glue only moves bytes.
 
 use crate::dedup::key::KeySource;
+use crate::dedup::shard::KeyHash;
 use crate::dedup::{self, Claim, ClaimOutcome, Store};
+use crate::etcd::wire::Reply;
+use crate::etcd::{self, EtcdStore, Outcome, Step};
 use crate::host::{Host, Level};
 use crate::policy::{Matcher, RouteInfo};
 use crate::reason::Reason;
@@ -31,6 +34,8 @@ pub struct DedupPolicy {
     pub claim_timeout_ms: u64,
     pub acknowledge: bool,
     pub commit_statuses: Vec<u16>,
+    /// Claims live in etcd (shared by replicas); this proxy's store only caches `done` keys.
+    pub remote: Option<EtcdStore>,
 }
 
 /// A provider's endpoint handshake the filter answers itself (it is signed like a delivery).
@@ -118,7 +123,7 @@ pub struct Rejection {
 }
 
 /// Request facts kept for decisions and log lines.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestInfo {
     pub route_name: Option<String>,
     pub method: String,
@@ -148,9 +153,78 @@ pub struct Accepted {
     /// Which configured secret matched (0 = the first listed).
     pub key_index: usize,
     /// Held until the upstream answers: pass it to `Guard::settle`.
-    pub claim: Option<Claim>,
+    pub claim: Option<Hold>,
+    /// Verified, but admission waits on the remote store: run it with `Guard::drive` and
+    /// forward only on `Drive::Admit` (nothing is counted as accepted before that).
+    pub remote: Option<RemoteTask>,
     /// A verified handshake the filter answers itself instead of forwarding.
     pub reply: Option<LocalReply>,
+}
+
+/// A dedup claim held while the upstream handles the delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    Local(Claim),
+    Remote(RemoteClaim),
+}
+
+/// A claim in the remote store: the value we wrote identifies it for a release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteClaim {
+    policy: usize,
+    hash: KeyHash,
+    value: Vec<u8>,
+    done_expiry_ms: u64,
+}
+
+/// A remote-store operation in progress, with what its outcome is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteTask {
+    policy: usize,
+    op: etcd::Op,
+    purpose: Purpose,
+    sent_at_us: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Purpose {
+    /// A verified delivery waiting for its claim.
+    Admit {
+        key_index: usize,
+        hash: KeyHash,
+        done_expiry_ms: u64,
+        info: RequestInfo,
+        delivery_id: Option<String>,
+    },
+    Commit {
+        hash: KeyHash,
+        done_expiry_ms: u64,
+    },
+    Release,
+}
+
+/// An HTTP call for the glue to dispatch (POST, JSON) to an Envoy cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteCall {
+    pub cluster: String,
+    pub authority: String,
+    pub path: &'static str,
+    pub body: Vec<u8>,
+    pub timeout_ms: u64,
+}
+
+/// What the glue does next with a `RemoteTask`.
+#[derive(Debug)]
+pub enum Drive {
+    /// Dispatch this and feed the reply to `Guard::drive`.
+    Call(RemoteCall),
+    /// The claim is ours: forward, and settle the `Hold` on the upstream's answer.
+    Admit(Box<Accepted>),
+    Reject(Rejection),
+    /// The store failed under `on_error: allow`: forward without protection (counted, logged).
+    PassUnprotected,
+    /// A commit or release finished (whatever its outcome, already counted).
+    Settled,
 }
 
 /// A success answered by the filter (a challenge response).
@@ -216,14 +290,42 @@ impl Guard {
     }
 
     /// The upstream answered with `status` (`None`: the stream ended without an answer):
-    /// commit the claim on success, release it otherwise so a retry is admitted.
-    pub fn settle(&self, host: &dyn Host, claim: &Claim, status: Option<u16>) {
+    /// commit the claim on success, release it otherwise so a retry is admitted. A remote
+    /// claim returns the task to run with `Guard::drive`.
+    pub fn settle(&self, host: &dyn Host, hold: &Hold, status: Option<u16>) -> Option<RemoteTask> {
+        let policy = match hold {
+            Hold::Local(c) => c.policy,
+            Hold::Remote(r) => r.policy,
+        };
         let commit_extra = self
             .policies
-            .get(claim.policy)
+            .get(policy)
             .and_then(|p| p.dedup.as_ref())
             .map_or(&[][..], |d| d.commit_statuses.as_slice());
         let success = status.is_some_and(|s| (200..300).contains(&s) || commit_extra.contains(&s));
+        let claim = match hold {
+            Hold::Local(claim) => claim,
+            Hold::Remote(r) => {
+                let store = self.remote_store(r.policy)?;
+                let (op, purpose) = if success {
+                    (
+                        store.commit(&r.hash, r.done_expiry_ms),
+                        Purpose::Commit {
+                            hash: r.hash,
+                            done_expiry_ms: r.done_expiry_ms,
+                        },
+                    )
+                } else {
+                    (store.release(&r.hash, &r.value), Purpose::Release)
+                };
+                return Some(RemoteTask {
+                    policy: r.policy,
+                    op,
+                    purpose,
+                    sent_at_us: 0,
+                });
+            }
+        };
         // No counter on commit: it is the common path, and every host call costs (the
         // `accepted` counter already counts it).
         if success {
@@ -238,6 +340,208 @@ impl Guard {
             }
         } else if self.store.release(host, claim) {
             host.increment(stats::STORE_RELEASED);
+        }
+        None
+    }
+
+    /// The task's requester went away while it ran: what is left to do (release a claim
+    /// that may have been written; finish a commit or release).
+    pub fn abandon(&self, task: RemoteTask) -> Option<RemoteTask> {
+        if !matches!(task.purpose, Purpose::Admit { .. }) {
+            return Some(task);
+        }
+        let op = self.remote_store(task.policy)?.release_of(&task.op)?;
+        Some(RemoteTask {
+            policy: task.policy,
+            op,
+            purpose: Purpose::Release,
+            sent_at_us: 0,
+        })
+    }
+
+    /// Whether any policy keeps its claims in a remote store.
+    pub fn uses_remote_store(&self) -> bool {
+        self.policies
+            .iter()
+            .any(|p| p.dedup.as_ref().is_some_and(|d| d.remote.is_some()))
+    }
+
+    fn remote_store(&self, policy: usize) -> Option<&EtcdStore> {
+        self.policies.get(policy)?.dedup.as_ref()?.remote.as_ref()
+    }
+
+    /// Runs a remote-store task: `reply` is `None` to start it, else the answer to the last
+    /// `Drive::Call` (a reply without a status when the call failed or timed out).
+    pub fn drive(&self, host: &dyn Host, task: &mut RemoteTask, reply: Option<&Reply>) -> Drive {
+        let Some(store) = self.remote_store(task.policy) else {
+            // Only reachable through a glue bug; fail closed.
+            return match task.purpose {
+                Purpose::Admit { .. } => Drive::Reject(self.reject_unknown(host)),
+                _ => Drive::Settled,
+            };
+        };
+        let now = host.now_ms();
+        let step = match reply {
+            None => store.start(&mut task.op, now),
+            Some(reply) => {
+                host.increment(stats::ETCD_CALLS);
+                let took_us = host.now_us().saturating_sub(task.sent_at_us);
+                host.increment(stats::etcd_latency_bucket(took_us));
+                let granting = EtcdStore::granting(&task.op);
+                let step = store.answer(&mut task.op, reply, now);
+                if granting && !matches!(step, Step::Finished(Outcome::Failed(_))) {
+                    host.increment(stats::ETCD_LEASES_GRANTED);
+                }
+                step
+            }
+        };
+        match step {
+            Step::Call(call) => {
+                task.sent_at_us = host.now_us();
+                Drive::Call(RemoteCall {
+                    cluster: store.cluster.clone(),
+                    authority: store.authority.clone(),
+                    path: call.path,
+                    body: call.body,
+                    timeout_ms: store.timeout_ms,
+                })
+            }
+            Step::Finished(outcome) => self.remote_outcome(host, store, task, outcome, now),
+        }
+    }
+
+    fn remote_outcome(
+        &self,
+        host: &dyn Host,
+        store: &EtcdStore,
+        task: &RemoteTask,
+        outcome: Outcome,
+        now: u64,
+    ) -> Drive {
+        if let Outcome::Failed(e) = &outcome {
+            host.increment(stats::ETCD_ERRORS);
+            let what = match task.purpose {
+                Purpose::Admit { .. } => "claim",
+                Purpose::Commit { .. } => "commit",
+                Purpose::Release => "release",
+            };
+            host.log(
+                Level::Warn,
+                &format!(
+                    r#"{{"event":"webhook_store_error","store":"etcd","cluster":{},"operation":"{what}","error":"{}"}}"#,
+                    json_str(&store.cluster),
+                    e.code()
+                ),
+            );
+        }
+        let Purpose::Admit {
+            key_index,
+            hash,
+            done_expiry_ms,
+            info,
+            delivery_id,
+        } = &task.purpose
+        else {
+            match (&task.purpose, outcome) {
+                (
+                    Purpose::Commit {
+                        hash,
+                        done_expiry_ms,
+                    },
+                    Outcome::Committed,
+                ) => {
+                    self.store.remember_done(host, now, *hash, *done_expiry_ms);
+                }
+                (Purpose::Commit { .. }, _) => host.increment(stats::STORE_COMMIT_FAILED),
+                (_, Outcome::Released(true)) => host.increment(stats::STORE_RELEASED),
+                _ => {}
+            }
+            return Drive::Settled;
+        };
+        let found = match outcome {
+            Outcome::Claimed { value } => {
+                let Some(policy) = self.policies.get(task.policy) else {
+                    return Drive::Reject(self.reject_unknown(host));
+                };
+                self.count_accepted(host, policy, *key_index);
+                return Drive::Admit(Box::new(Accepted {
+                    policy: task.policy,
+                    key_index: *key_index,
+                    claim: Some(Hold::Remote(RemoteClaim {
+                        policy: task.policy,
+                        hash: *hash,
+                        value,
+                        done_expiry_ms: *done_expiry_ms,
+                    })),
+                    reply: None,
+                    remote: None,
+                }));
+            }
+            Outcome::Done { expiry_ms } => {
+                self.store.remember_done(host, now, *hash, expiry_ms);
+                Found::Done
+            }
+            Outcome::InFlight { retry_after_s } => Found::InFlight(retry_after_s),
+            Outcome::Failed(_) if store.fail_open => {
+                host.increment(stats::ETCD_FAILED_OPEN);
+                if let Some(policy) = self.policies.get(task.policy) {
+                    self.count_accepted(host, policy, *key_index);
+                }
+                host.log(
+                    Level::Warn,
+                    "webhook-guard: etcd store unavailable, forwarding a verified delivery without replay protection (on_error: allow)",
+                );
+                return Drive::PassUnprotected;
+            }
+            Outcome::Failed(_) | Outcome::Committed | Outcome::Released(_) => Found::Unavailable,
+        };
+        Drive::Reject(self.store_rejection(host, task.policy, found, info, delivery_id.as_deref()))
+    }
+
+    fn count_accepted(&self, host: &dyn Host, policy: &Policy, key_index: usize) {
+        host.increment(policy.counter_base.saturating_add(stats::ACCEPTED));
+        if key_index > 0 {
+            host.increment(
+                policy
+                    .counter_base
+                    .saturating_add(stats::ACCEPTED_SECONDARY_SECRET),
+            );
+        }
+    }
+
+    /// The rejection for what a claim found in a store.
+    fn store_rejection(
+        &self,
+        host: &dyn Host,
+        policy_index: usize,
+        found: Found,
+        info: &RequestInfo,
+        delivery_id: Option<&str>,
+    ) -> Rejection {
+        let fail = |reason: Reason, detail: Option<&str>| {
+            self.reject(host, policy_index, reason, detail, info, delivery_id)
+        };
+        let acknowledge = self
+            .policies
+            .get(policy_index)
+            .and_then(|p| p.dedup.as_ref())
+            .is_some_and(|d| d.acknowledge);
+        match found {
+            Found::Done if acknowledge => {
+                let mut r = fail(Reason::Replayed, Some("acknowledged"));
+                r.status = 200;
+                let name = self.policies.get(policy_index).map_or("", |p| &p.name);
+                r.body = format!(r#"{{"status":"duplicate","policy":{}}}"#, json_str(name));
+                r
+            }
+            Found::Done => fail(Reason::Replayed, None),
+            Found::InFlight(retry_after_s) => {
+                let mut r = fail(Reason::InFlight, None);
+                r.headers.push(("retry-after", retry_after_s.to_string()));
+                r
+            }
+            Found::Full => fail(Reason::StoreFull, None),
+            Found::Unavailable => fail(Reason::StoreUnavailable, None),
         }
     }
 
@@ -424,30 +728,32 @@ impl Guard {
                 key_index,
                 claim: None,
                 reply: Some(reply),
+                remote: None,
             });
         }
-        let claim = match &policy.dedup {
-            None => None,
-            Some(dedup) => {
-                let key = policy.keys.get(key_index).map_or(&[][..], Vec::as_slice);
-                let mac = verify::canonical_mac(&policy.scheme, &pending.extracted, key, body, mac);
-                Some(self.claim(host, policy, pending, dedup, &mac, body, now, ts_ms)?)
-            }
-        };
-        host.increment(policy.counter_base.saturating_add(stats::ACCEPTED));
-        if key_index > 0 {
-            host.increment(
-                policy
-                    .counter_base
-                    .saturating_add(stats::ACCEPTED_SECONDARY_SECRET),
-            );
-        }
-        Ok(Accepted {
+        let mut accepted = Accepted {
             policy: pending.policy,
             key_index,
-            claim,
+            claim: None,
             reply: None,
-        })
+            remote: None,
+        };
+        if let Some(dedup) = &policy.dedup {
+            let key = policy.keys.get(key_index).map_or(&[][..], Vec::as_slice);
+            let mac = verify::canonical_mac(&policy.scheme, &pending.extracted, key, body, mac);
+            match self.claim(
+                host, policy, pending, dedup, &mac, body, now, ts_ms, key_index,
+            )? {
+                Claimed::Held(hold) => accepted.claim = Some(hold),
+                Claimed::Ask(task) => {
+                    // Counted as accepted once the remote store admits it.
+                    accepted.remote = Some(task);
+                    return Ok(accepted);
+                }
+            }
+        }
+        self.count_accepted(host, policy, key_index);
+        Ok(accepted)
     }
 
     /// The answer to a verified handshake, when the policy answers them and this is one.
@@ -491,7 +797,8 @@ impl Guard {
     }
 
     /// Claims the delivery's dedup key; a duplicate, an in-flight twin or a store problem
-    /// becomes the rejection to send.
+    /// becomes the rejection to send. With a remote store, a delivery this proxy already saw
+    /// committed is answered here; anything else becomes a task for `Guard::drive`.
     #[allow(clippy::too_many_arguments)]
     fn claim(
         &self,
@@ -503,10 +810,8 @@ impl Guard {
         body: &[u8],
         now: u64,
         ts_ms: Option<u64>,
-    ) -> Result<Claim, Rejection> {
-        let fail = |reason: Reason, detail: Option<&str>| {
-            self.reject_with_body(host, pending, policy, body, reason, detail)
-        };
+        key_index: usize,
+    ) -> Result<Claimed, Rejection> {
         let (kind, material) =
             dedup::key::material(&dedup.source, mac, &pending.extracted.signed_headers, body);
         let hash = dedup::key::hash(&policy.name, kind, &material);
@@ -518,33 +823,47 @@ impl Guard {
                 .saturating_add(policy.tolerance_ms)
                 .saturating_add(margin),
         };
-        match self.store.claim(
+        let claim_expiry_ms = now.saturating_add(dedup.claim_timeout_ms);
+        let found = if let Some(remote) = &dedup.remote {
+            if !self.store.is_done(host, now, &hash) {
+                return Ok(Claimed::Ask(RemoteTask {
+                    policy: pending.policy,
+                    op: remote.claim(&hash, claim_expiry_ms),
+                    purpose: Purpose::Admit {
+                        key_index,
+                        hash,
+                        done_expiry_ms,
+                        info: pending.info.clone(),
+                        delivery_id: delivery_id(pending, policy, body),
+                    },
+                    sent_at_us: 0,
+                }));
+            }
+            host.increment(stats::ETCD_CACHE_HITS);
+            Found::Done
+        } else {
+            match self.store.claim(
+                host,
+                now,
+                pending.policy,
+                hash,
+                dedup.claim_timeout_ms,
+                done_expiry_ms,
+            ) {
+                ClaimOutcome::Claimed(c) => return Ok(Claimed::Held(Hold::Local(c))),
+                ClaimOutcome::Done => Found::Done,
+                ClaimOutcome::InFlight { retry_after_s } => Found::InFlight(retry_after_s),
+                ClaimOutcome::Full => Found::Full,
+                ClaimOutcome::Unavailable => Found::Unavailable,
+            }
+        };
+        Err(self.store_rejection(
             host,
-            now,
             pending.policy,
-            hash,
-            dedup.claim_timeout_ms,
-            done_expiry_ms,
-        ) {
-            ClaimOutcome::Claimed(c) => Ok(c),
-            ClaimOutcome::Done if dedup.acknowledge => {
-                let mut r = fail(Reason::Replayed, Some("acknowledged"));
-                r.status = 200;
-                r.body = format!(
-                    r#"{{"status":"duplicate","policy":{}}}"#,
-                    json_str(&policy.name)
-                );
-                Err(r)
-            }
-            ClaimOutcome::Done => Err(fail(Reason::Replayed, None)),
-            ClaimOutcome::InFlight { retry_after_s } => {
-                let mut r = fail(Reason::InFlight, None);
-                r.headers.push(("retry-after", retry_after_s.to_string()));
-                Err(r)
-            }
-            ClaimOutcome::Full => Err(fail(Reason::StoreFull, None)),
-            ClaimOutcome::Unavailable => Err(fail(Reason::StoreUnavailable, None)),
-        }
+            found,
+            &pending.info,
+            delivery_id(pending, policy, body).as_deref(),
+        ))
     }
 
     fn reject(
@@ -594,10 +913,7 @@ impl Guard {
         reason: Reason,
         detail: Option<&str>,
     ) -> Rejection {
-        let id = pending
-            .delivery_id
-            .clone()
-            .or_else(|| body_delivery_id(&policy.scheme, body));
+        let id = delivery_id(pending, policy, body);
         self.reject(
             host,
             pending.policy,
@@ -621,6 +937,27 @@ impl Guard {
             headers: Vec::new(),
         }
     }
+}
+
+/// What a claim found instead of a free key.
+enum Found {
+    Done,
+    InFlight(u64),
+    Full,
+    Unavailable,
+}
+
+enum Claimed {
+    Held(Hold),
+    Ask(RemoteTask),
+}
+
+/// The delivery id for log lines: a header, or (Stripe's `id`) the body.
+fn delivery_id(pending: &Pending, policy: &Policy, body: &[u8]) -> Option<String> {
+    pending
+        .delivery_id
+        .clone()
+        .or_else(|| body_delivery_id(&policy.scheme, body))
 }
 
 /// A JSON string literal (quoted, escaped).

@@ -21,6 +21,10 @@ pub enum SetError {
 pub trait Host {
     /// Wall clock, milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
+    /// Wall clock in microseconds (for latency measurements).
+    fn now_us(&self) -> u64 {
+        self.now_ms().saturating_mul(1000)
+    }
     /// Adds `delta` to the metric at `index` of `Guard::metrics()` (counters only grow).
     fn add(&self, metric: usize, delta: i64);
     /// Sets the gauge at `index` of `Guard::counter_names()`.

@@ -6,6 +6,7 @@ pub mod codec;
 pub mod compile;
 pub mod config;
 pub mod dedup;
+pub mod etcd;
 pub mod form;
 pub mod guard;
 pub mod host;
@@ -23,7 +24,11 @@ pub mod verify;
 
 pub use compile::{compile, compile_for_plugin, ConfigError};
 pub use dedup::Claim;
-pub use guard::{Accepted, Guard, LocalReply, Pending, Rejection, RequestInfo, Route};
+pub use etcd::wire::Reply as RemoteReply;
+pub use guard::{
+    Accepted, Drive, Guard, Hold, LocalReply, Pending, Rejection, RemoteCall, RemoteTask,
+    RequestInfo, Route,
+};
 pub use host::{Host, Level, SetError};
 pub use policy::RouteInfo;
 pub use reason::Reason;

@@ -14,6 +14,34 @@ pub const STORE_SWEEPS: usize = 4;
 pub const STORE_SWEPT: usize = 5;
 pub const STORE_RELEASED: usize = 6;
 pub const STORE_COMMIT_FAILED: usize = 7;
+/// etcd round trips (each reply or failure to reply).
+pub const ETCD_CALLS: usize = 8;
+pub const ETCD_ERRORS: usize = 9;
+/// `on_error: allow` forwarded a verified delivery without a claim.
+pub const ETCD_FAILED_OPEN: usize = 10;
+/// A replay answered from this proxy's shared data, without a round trip.
+pub const ETCD_CACHE_HITS: usize = 11;
+pub const ETCD_LEASES_GRANTED: usize = 12;
+const ETCD_LATENCY_FIRST: usize = 13;
+/// Upper bounds of the (non-cumulative) latency buckets; the last one is unbounded.
+pub const ETCD_LATENCY_BOUNDS_US: [u64; 5] = [1_000, 5_000, 25_000, 100_000, 500_000];
+const ETCD_LATENCY_NAMES: [&str; 6] = [
+    "etcd.latency.under_1ms",
+    "etcd.latency.under_5ms",
+    "etcd.latency.under_25ms",
+    "etcd.latency.under_100ms",
+    "etcd.latency.under_500ms",
+    "etcd.latency.over_500ms",
+];
+
+/// The latency bucket counter for a round trip of `us` microseconds.
+pub fn etcd_latency_bucket(us: u64) -> usize {
+    let i = ETCD_LATENCY_BOUNDS_US
+        .iter()
+        .position(|b| us < *b)
+        .unwrap_or(ETCD_LATENCY_BOUNDS_US.len());
+    ETCD_LATENCY_FIRST.saturating_add(i)
+}
 
 pub fn global_counters() -> Vec<String> {
     [
@@ -25,8 +53,14 @@ pub fn global_counters() -> Vec<String> {
         "store.swept",
         "store.released",
         "store.commit_failed",
+        "etcd.calls",
+        "etcd.errors",
+        "etcd.failed_open",
+        "etcd.cache_hits",
+        "etcd.leases_granted",
     ]
     .iter()
+    .chain(ETCD_LATENCY_NAMES.iter())
     .map(|n| format!("{PREFIX}.{n}"))
     .collect()
 }
@@ -86,5 +120,18 @@ mod tests {
         let global = global_counters();
         assert_eq!(global[STORE_ENTRIES], "webhook_guard.store.entries");
         assert_eq!(global[STORE_RELEASED], "webhook_guard.store.released");
+        assert_eq!(
+            global[ETCD_LEASES_GRANTED],
+            "webhook_guard.etcd.leases_granted"
+        );
+        assert_eq!(
+            global[etcd_latency_bucket(0)],
+            "webhook_guard.etcd.latency.under_1ms"
+        );
+        assert_eq!(
+            global[etcd_latency_bucket(999_999)],
+            "webhook_guard.etcd.latency.over_500ms"
+        );
+        assert_eq!(global.len(), etcd_latency_bucket(u64::MAX) + 1);
     }
 }

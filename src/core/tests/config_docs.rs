@@ -98,6 +98,18 @@ fn every_config_field_and_variant_is_documented() {
             json!({"policies": [with(policy(), &["dedup", "key"], json!({"source": "zz_unknown"}))]}),
         ),
         (
+            "policy store type",
+            json!({"policies": [with(policy(), &["store"], json!({"type": "zz_unknown"}))]}),
+        ),
+        (
+            "etcd store",
+            json!({"policies": [with(policy(), &["store"], json!({"type": "etcd", "cluster": "c", "zz_unknown": 1}))]}),
+        ),
+        (
+            "on_error",
+            json!({"policies": [with(policy(), &["store"], json!({"type": "etcd", "cluster": "c", "on_error": "zz_unknown"}))]}),
+        ),
+        (
             "default",
             json!({"policies": [policy()], "default": "zz_unknown"}),
         ),

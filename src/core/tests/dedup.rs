@@ -20,7 +20,8 @@ use webhook_guard_core::dedup::{Claim, ClaimOutcome, Store};
 use webhook_guard_core::memhost::MemHost;
 use webhook_guard_core::verify::compute_mac;
 use webhook_guard_core::{
-    compile, compile_for_plugin, config::Algorithm, stats, Guard, Reason, Rejection, RequestInfo,
+    compile, compile_for_plugin, config::Algorithm, stats, Guard, Hold, Reason, Rejection,
+    RequestInfo,
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -289,7 +290,7 @@ fn github_guard(extra: Value, store: Value) -> Guard {
     .unwrap()
 }
 
-fn gh(g: &Guard, host: &MemHost, body: &[u8]) -> Result<Option<Claim>, Rejection> {
+fn gh(g: &Guard, host: &MemHost, body: &[u8]) -> Result<Option<Hold>, Rejection> {
     let sig = format!(
         "sha256={}",
         hex::encode(compute_mac(Algorithm::HmacSha256, b"s", &[body]).unwrap())
@@ -411,7 +412,7 @@ fn stripe_request(
     host: &MemHost,
     t: u64,
     body: &str,
-) -> Result<Option<Claim>, Rejection> {
+) -> Result<Option<Hold>, Rejection> {
     let mac = compute_mac(
         Algorithm::HmacSha256,
         b"whsec_x",

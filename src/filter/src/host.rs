@@ -38,6 +38,14 @@ impl Host for WasmHost {
             .unwrap_or(0)
     }
 
+    fn now_us(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .and_then(|d| u64::try_from(d.as_micros()).ok())
+            .unwrap_or(0)
+    }
+
     fn add(&self, metric: usize, delta: i64) {
         if let Some(Some(id)) = self.metrics.get(metric) {
             let _ = hostcalls::increment_metric(*id, delta);

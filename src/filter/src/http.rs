@@ -7,9 +7,11 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 use webhook_guard_core::{
-    Accepted, Claim, Pending, Reason, Rejection, RequestInfo, Route, RouteInfo,
+    Accepted, Drive, Hold, Pending, Reason, Rejection, RemoteReply, RemoteTask, RequestInfo, Route,
+    RouteInfo,
 };
 
+use crate::remote;
 use crate::root::Loaded;
 
 /// Filter-state property read by access logs as `%FILTER_STATE(wasm.webhook_verdict:PLAIN)%`.
@@ -21,8 +23,12 @@ enum Phase {
     Idle,
     /// Headers checked, waiting for the end of the body.
     Buffering { pending: Pending, buffered: usize },
+    /// Verified; the request waits for the remote store's answer to its claim.
+    Admitting(RemoteTask),
     /// Forwarded upstream holding a replay-store claim, settled by the upstream's answer.
-    Forwarded(Claim),
+    Forwarded(Hold),
+    /// The response waits while a remote claim is committed or released.
+    Settling(RemoteTask),
     /// A verdict was reached; later callbacks pass through.
     Decided,
 }
@@ -53,6 +59,65 @@ impl Http {
         Action::Pause
     }
 
+    /// Runs the request's claim in the remote store until it needs an answer or is decided.
+    fn admit(&mut self, loaded: &Loaded, mut task: RemoteTask, reply: Option<RemoteReply>) -> Flow {
+        match remote::run(&loaded.guard, &loaded.host, &mut task, reply) {
+            remote::Next::Waiting(_) => {
+                self.phase = Phase::Admitting(task);
+                Flow::Wait
+            }
+            remote::Next::Done(Drive::Admit(accepted)) => {
+                self.phase = match accepted.claim {
+                    Some(hold) => Phase::Forwarded(hold),
+                    None => Phase::Decided,
+                };
+                set_property(VERDICT_PROPERTY, "accepted");
+                Flow::Continue
+            }
+            remote::Next::Done(Drive::PassUnprotected) => {
+                self.phase = Phase::Decided;
+                set_property(VERDICT_PROPERTY, "accepted_unprotected");
+                Flow::Continue
+            }
+            remote::Next::Done(Drive::Reject(r)) => {
+                self.respond(&r);
+                Flow::Replied
+            }
+            // Not an outcome of a claim: fail closed.
+            remote::Next::Done(Drive::Settled | Drive::Call(_)) => {
+                self.respond(&unverifiable());
+                Flow::Replied
+            }
+        }
+    }
+
+    /// Keeps the response buffered while a remote claim settles.
+    fn hold_response(&self) -> Action {
+        match self.phase {
+            Phase::Settling(_) => Action::Pause,
+            _ => Action::Continue,
+        }
+    }
+
+    /// Commits or releases a remote claim before the response goes on.
+    fn settle(
+        &mut self,
+        loaded: &Loaded,
+        mut task: RemoteTask,
+        reply: Option<RemoteReply>,
+    ) -> Flow {
+        match remote::run(&loaded.guard, &loaded.host, &mut task, reply) {
+            remote::Next::Waiting(_) => {
+                self.phase = Phase::Settling(task);
+                Flow::Wait
+            }
+            remote::Next::Done(_) => {
+                self.phase = Phase::Decided;
+                Flow::Continue
+            }
+        }
+    }
+
     fn finish(&mut self, loaded: &Loaded, pending: &Pending, body: &[u8]) -> Action {
         match loaded.guard.finish(&loaded.host, pending, body) {
             Ok(Accepted {
@@ -67,6 +132,12 @@ impl Http {
                 );
                 Action::Pause
             }
+            Ok(Accepted {
+                remote: Some(task), ..
+            }) => match self.admit(loaded, task, None) {
+                Flow::Continue => Action::Continue,
+                Flow::Wait | Flow::Replied => Action::Pause,
+            },
             Ok(Accepted { claim, .. }) => {
                 self.phase = match claim {
                     Some(c) => Phase::Forwarded(c),
@@ -97,6 +168,15 @@ impl Http {
     }
 }
 
+/// Where a step left the stream.
+enum Flow {
+    /// Paused until the remote store answers.
+    Wait,
+    Continue,
+    /// A local reply was sent.
+    Replied,
+}
+
 /// Fail-closed reply for states that should not happen (no config, body unreadable).
 fn unverifiable() -> Rejection {
     let reason = Reason::SecretUnavailable;
@@ -117,8 +197,6 @@ fn text(bytes: Option<&[u8]>) -> String {
         .map(|b| String::from_utf8_lossy(b).into_owned())
         .unwrap_or_default()
 }
-
-impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -211,24 +289,78 @@ impl HttpContext for Http {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // Upstream answers and Envoy's own local replies (timeouts, resets) both land here.
-        if let Phase::Forwarded(claim) = std::mem::replace(&mut self.phase, Phase::Decided) {
-            let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
-                .ok()
-                .flatten()
-                .and_then(|s| s.parse::<u16>().ok());
-            if let Some(loaded) = &self.loaded {
-                loaded.guard.settle(&loaded.host, &claim, status);
-            }
+        let Phase::Forwarded(hold) = std::mem::replace(&mut self.phase, Phase::Decided) else {
+            return Action::Continue;
+        };
+        let Some(loaded) = self.loaded.clone() else {
+            return Action::Continue;
+        };
+        let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse::<u16>().ok());
+        // A remote claim is committed (or released) before the sender sees the answer, so
+        // its retry can never race the release, and a 2xx means "recorded".
+        match loaded.guard.settle(&loaded.host, &hold, status) {
+            Some(task) => match self.settle(&loaded, task, None) {
+                Flow::Wait => Action::Pause,
+                Flow::Continue | Flow::Replied => Action::Continue,
+            },
+            None => Action::Continue,
         }
-        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        // Pausing the headers alone would let the first body chunk carry them out.
+        self.hold_response()
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.hold_response()
     }
 
     fn on_log(&mut self) {
-        // The stream ended without response headers (client gone, reset): release the claim.
-        if let Phase::Forwarded(claim) = std::mem::replace(&mut self.phase, Phase::Decided) {
-            if let Some(loaded) = &self.loaded {
-                loaded.guard.settle(&loaded.host, &claim, None);
+        let Some(loaded) = self.loaded.clone() else {
+            return;
+        };
+        // The stream ended without response headers (client gone, reset), or while a remote
+        // call was under way (Envoy cancels it with the stream): release or finish the work
+        // from the root context, which outlives the stream.
+        let leftover = match std::mem::replace(&mut self.phase, Phase::Decided) {
+            Phase::Forwarded(hold) => loaded.guard.settle(&loaded.host, &hold, None),
+            Phase::Admitting(task) | Phase::Settling(task) => loaded.guard.abandon(task),
+            Phase::Idle | Phase::Buffering { .. } | Phase::Decided => None,
+        };
+        if let Some(task) = leftover {
+            loaded.defer(task);
+        }
+    }
+}
+
+impl Context for Http {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some(loaded) = self.loaded.clone() else {
+            return;
+        };
+        let reply = remote::reply(body_size);
+        match std::mem::replace(&mut self.phase, Phase::Decided) {
+            Phase::Admitting(task) => {
+                if let Flow::Continue = self.admit(&loaded, task, Some(reply)) {
+                    let _ = hostcalls::resume_http_request();
+                }
             }
+            Phase::Settling(task) => {
+                if let Flow::Continue = self.settle(&loaded, task, Some(reply)) {
+                    let _ = hostcalls::resume_http_response();
+                }
+            }
+            other => self.phase = other,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod host;
 mod http;
+mod remote;
 mod root;
 
 proxy_wasm::main! {{

@@ -1,7 +1,10 @@
 //! Root context: compile the plugin configuration once, define the metrics, pre-create the
-//! replay store's keys, and sweep expired entries on a timer.
+//! replay store's keys, sweep expired entries on a timer, and finish remote-store work that
+//! a stream left behind (it outlives every stream).
 
+use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::time::Duration;
@@ -9,21 +12,42 @@ use std::time::Duration;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MetricType};
-use webhook_guard_core::{compile_for_plugin, stats, Guard, Level};
+use webhook_guard_core::{compile_for_plugin, stats, Guard, Host, Level, RemoteTask};
 
 use crate::host::{log, WasmHost};
 use crate::http::Http;
+use crate::remote;
+
+/// Leftover remote-store tasks a worker keeps at most (beyond: dropped, and the claims lapse
+/// with their leases).
+const MAX_DEFERRED: usize = 4096;
+/// How often leftover remote-store work is picked up.
+const REMOTE_TICK_MS: u64 = 1_000;
 
 /// A compiled configuration and the host bindings its requests use.
 pub struct Loaded {
     pub guard: Guard,
     pub host: WasmHost,
+    /// Remote-store work whose stream ended first, for the root to finish.
+    deferred: RefCell<Vec<RemoteTask>>,
+}
+
+impl Loaded {
+    pub fn defer(&self, task: RemoteTask) {
+        let mut deferred = self.deferred.borrow_mut();
+        if deferred.len() < MAX_DEFERRED {
+            deferred.push(task);
+        }
+    }
 }
 
 pub struct Root {
     loaded: Option<Rc<Loaded>>,
     /// Identifies this root context in the sweep lease (every worker has its own VM).
     sweeper_id: u64,
+    last_sweep_ms: u64,
+    /// Deferred tasks waiting on a callout, by token.
+    in_flight: HashMap<u32, RemoteTask>,
 }
 
 impl Default for Root {
@@ -32,11 +56,42 @@ impl Default for Root {
             loaded: None,
             // WASI random_get behind std's hasher seed: distinct per VM without another crate.
             sweeper_id: RandomState::new().hash_one(0u8),
+            last_sweep_ms: 0,
+            in_flight: HashMap::new(),
         }
     }
 }
 
-impl Context for Root {}
+impl Root {
+    fn run(
+        &mut self,
+        loaded: &Loaded,
+        mut task: RemoteTask,
+        reply: Option<webhook_guard_core::RemoteReply>,
+    ) {
+        if let remote::Next::Waiting(token) =
+            remote::run(&loaded.guard, &loaded.host, &mut task, reply)
+        {
+            self.in_flight.insert(token, task);
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let (Some(loaded), Some(task)) = (self.loaded.clone(), self.in_flight.remove(&token))
+        else {
+            return;
+        };
+        self.run(&loaded, task, Some(remote::reply(body_size)));
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -83,7 +138,12 @@ impl RootContext for Root {
         let host = WasmHost::new(metrics);
         guard.init_store(&host);
         if guard.uses_store() {
-            let _ = hostcalls::set_tick_period(Duration::from_millis(guard.sweep_interval_ms()));
+            let period = if guard.uses_remote_store() {
+                REMOTE_TICK_MS.min(guard.sweep_interval_ms())
+            } else {
+                guard.sweep_interval_ms()
+            };
+            let _ = hostcalls::set_tick_period(Duration::from_millis(period));
         }
         log(
             Level::Info,
@@ -92,13 +152,26 @@ impl RootContext for Root {
                 guard.policies().len()
             ),
         );
-        self.loaded = Some(Rc::new(Loaded { guard, host }));
+        self.loaded = Some(Rc::new(Loaded {
+            guard,
+            host,
+            deferred: RefCell::new(Vec::new()),
+        }));
         true
     }
 
     fn on_tick(&mut self) {
-        if let Some(loaded) = &self.loaded {
+        let Some(loaded) = self.loaded.clone() else {
+            return;
+        };
+        let now = loaded.host.now_ms();
+        if now.saturating_sub(self.last_sweep_ms) >= loaded.guard.sweep_interval_ms() {
+            self.last_sweep_ms = now;
             loaded.guard.sweep(&loaded.host, self.sweeper_id);
+        }
+        let tasks = std::mem::take(&mut *loaded.deferred.borrow_mut());
+        for task in tasks {
+            self.run(&loaded, task, None);
         }
     }
 

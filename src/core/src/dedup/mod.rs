@@ -246,6 +246,43 @@ impl Store {
         .unwrap_or(false)
     }
 
+    /// Whether `hash` is a committed delivery here (one read, no write): the first-level
+    /// cache in front of a remote store.
+    pub fn is_done(&self, host: &dyn Host, now_ms: u64, hash: &KeyHash) -> bool {
+        let Some(key) = self.shard_keys.get(self.shard_of(hash)) else {
+            return false;
+        };
+        match host.shared_get(key) {
+            Ok(Some((bytes, _))) => Shard::from_vec(bytes)
+                .get(hash, now_ms)
+                .is_some_and(|e| e.state == State::Done),
+            _ => false,
+        }
+    }
+
+    /// Caches a delivery a remote store holds as done. Best effort: a full shard or a failed
+    /// write only means the next replay asks the remote store again.
+    pub fn remember_done(&self, host: &dyn Host, now_ms: u64, hash: KeyHash, expiry_ms: u64) {
+        let capacity = self.per_shard_capacity;
+        let shard = self.shard_of(&hash);
+        let _ = self.update(host, shard, now_ms, |s, now, _| {
+            let known = s.get(&hash, now).map(|e| (e.state, e.expiry_ms));
+            let write = match known {
+                Some((State::Done, e)) if e >= expiry_ms => false,
+                Some(_) => true,
+                None => s.len() < capacity,
+            };
+            if write {
+                s.put(Entry {
+                    hash,
+                    expiry_ms,
+                    state: State::Done,
+                });
+            }
+            (write, ())
+        });
+    }
+
     /// Prunes every shard if this root (`owner`) holds or wins the sweep lease, and publishes
     /// the number of entries left as the `store.entries` gauge (kept off the request path).
     /// Returns the number of entries removed, or `None` when another root holds the lease.
