@@ -59,3 +59,30 @@ def _refused(port: int) -> bool:
         return False
     except requests.ConnectionError:
         return True
+
+
+def _free_pair() -> int:
+    """A free port whose successor is free too (replica i listens on PORT+i)."""
+    for _ in range(50):
+        port = free_port()
+        if port < 65535 and _refused(port + 1):
+            return port
+    raise RuntimeError("no two consecutive free ports")
+
+
+def test_demo_replicas_mode_admits_each_delivery_once_across_replicas():
+    env = demo_env()
+    env.update(WEBHOOK_DEMO_ENVOY_PORT=str(_free_pair()), WEBHOOK_DEMO_ADMIN_PORT=str(_free_pair()),
+               WEBHOOK_DEMO_ETCD_PORT=str(free_port()), WEBHOOK_DEMO_ETCD_PEER_PORT=str(free_port()))
+    res = subprocess.run([str(ROOT / "scripts/demo.sh"), "--replicas", "2"], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    out = res.stdout
+    assert "UNEXPECTED" not in out and out.count(" ok\n") == 11, out
+    assert "#2       same delivery, other replica    409  replayed" in out
+    assert "#2       retry, other replica            200  forwarded              2 times" in out
+    assert "#2       etcd not answering              503  store_unavailable" in out
+    assert "webhook_guard.etcd.calls" in out
+    # Bad combinations are refused before anything starts.
+    bad = subprocess.run([str(ROOT / "scripts/demo.sh"), "--replicas", "9"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--replicas takes 1 to 4" in bad.stderr

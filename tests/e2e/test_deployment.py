@@ -19,7 +19,7 @@ from harness import CLI, ROOT, Stack
 from signers import PRESETS
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from render_envoy import COMPOSE_OUTPUT, render_compose  # noqa: E402
+from render_envoy import COMPOSE_OUTPUT, COMPOSE_REPLICAS_OUTPUT, render_compose  # noqa: E402
 
 ISTIO = ROOT / "envoy" / "istio"
 
@@ -42,7 +42,8 @@ def test_docker_compose_config_is_valid():
                          text=True, timeout=60, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     config = yaml.safe_load(res.stdout)
-    assert set(config["services"]) == {"envoy", "backend"}
+    # `docker compose up` starts the services outside profiles: one Envoy and the backend.
+    assert {n for n, s in config["services"].items() if not s.get("profiles")} == {"envoy", "backend"}
     envoy = config["services"]["envoy"]
     assert envoy["image"] == "envoyproxy/envoy:v1.40.0"
     published = {str(p["published"]) if isinstance(p, dict) else p.split(":")[0] for p in envoy["ports"]}
@@ -61,6 +62,41 @@ def test_compose_mounts_the_config_the_e2e_tests_run():
     # The backend image pins the same Flask as the tests.
     assert "flask==3.1.3" in (ROOT / "demo/Dockerfile").read_text()
     assert "flask==3.1.3" in (ROOT / "tests/requirements.txt").read_text()
+
+
+def test_compose_replicas_profile_runs_two_envoys_on_one_etcd():
+    res = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "--profile", "replicas", "config"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    services = yaml.safe_load(res.stdout)["services"]
+    assert set(services) == {"envoy", "backend", "etcd", "envoy-replica-1", "envoy-replica-2"}
+    ports = set()
+    for name in ("envoy-replica-1", "envoy-replica-2"):
+        replica = services[name]
+        assert replica["image"] == "envoyproxy/envoy:v1.40.0"
+        assert set(replica["depends_on"]) == {"backend", "etcd"}
+        assert str(COMPOSE_REPLICAS_OUTPUT) + ":/etc/envoy/envoy.yaml:ro" in replica["volumes"]
+        assert replica["environment"] == services["envoy"]["environment"]
+        ports |= {str(p["published"]) for p in replica["ports"]}
+    assert ports == {"10001", "9902", "10002", "9903"}
+    # The mounted config is the template rendered for compose with every policy on etcd.
+    assert COMPOSE_REPLICAS_OUTPUT.read_text() == render_compose(replicas=True), \
+        "run: python3 scripts/render_envoy.py --compose"
+    rendered = yaml.safe_load(COMPOSE_REPLICAS_OUTPUT.read_text())
+    etcd = next(c for c in rendered["static_resources"]["clusters"] if c["name"] == "etcd")
+    address = etcd["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert (address["address"], address["port_value"]) == ("etcd", 2379)
+    listener = rendered["static_resources"]["listeners"][0]
+    filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    wasm = next(f for f in filters if f["name"] == "envoy.filters.http.wasm")
+    plugin = json.loads(wasm["typed_config"]["config"]["configuration"]["value"])
+    assert all(p["store"] == {"type": "etcd", "cluster": "etcd"} for p in plugin["policies"])
+    # And the filter's own validator accepts it.
+    cfg = ROOT / "target" / "compose-replicas-plugin.json"
+    cfg.write_text(json.dumps(plugin))
+    check = subprocess.run([str(ROOT / "target/release/webhook-guard"), "check-config", str(cfg)],
+                           capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_compose_and_demo_use_the_same_demo_secrets():
