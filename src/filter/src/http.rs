@@ -85,7 +85,7 @@ impl Http {
             }
             // Not an outcome of a claim: fail closed.
             remote::Next::Done(Drive::Settled | Drive::Call(_)) => {
-                self.respond(&unverifiable());
+                self.respond(&fail_closed(Reason::StoreUnavailable));
                 Flow::Replied
             }
         }
@@ -179,7 +179,10 @@ enum Flow {
 
 /// Fail-closed reply for states that should not happen (no config, body unreadable).
 fn unverifiable() -> Rejection {
-    let reason = Reason::SecretUnavailable;
+    fail_closed(Reason::SecretUnavailable)
+}
+
+fn fail_closed(reason: Reason) -> Rejection {
     Rejection {
         status: reason.default_status(),
         reason,
@@ -289,6 +292,11 @@ impl HttpContext for Http {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // Upstream answers and Envoy's own local replies (timeouts, resets) both land here.
+        // Only a forwarded request settles here; a local reply Envoy sends while a claim call
+        // is pending leaves that call to finish (or to on_log).
+        if !matches!(self.phase, Phase::Forwarded(_)) {
+            return Action::Continue;
+        }
         let Phase::Forwarded(hold) = std::mem::replace(&mut self.phase, Phase::Decided) else {
             return Action::Continue;
         };
