@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import hashlib
 import json
 import os
 import signal
@@ -20,6 +19,7 @@ import uuid
 
 import requests
 
+import report
 from signers import PRESETS
 
 
@@ -35,28 +35,20 @@ def main() -> int:
     failures = 0
 
     def seen(body: bytes) -> int:
-        digest = hashlib.sha256(body).hexdigest()
-        events = requests.get(a.backend + "/events", timeout=5).json()["events"]
-        return sum(e["body_sha256"] == digest for e in events)
+        return report.seen(a.backend, body)
 
-    header = f"{'replica':<8} {'scenario':<28} {'status':>6}  {'filter answer':<22} {'reached backend':<15} check"
+    header = f"{'replica':<8} {'scenario':<28} {'status':>6}  {'filter answer':<26} {'reached backend':<15} check"
     print(header)
     print("-" * len(header))
 
     def row(replica, name, path, body, headers, want_status, want_answer, want_seen):
         nonlocal failures
         resp = requests.post(replicas[replica] + path, data=body, headers=headers, timeout=15)
-        try:
-            answer = resp.json().get("error") or "forwarded"
-        except ValueError:
-            answer = "forwarded"
-        if answer == "forwarded" and resp.status_code >= 500:
-            answer = "forwarded (failed)"
+        answer = report.answer(resp)
         reached = seen(body)
         ok = resp.status_code == want_status and answer == want_answer and reached == want_seen
         failures += not ok
-        shown = {0: "no", 1: "once"}.get(reached, f"{reached} times")
-        print(f"{'#' + str(replica + 1):<8} {name:<28} {resp.status_code:>6}  {answer:<22} {shown:<15} "
+        print(f"{'#' + str(replica + 1):<8} {name:<28} {resp.status_code:>6}  {answer:<26} {report.times(reached):<15} "
               f"{'ok' if ok else 'UNEXPECTED'}")
 
     def delivery(preset, delivery_id=None):
@@ -73,7 +65,7 @@ def main() -> int:
 
     body, headers = delivery("github")
     requests.post(a.backend + "/admin/fail-next?count=1", timeout=5)
-    row(0, "backend fails", "/webhooks/github", body, headers, 500, "forwarded (failed)", 1)
+    row(0, "backend fails", "/webhooks/github", body, headers, 500, "forwarded (backend failed)", 1)
     row(1, "retry, other replica", "/webhooks/github", body, headers, 200, "forwarded", 2)
     row(0, "retry again", "/webhooks/github", body, headers, 409, "replayed", 2)
     print()
@@ -103,8 +95,8 @@ def main() -> int:
     ok = codes.count(200) == 1 and codes.count(409) == 19 and seen(body) == 1
     failures += not ok
     print(f"{'both':<8} {'20 at once, alternating':<28} {'':>6}  "
-          f"{f'{codes.count(200)} x 200, {codes.count(409)} x 409':<22} "
-          f"{({0: 'no', 1: 'once'}.get(seen(body), str(seen(body)) + ' times')):<15} {'ok' if ok else 'UNEXPECTED'}")
+          f"{f'{codes.count(200)} x 200, {codes.count(409)} x 409':<26} "
+          f"{report.times(seen(body)):<15} {'ok' if ok else 'UNEXPECTED'}")
     print()
 
     os.kill(a.etcd_pid, signal.SIGSTOP)
@@ -116,16 +108,8 @@ def main() -> int:
     row(1, "etcd back: provider retry", "/webhooks/github", body, headers, 200, "forwarded", 1)
 
     for i, admin in enumerate(a.admin):
-        stats = requests.get(admin + "/stats", params={"filter": r"webhook_guard\.(etcd|store)"}, timeout=5).text
-        nonzero = [line.removeprefix("wasmcustom.") for line in stats.splitlines() if not line.endswith(": 0")]
-        print(f"\nreplica #{i + 1} store counters (non-zero):")
-        for line in nonzero:
-            print("  " + line)
-    if failures:
-        print(f"\n{failures} scenario(s) did not behave as expected", file=sys.stderr)
-        return 1
-    print("\nEach delivery reached Flask once, whichever replica it was sent to.")
-    return 0
+        report.print_counters(admin, r"webhook_guard\.(etcd|store)", f"replica #{i + 1} store counters")
+    return report.finish(failures, "Each delivery reached Flask once, whichever replica it was sent to.")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import hashlib
 import json
 import os
 import sys
@@ -18,6 +17,7 @@ import uuid
 
 import requests
 
+import report
 from signers import PRESETS, SIGNATURE_HEADERS
 
 SKEW = 400
@@ -56,9 +56,7 @@ def main() -> int:
     secrets = {k: v for k, v in os.environ.items() if k.endswith(("_SECRET", "_SECRET_PREVIOUS"))}
 
     def seen(body: bytes) -> int:
-        digest = hashlib.sha256(body).hexdigest()
-        events = requests.get(a.backend + "/events", timeout=5).json()["events"]
-        return sum(e["body_sha256"] == digest for e in events)
+        return report.seen(a.backend, body)
 
     header = f"{'provider':<9} {'scenario':<16} {'status':>6}  {'filter answer':<32} {'reached backend':<15} check"
     print(header)
@@ -68,17 +66,12 @@ def main() -> int:
     def row(preset, name, path, body, headers, want_status, want_answer, want_seen):
         nonlocal failures
         resp = requests.post(a.envoy + path, data=body, headers=headers, timeout=15, verify=verify)
-        try:
-            answer = resp.json().get("error") or "forwarded"
-        except ValueError:
-            answer = resp.text[:32]
-        if answer == "forwarded" and resp.status_code >= 500:
-            answer = "forwarded (backend failed)"
+        answer = report.answer(resp)
         reached = seen(body)
         ok = resp.status_code == want_status and answer == want_answer and reached == want_seen
         failures += not ok
-        shown = {0: "no", 1: "once"}.get(reached, f"{reached} times")
-        print(f"{preset:<9} {name:<16} {resp.status_code:>6}  {answer:<32} {shown:<15} {'ok' if ok else 'UNEXPECTED'}")
+        print(f"{preset:<9} {name:<16} {resp.status_code:>6}  {answer:<32} {report.times(reached):<15} "
+              f"{'ok' if ok else 'UNEXPECTED'}")
         return resp
 
     last = None
@@ -136,9 +129,8 @@ def main() -> int:
         codes = list(pool.map(burst, range(20)))
     ok = codes.count(200) == 1 and codes.count(409) == 19 and seen(body) == 1
     failures += not ok
-    times = {0: "no", 1: "once"}.get(seen(body), f"{seen(body)} times")
     print(f"{'stripe':<9} {'20 at once':<16} {'':>6}  {f'{codes.count(200)} x 200, {codes.count(409)} x 409':<32} "
-          f"{times:<15} {'ok' if ok else 'UNEXPECTED'}")
+          f"{report.times(seen(body)):<15} {'ok' if ok else 'UNEXPECTED'}")
 
     print()
     resp = requests.get(a.envoy + "/events", timeout=5, verify=verify)
@@ -148,16 +140,9 @@ def main() -> int:
     print(f"POST /webhooks/custom with a 64 KiB + 1 body: {resp.status_code} {resp.text}")
     failures += resp.status_code != 413
 
-    stats = requests.get(a.admin + "/stats", params={"filter": "webhook_guard"}, timeout=5).text
-    nonzero = [line for line in stats.splitlines() if not line.endswith(": 0")]
-    print("\nEnvoy counters (non-zero):")
-    for line in nonzero:
-        print("  " + line)
-    if failures:
-        print(f"\n{failures} scenario(s) did not behave as expected", file=sys.stderr)
-        return 1
-    print("\nEvery forged, stale or unsigned request was answered by Envoy; only genuine ones reached Flask.")
-    return 0
+    report.print_counters(a.admin, "webhook_guard", "Envoy counters")
+    return report.finish(failures, "Every forged, stale or unsigned request was answered by Envoy; only genuine "
+                                   "ones reached Flask.")
 
 
 if __name__ == "__main__":

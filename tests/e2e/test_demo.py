@@ -80,7 +80,8 @@ def test_demo_replicas_mode_admits_each_delivery_once_across_replicas():
     out = res.stdout
     assert "UNEXPECTED" not in out and out.count(" ok\n") == 11, out
     assert "#2       same delivery, other replica    409  replayed" in out
-    assert "#2       retry, other replica            200  forwarded              2 times" in out
+    assert "#1       backend fails                   500  forwarded (backend failed) once" in out
+    assert "#2       retry, other replica            200  forwarded                  2 times" in out
     assert "#2       etcd not answering              503  store_unavailable" in out
     assert "webhook_guard.etcd.calls" in out
     # Bad combinations are refused before anything starts.

@@ -320,7 +320,17 @@ pub fn compile_raw(
                 format!("duplicate policy name '{}'", p.name),
             ));
         }
-        let policy = compile_policy(&at, p, env, &mut warnings, &mut counters)?;
+        let mut policy = compile_policy(&at, p, env, &mut warnings, &mut counters)?;
+        // Policies on one etcd cluster share its lease cache (and its ahead-of-time grants).
+        if let Some(remote) = policy.dedup.as_mut().and_then(|d| d.remote.as_mut()) {
+            let first = policies
+                .iter()
+                .filter_map(|q: &Policy| q.dedup.as_ref().and_then(|d| d.remote.as_ref()))
+                .find(|r| r.cluster == remote.cluster);
+            if let Some(first) = first {
+                remote.share_leases(first);
+            }
+        }
         policies.push(policy);
     }
     Ok(Guard::new(

@@ -201,6 +201,8 @@ enum Purpose {
         done_expiry_ms: u64,
     },
     Release,
+    /// A lease granted ahead of time.
+    Prepare,
 }
 
 /// An HTTP call for the glue to dispatch (POST, JSON) to an Envoy cluster.
@@ -308,8 +310,9 @@ impl Guard {
             Hold::Remote(r) => {
                 let store = self.remote_store(r.policy)?;
                 let (op, purpose) = if success {
+                    let lifetime = self.policies.get(r.policy).map_or(0, done_lifetime_ms);
                     (
-                        store.commit(&r.hash, r.done_expiry_ms),
+                        store.commit(&r.hash, r.done_expiry_ms, lifetime),
                         Purpose::Commit {
                             hash: r.hash,
                             done_expiry_ms: r.done_expiry_ms,
@@ -357,6 +360,35 @@ impl Guard {
             purpose: Purpose::Release,
             sent_at_us: 0,
         })
+    }
+
+    /// Periodic: lease grants for the coming seconds' claims and commits, so that requests
+    /// find their lease cached instead of waiting for a grant.
+    pub fn remote_upkeep(&self, host: &dyn Host) -> Vec<RemoteTask> {
+        let now = host.now_ms();
+        let mut tasks = Vec::new();
+        for (index, policy) in self.policies.iter().enumerate() {
+            let Some(dedup) = &policy.dedup else {
+                continue;
+            };
+            let Some(store) = &dedup.remote else {
+                continue;
+            };
+            for lifetime in [dedup.claim_timeout_ms, done_lifetime_ms(policy)] {
+                tasks.extend(
+                    store
+                        .prepare(now, lifetime)
+                        .into_iter()
+                        .map(|op| RemoteTask {
+                            policy: index,
+                            op,
+                            purpose: Purpose::Prepare,
+                            sent_at_us: 0,
+                        }),
+                );
+            }
+        }
+        tasks
     }
 
     /// Whether any policy keeps its claims in a remote store.
@@ -424,6 +456,7 @@ impl Guard {
                 Purpose::Admit { .. } => "claim",
                 Purpose::Commit { .. } => "commit",
                 Purpose::Release => "release",
+                Purpose::Prepare => "lease",
             };
             host.log(
                 Level::Warn,
@@ -493,7 +526,9 @@ impl Guard {
                 );
                 return Drive::PassUnprotected;
             }
-            Outcome::Failed(_) | Outcome::Committed | Outcome::Released(_) => Found::Unavailable,
+            Outcome::Failed(_) | Outcome::Committed | Outcome::Released(_) | Outcome::Granted => {
+                Found::Unavailable
+            }
         };
         Drive::Reject(self.store_rejection(host, task.policy, found, info, delivery_id.as_deref()))
     }
@@ -828,7 +863,7 @@ impl Guard {
             if !self.store.is_done(host, now, &hash) {
                 return Ok(Claimed::Ask(RemoteTask {
                     policy: pending.policy,
-                    op: remote.claim(&hash, claim_expiry_ms),
+                    op: remote.claim(&hash, claim_expiry_ms, dedup.claim_timeout_ms),
                     purpose: Purpose::Admit {
                         key_index,
                         hash,
@@ -950,6 +985,15 @@ enum Found {
 enum Claimed {
     Held(Hold),
     Ask(RemoteTask),
+}
+
+/// How long a committed delivery of `policy` typically stays (sets its lease buckets).
+fn done_lifetime_ms(policy: &Policy) -> u64 {
+    match policy.dedup.as_ref().map(|d| d.retention) {
+        Some(Retention::Fixed(ms)) => ms,
+        Some(Retention::AfterWindow(margin)) => policy.tolerance_ms.saturating_add(margin),
+        None => 0,
+    }
 }
 
 /// The delivery id for log lines: a header, or (Stripe's `id`) the body.

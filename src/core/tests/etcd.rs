@@ -366,6 +366,63 @@ fn leases_are_shared_per_bucket_not_granted_per_request() {
 }
 
 #[test]
+fn upkeep_grants_leases_ahead_so_requests_never_wait_for_one() {
+    let now = Cell::new(T0 + 1_234);
+    let etcd = FakeEtcd::default();
+    let a = replica(etcd_store(), &now);
+    for second in 0..10u64 {
+        // The root's tick: grants for the coming claims and commits.
+        for task in a.guard.remote_upkeep(&a.host) {
+            assert!(matches!(a.run(&etcd, task), Drive::Settled));
+        }
+        let before = etcd.calls.borrow().len();
+        for i in 0..5 {
+            let hold = admitted(a.deliver(&etcd, format!("s{second}-{i}").as_bytes()));
+            a.settle(&etcd, &hold, Some(200));
+        }
+        let calls: Vec<String> = etcd.calls.borrow()[before..].to_vec();
+        assert_eq!(calls.len(), 10, "{calls:?}");
+        assert!(!calls.iter().any(|p| p == "/v3/lease/grant"), "{calls:?}");
+        a.advance(1_000);
+    }
+    // One claim bucket per 2 s, one commit bucket per minute: a handful, not one per request.
+    let grants = a.host.count("webhook_guard.etcd.leases_granted");
+    assert!((5..=12).contains(&grants), "{grants}");
+    // A tick with nothing new to grant calls nothing.
+    let tasks = a.guard.remote_upkeep(&a.host);
+    assert!(tasks.len() <= 2, "{}", tasks.len());
+}
+
+#[test]
+fn policies_on_one_cluster_share_their_leases() {
+    let policy = |name: &str, cluster: &str| {
+        json!({
+            "name": name, "match": {"path_prefix": format!("/{name}")}, "provider": "github",
+            "secrets": [{"inline": "s"}], "store": {"type": "etcd", "cluster": cluster},
+        })
+    };
+    let upkeep_calls = |policies: Value| {
+        let guard = compile(
+            json!({ "policies": policies }).to_string().as_bytes(),
+            &|_| None,
+        )
+        .unwrap();
+        let host = MemHost::new(guard.counter_names(), T0);
+        guard.remote_upkeep(&host).len()
+    };
+    let one = upkeep_calls(json!([policy("a", "etcd")]));
+    assert!(one > 0);
+    assert_eq!(
+        upkeep_calls(json!([policy("a", "etcd"), policy("b", "etcd")])),
+        one
+    );
+    assert_eq!(
+        upkeep_calls(json!([policy("a", "etcd"), policy("b", "other")])),
+        2 * one
+    );
+}
+
+#[test]
 fn keys_expire_with_their_leases() {
     let now = Cell::new(T0);
     let etcd = FakeEtcd::default();

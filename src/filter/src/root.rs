@@ -170,7 +170,10 @@ impl RootContext for Root {
             loaded.guard.sweep(&loaded.host, self.sweeper_id);
         }
         let tasks = std::mem::take(&mut *loaded.deferred.borrow_mut());
-        for task in tasks {
+        for task in tasks
+            .into_iter()
+            .chain(loaded.guard.remote_upkeep(&loaded.host))
+        {
             self.run(&loaded, task, None);
         }
     }
