@@ -9,6 +9,8 @@
 //! The replay store: a model-based property test against a plain map, CAS races forced by
 //! interleaving, and the claim -> commit/release flow through the Guard.
 
+mod common;
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -291,17 +293,8 @@ fn github_guard(extra: Value, store: Value) -> Guard {
 }
 
 fn gh(g: &Guard, host: &MemHost, body: &[u8]) -> Result<Option<Hold>, Rejection> {
-    let sig = format!(
-        "sha256={}",
-        hex::encode(compute_mac(Algorithm::HmacSha256, b"s", &[body]).unwrap())
-    );
-    let headers = vec![("x-hub-signature-256".to_string(), sig.into_bytes())];
-    let info = RequestInfo {
-        route_name: None,
-        method: "POST".into(),
-        path: "/".into(),
-    };
-    let pending = g.begin(host, 0, info, &headers)?;
+    let headers = common::github_headers(b"s", body);
+    let pending = g.begin(host, 0, common::post("/"), &headers)?;
     g.finish(host, &pending, body).map(|a| a.claim)
 }
 

@@ -9,6 +9,8 @@
 //! The etcd tier as the filter drives it, against a model of etcd's v3 gateway (txn, put,
 //! lease grant, lease expiry), with several replicas (separate hosts and guards) sharing it.
 
+mod common;
+
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
@@ -16,10 +18,9 @@ use base64::Engine;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use webhook_guard_core::memhost::MemHost;
-use webhook_guard_core::verify::compute_mac;
 use webhook_guard_core::{
-    compile, config::Algorithm, Drive, Guard, Hold, Reason, Rejection, RemoteCall, RemoteReply,
-    RemoteTask, RequestInfo,
+    compile, Drive, Guard, Hold, Reason, Rejection, RemoteCall, RemoteReply, RemoteTask,
+    RequestInfo,
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -189,19 +190,10 @@ enum Got {
 impl Replica {
     /// Verification up to the remote claim (or a decision without one).
     fn begin(&self, body: &[u8]) -> Result<RemoteTask, Got> {
-        let sig = format!(
-            "sha256={}",
-            hex::encode(compute_mac(Algorithm::HmacSha256, b"s", &[body]).unwrap())
-        );
-        let headers = vec![("x-hub-signature-256".to_string(), sig.into_bytes())];
-        let info = RequestInfo {
-            route_name: None,
-            method: "POST".into(),
-            path: "/hook".into(),
-        };
+        let headers = common::github_headers(b"s", body);
         let pending = self
             .guard
-            .begin(&self.host, 0, info, &headers)
+            .begin(&self.host, 0, common::post("/hook"), &headers)
             .map_err(Got::Rejected)?;
         match self.guard.finish(&self.host, &pending, body) {
             Err(r) => Err(Got::Rejected(r)),

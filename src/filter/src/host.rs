@@ -1,6 +1,6 @@
 //! `webhook_guard_core::Host` over proxy-wasm hostcalls.
 
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{LogLevel, Status};
@@ -31,17 +31,13 @@ fn to_wasm_level(level: Level) -> LogLevel {
 impl Host for WasmHost {
     fn now_ms(&self) -> u64 {
         // A host clock failure gives 0, which puts every timestamp out of window: fail closed.
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        since_epoch()
             .and_then(|d| u64::try_from(d.as_millis()).ok())
             .unwrap_or(0)
     }
 
     fn now_us(&self) -> u64 {
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        since_epoch()
             .and_then(|d| u64::try_from(d.as_micros()).ok())
             .unwrap_or(0)
     }
@@ -77,6 +73,12 @@ impl Host for WasmHost {
             Err(_) => Err(SetError::Failed),
         }
     }
+}
+
+fn since_epoch() -> Option<Duration> {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
 }
 
 pub fn log(level: Level, line: &str) {
