@@ -97,6 +97,8 @@ def test_compose_replicas_profile_runs_two_envoys_on_one_etcd():
     check = subprocess.run([str(ROOT / "target/release/webhook-guard"), "check-config", str(cfg)],
                            capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
+    assert check.stdout.count("etcd store (cluster etcd, prefix webhook-guard/dedup, timeout 500 ms, on error deny)") \
+        == len(plugin["policies"]), check.stdout
 
 
 def test_compose_and_demo_use_the_same_demo_secrets():

@@ -163,8 +163,17 @@ fn check_config(file: &PathBuf) -> Result<ExitCode, String> {
     );
     for p in guard.policies() {
         let dedup = p.dedup.as_ref().map_or("off".to_string(), |d| {
+            let store = d.remote.as_ref().map_or("local store".to_string(), |r| {
+                format!(
+                    "etcd store (cluster {}, prefix {}, timeout {} ms, on error {})",
+                    r.cluster,
+                    r.prefix(),
+                    r.timeout_ms,
+                    if r.fail_open { "allow" } else { "deny" }
+                )
+            });
             format!(
-                "key {}, {}",
+                "key {}, {}, {store}",
                 d.source.describe(),
                 if d.acknowledge {
                     "acknowledge duplicates"
