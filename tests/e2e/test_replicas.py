@@ -184,11 +184,14 @@ def test_etcd_down_is_503_store_unavailable_and_service_recovers(replicas):
         # Forged deliveries are still 401, not 503: the signature is checked first.
         path, body, headers = delivery(replicas)
         assert post(a, path, body + b" ", headers).status_code == 401
-        # on_error: allow forwards, counted and logged.
-        path, body, headers = delivery(replicas, path_override="/webhooks/open")
+        # on_error: allow forwards, counted, logged, and marked in the access log.
+        marker = uuid.uuid4().hex
+        path, body, headers = delivery(replicas, path_override=f"/webhooks/open?m={marker}")
         assert post(a, path, body, headers).status_code == 200
         assert a.stats()["webhook_guard.etcd.failed_open"] >= 1
         assert '"event":"webhook_store_error"' in a.log()
+        wait_until(lambda: any(e.get("webhook_verdict") == "accepted_unprotected" and marker in e["path"]
+                               for e in a.access_log()), 5, "the access log line")
     finally:
         replicas.etcd.start()
     path, body, headers = delivery(replicas)
