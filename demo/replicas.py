@@ -105,6 +105,9 @@ def main() -> int:
         row(1, "etcd not answering", "/webhooks/github", body, headers, 503, "store_unavailable", 0)
     finally:
         os.kill(a.etcd_pid, signal.SIGCONT)
+    # etcd may apply the timed-out claim once it resumes; the replica's root releases that
+    # orphan within a second or two. Providers retry later than that.
+    time.sleep(2.5)
     row(1, "etcd back: provider retry", "/webhooks/github", body, headers, 200, "forwarded", 1)
 
     for i, admin in enumerate(a.admin):

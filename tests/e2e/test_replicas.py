@@ -14,7 +14,7 @@ import uuid
 import pytest
 import requests
 
-from harness import Backend, Envoy, Etcd, stop_process, wait_until
+from harness import Backend, Envoy, Etcd, HoldingProxy, stop_process, wait_until
 from signers import PRESETS, fresh_secrets
 
 PREFIX = "wg-e2e/dedup"
@@ -215,8 +215,42 @@ def test_a_hung_etcd_times_out_into_503_within_the_timeout(replicas):
         assert took < 2.0, took
     finally:
         replicas.etcd.resume()
-    path, body, headers = delivery(replicas)
-    wait_until(lambda: post(a, path, body, headers).status_code == 200, 15, "admission after the pause")
+    # etcd applied the claim once it resumed, after Envoy had given up on the call; the root
+    # releases that orphan, so the provider's retry of the same delivery is admitted within
+    # seconds, not after the 30 s claim timeout.
+    started = time.monotonic()
+    wait_until(lambda: post(a, path, body, headers).status_code == 200, 15, "the retry after the pause")
+    assert time.monotonic() - started < 8
+    assert backend_saw(replicas, body) == 1
+
+
+def test_a_claim_etcd_applied_after_the_call_timed_out_does_not_block_the_retry(replicas):
+    # Envoy C reaches etcd through a proxy that can swallow etcd's answers: the claim is
+    # written, but C times out and answers 503. Without a release of that orphan claim the
+    # provider's retry would get 409 in_flight until the claim lapsed (30 s).
+    proxy = HoldingProxy(replicas.etcd.port)
+    work = pathlib.Path(replicas.tmp.name)
+    env = {"GITHUB_WEBHOOK_SECRET": replicas.secrets["GITHUB_WEBHOOK_SECRET"],
+           "STRIPE_WEBHOOK_SECRET": replicas.secrets["STRIPE_WEBHOOK_SECRET"]}
+    c = Envoy(work, replicas.backend.port, plugin_config(), env, concurrency=1, etcd_port=proxy.port)
+    try:
+        path, body, headers = delivery(replicas)
+        assert post(c, path, body, headers).status_code == 200  # leases granted and cached
+        time.sleep(1.2)  # and the timer's grants for the coming seconds
+        path, body, headers = delivery(replicas)
+        proxy.hold.set()
+        resp = post(c, path, body, headers)
+        assert resp.status_code == 503 and resp.json()["error"] == "store_unavailable"
+        assert any(v.startswith("f:") for v in replicas.etcd.keys(PREFIX + "/").values()), "claim not written"
+        proxy.hold.clear()
+        b = replicas.envoys[1]
+        started = time.monotonic()
+        wait_until(lambda: post(b, path, body, headers).status_code == 200, 10, "the retry on another replica")
+        assert time.monotonic() - started < 8
+        assert backend_saw(replicas, body) == 1
+    finally:
+        stop_process(c.proc)
+        proxy.close()
 
 
 def test_an_envoy_without_etcd_in_reach_fails_closed_from_the_start(replicas):

@@ -174,6 +174,7 @@ pub struct RemoteClaim {
     policy: usize,
     hash: KeyHash,
     value: Vec<u8>,
+    claim_expiry_ms: u64,
     done_expiry_ms: u64,
 }
 
@@ -184,6 +185,23 @@ pub struct RemoteTask {
     op: etcd::Op,
     purpose: Purpose,
     sent_at_us: u64,
+    /// The last call failed (a claim it carried may still have been written).
+    failed: bool,
+    /// Earlier runs of this task (a release is retried; only the first failure is logged).
+    attempts: u32,
+}
+
+impl RemoteTask {
+    fn new(policy: usize, op: etcd::Op, purpose: Purpose) -> RemoteTask {
+        RemoteTask {
+            policy,
+            op,
+            purpose,
+            sent_at_us: 0,
+            failed: false,
+            attempts: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,6 +210,7 @@ enum Purpose {
     Admit {
         key_index: usize,
         hash: KeyHash,
+        claim_expiry_ms: u64,
         done_expiry_ms: u64,
         info: RequestInfo,
         delivery_id: Option<String>,
@@ -200,7 +219,10 @@ enum Purpose {
         hash: KeyHash,
         done_expiry_ms: u64,
     },
-    Release,
+    /// Until the claim would lapse by itself: a failed release is retried until then.
+    Release {
+        until_ms: u64,
+    },
     /// A lease granted ahead of time.
     Prepare,
 }
@@ -227,6 +249,8 @@ pub enum Drive {
     PassUnprotected,
     /// A commit or release finished (whatever its outcome, already counted).
     Settled,
+    /// A release failed before its claim lapses: run the task again later (a root timer).
+    RetryLater,
 }
 
 /// A success answered by the filter (a challenge response).
@@ -319,14 +343,14 @@ impl Guard {
                         },
                     )
                 } else {
-                    (store.release(&r.hash, &r.value), Purpose::Release)
+                    (
+                        store.release(&r.hash, &r.value),
+                        Purpose::Release {
+                            until_ms: r.claim_expiry_ms,
+                        },
+                    )
                 };
-                return Some(RemoteTask {
-                    policy: r.policy,
-                    op,
-                    purpose,
-                    sent_at_us: 0,
-                });
+                return Some(RemoteTask::new(r.policy, op, purpose));
             }
         };
         // No counter on commit: it is the common path, and every host call costs (the
@@ -350,16 +374,33 @@ impl Guard {
     /// The task's requester went away while it ran: what is left to do (release a claim
     /// that may have been written; finish a commit or release).
     pub fn abandon(&self, task: RemoteTask) -> Option<RemoteTask> {
-        if !matches!(task.purpose, Purpose::Admit { .. }) {
+        let Purpose::Admit {
+            claim_expiry_ms, ..
+        } = task.purpose
+        else {
             return Some(task);
-        }
+        };
         let op = self.remote_store(task.policy)?.release_of(&task.op)?;
-        Some(RemoteTask {
-            policy: task.policy,
+        Some(RemoteTask::new(
+            task.policy,
             op,
-            purpose: Purpose::Release,
-            sent_at_us: 0,
-        })
+            Purpose::Release {
+                until_ms: claim_expiry_ms,
+            },
+        ))
+    }
+
+    /// After a claim call failed (the request was refused, or forwarded under
+    /// `on_error: allow`): etcd may still have applied it (a timeout after the write), which
+    /// would block the provider's retry until the claim lapses. The release to run later.
+    pub fn orphaned_claim(&self, task: RemoteTask) -> Option<RemoteTask> {
+        if !(task.failed && matches!(task.purpose, Purpose::Admit { .. })) {
+            return None;
+        }
+        let mut release = self.abandon(task)?;
+        // The claim's failure was logged; the same outage failing this release is not news.
+        release.attempts = 1;
+        Some(release)
     }
 
     /// Periodic: lease grants for the coming seconds' claims and commits, so that requests
@@ -379,12 +420,7 @@ impl Guard {
                     store
                         .prepare(now, lifetime)
                         .into_iter()
-                        .map(|op| RemoteTask {
-                            policy: index,
-                            op,
-                            purpose: Purpose::Prepare,
-                            sent_at_us: 0,
-                        }),
+                        .map(|op| RemoteTask::new(index, op, Purpose::Prepare)),
                 );
             }
         }
@@ -438,7 +474,12 @@ impl Guard {
                     timeout_ms: store.timeout_ms,
                 })
             }
-            Step::Finished(outcome) => self.remote_outcome(host, store, task, outcome, now),
+            Step::Finished(outcome) => {
+                task.failed = matches!(outcome, Outcome::Failed(_));
+                let next = self.remote_outcome(host, store, task, outcome, now);
+                task.attempts = task.attempts.saturating_add(1);
+                next
+            }
         }
     }
 
@@ -455,27 +496,34 @@ impl Guard {
             let what = match task.purpose {
                 Purpose::Admit { .. } => "claim",
                 Purpose::Commit { .. } => "commit",
-                Purpose::Release => "release",
+                Purpose::Release { .. } => "release",
                 Purpose::Prepare => "lease",
             };
-            host.log(
+            // A retried release logs its first failure only (an outage would repeat it).
+            if task.attempts == 0 {
+                host.log(
                 Level::Warn,
                 &format!(
                     r#"{{"event":"webhook_store_error","store":"etcd","cluster":{},"operation":"{what}","error":"{}"}}"#,
                     json_str(&store.cluster),
                     e.code()
                 ),
-            );
+                );
+            }
         }
         let Purpose::Admit {
             key_index,
             hash,
+            claim_expiry_ms,
             done_expiry_ms,
             info,
             delivery_id,
         } = &task.purpose
         else {
             match (&task.purpose, outcome) {
+                (Purpose::Release { until_ms }, Outcome::Failed(_)) if now < *until_ms => {
+                    return Drive::RetryLater;
+                }
                 (
                     Purpose::Commit {
                         hash,
@@ -504,6 +552,7 @@ impl Guard {
                         policy: task.policy,
                         hash: *hash,
                         value,
+                        claim_expiry_ms: *claim_expiry_ms,
                         done_expiry_ms: *done_expiry_ms,
                     })),
                     reply: None,
@@ -861,18 +910,18 @@ impl Guard {
         let claim_expiry_ms = now.saturating_add(dedup.claim_timeout_ms);
         let found = if let Some(remote) = &dedup.remote {
             if !self.store.is_done(host, now, &hash) {
-                return Ok(Claimed::Ask(RemoteTask {
-                    policy: pending.policy,
-                    op: remote.claim(&hash, claim_expiry_ms, dedup.claim_timeout_ms),
-                    purpose: Purpose::Admit {
+                return Ok(Claimed::Ask(RemoteTask::new(
+                    pending.policy,
+                    remote.claim(&hash, claim_expiry_ms, dedup.claim_timeout_ms),
+                    Purpose::Admit {
                         key_index,
                         hash,
+                        claim_expiry_ms,
                         done_expiry_ms,
                         info: pending.info.clone(),
                         delivery_id: delivery_id(pending, policy, body),
                     },
-                    sent_at_us: 0,
-                }));
+                )));
             }
             host.increment(stats::ETCD_CACHE_HITS);
             Found::Done

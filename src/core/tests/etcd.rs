@@ -514,6 +514,88 @@ fn on_error_allow_forwards_unprotected_and_counts_it() {
 }
 
 #[test]
+fn a_claim_applied_after_its_call_failed_is_released_for_the_retry() {
+    let now = Cell::new(T0);
+    let etcd = FakeEtcd::default();
+    let (a, b) = (replica(etcd_store(), &now), replica(etcd_store(), &now));
+    // The claim reaches etcd, but its answer is lost (Envoy timed the call out first).
+    let mut task = a.begin(b"one").unwrap();
+    let mut reply = None;
+    let rejected = loop {
+        match a.guard.drive(&a.host, &mut task, reply.as_ref()) {
+            Drive::Call(call) => {
+                let answer = etcd.handle(&call, T0);
+                reply = Some(if call.path == "/v3/kv/txn" {
+                    RemoteReply::default()
+                } else {
+                    answer
+                });
+            }
+            Drive::Reject(r) => break r,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(rejected.reason, Reason::StoreUnavailable);
+    // Without a release, the provider's retry would meet our orphan claim for 30 s.
+    assert_eq!(reason(&b.deliver(&etcd, b"one")), Some(Reason::InFlight));
+    let release = a.guard.orphaned_claim(task).unwrap();
+    assert!(matches!(a.run(&etcd, release), Drive::Settled));
+    assert!(matches!(b.deliver(&etcd, b"one"), Got::Admitted(_)));
+    // A claim that succeeded leaves nothing to clean up.
+    let mut task = a.begin(b"two").unwrap();
+    let mut reply = None;
+    loop {
+        match a.guard.drive(&a.host, &mut task, reply.as_ref()) {
+            Drive::Call(call) => reply = Some(etcd.handle(&call, T0)),
+            Drive::Admit(_) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(a.guard.orphaned_claim(task).is_none());
+}
+
+#[test]
+fn a_failed_release_is_retried_until_its_claim_would_lapse() {
+    let now = Cell::new(T0);
+    let etcd = FakeEtcd::default();
+    let (a, b) = (replica(etcd_store(), &now), replica(etcd_store(), &now));
+    let hold = admitted(a.deliver(&etcd, b"one"));
+    etcd.down.set(true);
+    let mut task = a.guard.settle(&a.host, &hold, Some(503)).unwrap();
+    let attempt = |task: &mut RemoteTask| {
+        let mut reply = None;
+        loop {
+            match a.guard.drive(&a.host, task, reply.as_ref()) {
+                Drive::Call(call) => reply = Some(etcd.handle(&call, a.host.now_ms.get())),
+                other => return other,
+            }
+        }
+    };
+    assert!(matches!(attempt(&mut task), Drive::RetryLater));
+    a.advance(1_000);
+    assert!(matches!(attempt(&mut task), Drive::RetryLater));
+    // One log line for the outage, not one per retry; every failure is counted.
+    let logged = a
+        .host
+        .logs()
+        .iter()
+        .filter(|(_, l)| l.contains(r#""operation":"release""#))
+        .count();
+    assert_eq!(logged, 1);
+    assert_eq!(a.host.count("webhook_guard.etcd.errors"), 2);
+    etcd.down.set(false);
+    assert!(matches!(attempt(&mut task), Drive::Settled));
+    assert_eq!(a.host.count("webhook_guard.store.released"), 1);
+    assert!(matches!(b.deliver(&etcd, b"one"), Got::Admitted(_)));
+    // Past the claim's own expiry a failed release is dropped: the lease takes over.
+    let hold = admitted(a.deliver(&etcd, b"two"));
+    etcd.down.set(true);
+    let mut task = a.guard.settle(&a.host, &hold, None).unwrap();
+    a.advance(31_000);
+    assert!(matches!(attempt(&mut task), Drive::Settled));
+}
+
+#[test]
 fn a_failed_commit_is_counted() {
     let now = Cell::new(T0);
     let etcd = FakeEtcd::default();

@@ -77,14 +77,16 @@ impl Http {
             remote::Next::Done(Drive::PassUnprotected) => {
                 self.phase = Phase::Decided;
                 set_property(VERDICT_PROPERTY, "accepted_unprotected");
+                defer_orphan(loaded, task);
                 Flow::Continue
             }
             remote::Next::Done(Drive::Reject(r)) => {
                 self.respond(&r);
+                defer_orphan(loaded, task);
                 Flow::Replied
             }
             // Not an outcome of a claim: fail closed.
-            remote::Next::Done(Drive::Settled | Drive::Call(_)) => {
+            remote::Next::Done(Drive::Settled | Drive::RetryLater | Drive::Call(_)) => {
                 self.respond(&fail_closed(Reason::StoreUnavailable));
                 Flow::Replied
             }
@@ -110,6 +112,11 @@ impl Http {
             remote::Next::Waiting(_) => {
                 self.phase = Phase::Settling(task);
                 Flow::Wait
+            }
+            remote::Next::Done(Drive::RetryLater) => {
+                loaded.defer(task);
+                self.phase = Phase::Decided;
+                Flow::Continue
             }
             remote::Next::Done(_) => {
                 self.phase = Phase::Decided;
@@ -165,6 +172,13 @@ impl Http {
             Err(_) => return self.respond(&unverifiable()),
         };
         self.finish(&loaded, &pending, &body)
+    }
+}
+
+/// A failed claim call may still have been applied by etcd: release it from the root.
+fn defer_orphan(loaded: &Loaded, task: RemoteTask) {
+    if let Some(release) = loaded.guard.orphaned_claim(task) {
+        loaded.defer(release);
     }
 }
 
@@ -294,11 +308,12 @@ impl HttpContext for Http {
         // Upstream answers and Envoy's own local replies (timeouts, resets) both land here.
         // Only a forwarded request settles here; a local reply Envoy sends while a claim call
         // is pending leaves that call to finish (or to on_log).
-        if !matches!(self.phase, Phase::Forwarded(_)) {
-            return Action::Continue;
-        }
-        let Phase::Forwarded(hold) = std::mem::replace(&mut self.phase, Phase::Decided) else {
-            return Action::Continue;
+        let hold = match std::mem::replace(&mut self.phase, Phase::Decided) {
+            Phase::Forwarded(hold) => hold,
+            other => {
+                self.phase = other;
+                return Action::Continue;
+            }
         };
         let Some(loaded) = self.loaded.clone() else {
             return Action::Continue;

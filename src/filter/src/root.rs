@@ -12,7 +12,7 @@ use std::time::Duration;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MetricType};
-use webhook_guard_core::{compile_for_plugin, stats, Guard, Host, Level, RemoteTask};
+use webhook_guard_core::{compile_for_plugin, stats, Drive, Guard, Host, Level, RemoteTask};
 
 use crate::host::{log, WasmHost};
 use crate::http::Http;
@@ -69,10 +69,13 @@ impl Root {
         mut task: RemoteTask,
         reply: Option<webhook_guard_core::RemoteReply>,
     ) {
-        if let remote::Next::Waiting(token) =
-            remote::run(&loaded.guard, &loaded.host, &mut task, reply)
-        {
-            self.in_flight.insert(token, task);
+        match remote::run(&loaded.guard, &loaded.host, &mut task, reply) {
+            remote::Next::Waiting(token) => {
+                self.in_flight.insert(token, task);
+            }
+            // A release etcd could not take yet: again on the next tick.
+            remote::Next::Done(Drive::RetryLater) => loaded.defer(task),
+            remote::Next::Done(_) => {}
         }
     }
 }

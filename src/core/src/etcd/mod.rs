@@ -179,7 +179,7 @@ fn bucket_width(lifetime_ms: u64) -> u64 {
 }
 
 /// End of the lease bucket holding `expiry_ms` for an entry that lives `lifetime_ms`.
-pub fn bucket_end(expiry_ms: u64, lifetime_ms: u64) -> u64 {
+fn bucket_end(expiry_ms: u64, lifetime_ms: u64) -> u64 {
     let width = bucket_width(lifetime_ms);
     expiry_ms.div_ceil(width).saturating_mul(width)
 }
@@ -220,7 +220,7 @@ impl EtcdStore {
     }
 
     /// The etcd key of a dedup hash (already namespaced by policy).
-    pub fn key(&self, hash: &KeyHash) -> Vec<u8> {
+    fn key(&self, hash: &KeyHash) -> Vec<u8> {
         format!("{}/{}", self.prefix, hex::encode(hash)).into_bytes()
     }
 
@@ -254,14 +254,11 @@ impl EtcdStore {
     pub fn prepare(&self, now_ms: u64, lifetime_ms: u64) -> Vec<Op> {
         let width = bucket_width(lifetime_ms);
         let first = now_ms.saturating_add(lifetime_ms);
-        let mut ends: Vec<u64> = (0..=PREPARE_AHEAD_MS.checked_div(width).unwrap_or(0))
-            .map(|i| bucket_end(first.saturating_add(i.saturating_mul(width)), lifetime_ms))
-            .chain(std::iter::once(bucket_end(
-                first.saturating_add(PREPARE_AHEAD_MS),
-                lifetime_ms,
-            )))
-            .collect();
-        ends.dedup();
+        let last = bucket_end(first.saturating_add(PREPARE_AHEAD_MS), lifetime_ms);
+        let ends = std::iter::successors(Some(bucket_end(first, lifetime_ms)), |end| {
+            end.checked_add(width)
+        })
+        .take_while(|end| *end <= last);
         let Ok(mut preparing) = self.leases.preparing.lock() else {
             return Vec::new();
         };
@@ -349,11 +346,6 @@ impl EtcdStore {
         }
     }
 
-    /// Number of leases cached (tests and debugging).
-    pub fn cached_leases(&self) -> usize {
-        self.leases.granted.lock().map_or(0, |l| l.len())
-    }
-
     /// The first call of `op`.
     pub fn start(&self, op: &mut Op, now_ms: u64) -> Step {
         let end = match &op.kind {
@@ -437,11 +429,6 @@ impl EtcdStore {
                 }
             }
         }
-    }
-
-    /// Whether `op` only grants a lease ahead of time.
-    pub fn is_grant(op: &Op) -> bool {
-        matches!(op.kind, Kind::Grant { .. })
     }
 
     /// Whether the op is waiting on a lease grant (for the `leases_granted` counter).
