@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """Demo webhook backend (Flask): records every webhook that reaches it.
 
-POST /webhooks/<route>          record the delivery, answer 200 (or 500 while fail-next > 0)
-GET  /events                    {"events": [{"route": ..., ...}]}: every webhook that reached us
-POST /admin/fail-next?count=N   the next N webhook requests answer 500
-POST /admin/slow-next?count=N&seconds=S   the next N webhook requests take S seconds
-POST /admin/reset               forget recorded events and pending failures
-GET  /healthz                   readiness
-Port: WEBHOOK_DEMO_BACKEND_PORT (default 5000), bound to 127.0.0.1 unless BACKEND_HOST says otherwise.
+Two servers, so the proxy never exposes the control endpoints:
+  webhooks (WEBHOOK_DEMO_BACKEND_PORT, default 5000; bound to BACKEND_HOST, default 127.0.0.1):
+    POST /webhooks/<route>        record the delivery, answer 200 (or 500 while fail-next > 0)
+  admin (WEBHOOK_DEMO_BACKEND_ADMIN_PORT, default 5001; always 127.0.0.1):
+    GET  /events                  {"events": [{"route": ..., ...}]}: every webhook that reached us
+    POST /admin/fail-next?count=N the next N webhook requests answer 500
+    POST /admin/slow-next?count=N&seconds=S   the next N webhook requests take S seconds
+    POST /admin/reset             forget recorded events and pending failures
+    GET  /healthz                 readiness (also served on the webhooks port)
+Like most Flask apps, the webhook route also answers OPTIONS by itself (Flask's automatic
+200): the proxy must never let a verified delivery's copy reach it with another method.
 """
 import hashlib
 import os
@@ -15,8 +19,10 @@ import threading
 import time
 
 from flask import Flask, jsonify, request
+from werkzeug.serving import make_server
 
-app = Flask(__name__)
+hooks = Flask("webhooks")
+admin = Flask("admin")
 _lock = threading.Lock()
 _events: list[dict] = []
 _fail_next = 0
@@ -34,7 +40,7 @@ _SHOWN_HEADERS = (
 )
 
 
-@app.post("/webhooks/<path:route>")
+@hooks.route("/webhooks/<path:route>", methods=["POST", "PUT", "PATCH", "DELETE", "GET"])
 def webhook(route: str):
     global _fail_next, _slow_next
     body = request.get_data()
@@ -50,6 +56,8 @@ def webhook(route: str):
         _events.append(
             {
                 "route": route,
+                "method": request.method,
+                "path": request.path,
                 "received_at": time.time(),
                 "status": 500 if failing else 200,
                 "body_sha256": hashlib.sha256(body).hexdigest(),
@@ -62,13 +70,13 @@ def webhook(route: str):
     return jsonify({"status": "ok", "route": route})
 
 
-@app.get("/events")
+@admin.get("/events")
 def events():
     with _lock:
         return jsonify({"events": list(_events)})
 
 
-@app.post("/admin/fail-next")
+@admin.post("/admin/fail-next")
 def fail_next():
     global _fail_next
     count = request.args.get("count", default=1, type=int)
@@ -77,7 +85,7 @@ def fail_next():
         return jsonify({"fail_next": _fail_next})
 
 
-@app.post("/admin/slow-next")
+@admin.post("/admin/slow-next")
 def slow_next():
     global _slow_next, _slow_seconds
     with _lock:
@@ -86,7 +94,7 @@ def slow_next():
         return jsonify({"slow_next": _slow_next, "seconds": _slow_seconds})
 
 
-@app.post("/admin/reset")
+@admin.post("/admin/reset")
 def reset():
     global _fail_next, _slow_next
     with _lock:
@@ -96,15 +104,19 @@ def reset():
     return jsonify({"status": "reset"})
 
 
-@app.get("/healthz")
+@admin.get("/healthz")
+@hooks.get("/healthz")
 def healthz():
     return jsonify({"status": "ok"})
 
 
 def main() -> None:
     port = int(os.environ.get("WEBHOOK_DEMO_BACKEND_PORT", "5000"))
+    admin_port = int(os.environ.get("WEBHOOK_DEMO_BACKEND_ADMIN_PORT", str(port + 1)))
     host = os.environ.get("BACKEND_HOST", "127.0.0.1")
-    app.run(host=host, port=port, threaded=True, use_reloader=False)
+    control = make_server("127.0.0.1", admin_port, admin, threaded=True)
+    threading.Thread(target=control.serve_forever, daemon=True).start()
+    hooks.run(host=host, port=port, threaded=True, use_reloader=False)
 
 
 if __name__ == "__main__":

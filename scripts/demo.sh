@@ -8,7 +8,7 @@
 #   --replicas N             N (2-4) Envoy replicas sharing one etcd (Debian's etcd-server):
 #                            shows a delivery admitted once whichever replica it reaches
 # Ports: WEBHOOK_DEMO_ENVOY_PORT (10000), WEBHOOK_DEMO_ADMIN_PORT (9901), WEBHOOK_DEMO_BACKEND_PORT (5000),
-# WEBHOOK_DEMO_TLS_PORT (10443), WEBHOOK_DEMO_ETCD_PORT (2379) and WEBHOOK_DEMO_ETCD_PEER_PORT (2380);
+# WEBHOOK_DEMO_BACKEND_ADMIN_PORT (5001: the backend's /events and /admin, never proxied), WEBHOOK_DEMO_TLS_PORT (10443), WEBHOOK_DEMO_ETCD_PORT (2379) and WEBHOOK_DEMO_ETCD_PEER_PORT (2380);
 # replica i (from 0) listens on ENVOY_PORT+i with admin ADMIN_PORT+i.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +41,7 @@ scripts/setup.sh
 export WEBHOOK_DEMO_ENVOY_PORT=${WEBHOOK_DEMO_ENVOY_PORT:-10000}
 export WEBHOOK_DEMO_ADMIN_PORT=${WEBHOOK_DEMO_ADMIN_PORT:-9901}
 export WEBHOOK_DEMO_BACKEND_PORT=${WEBHOOK_DEMO_BACKEND_PORT:-5000}
+export WEBHOOK_DEMO_BACKEND_ADMIN_PORT=${WEBHOOK_DEMO_BACKEND_ADMIN_PORT:-$((WEBHOOK_DEMO_BACKEND_PORT + 1))}
 export WEBHOOK_DEMO_TLS_PORT=${WEBHOOK_DEMO_TLS_PORT:-10443}
 export WEBHOOK_DEMO_ETCD_PORT=${WEBHOOK_DEMO_ETCD_PORT:-2379}
 export WEBHOOK_DEMO_ETCD_PEER_PORT=${WEBHOOK_DEMO_ETCD_PEER_PORT:-2380}
@@ -99,7 +100,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-ports=("$WEBHOOK_DEMO_BACKEND_PORT")
+ports=("$WEBHOOK_DEMO_BACKEND_PORT" "$WEBHOOK_DEMO_BACKEND_ADMIN_PORT")
 for ((i = 0; i < replicas; i++)); do
   ports+=($((WEBHOOK_DEMO_ENVOY_PORT + i)) $((WEBHOOK_DEMO_ADMIN_PORT + i)))
 done
@@ -112,7 +113,7 @@ for port in "${ports[@]}"; do
   fi
 done
 
-echo "== starting the Flask backend on 127.0.0.1:$WEBHOOK_DEMO_BACKEND_PORT"
+echo "== starting the Flask backend on 127.0.0.1:$WEBHOOK_DEMO_BACKEND_PORT (its /events and /admin on :$WEBHOOK_DEMO_BACKEND_ADMIN_PORT, loopback only)"
 .venv/bin/python demo/backend.py > "$run_dir/backend.log" 2>&1 &
 pids+=($!)
 
@@ -162,7 +163,7 @@ done
 ready=""
 for _ in $(seq 1 150); do
   ready=yes
-  curl -fsS "http://127.0.0.1:$WEBHOOK_DEMO_BACKEND_PORT/healthz" >/dev/null 2>&1 || ready=""
+  curl -fsS "http://127.0.0.1:$WEBHOOK_DEMO_BACKEND_ADMIN_PORT/healthz" >/dev/null 2>&1 || ready=""
   for admin in "${admin_urls[@]}"; do
     [ "$(curl -fsS "$admin/ready" 2>/dev/null)" = LIVE ] || ready=""
   done
@@ -203,7 +204,7 @@ if [ "$mode" = serve ]; then
    body='{"id":"evt_1"}'
    sig=\$(target/release/webhook-guard sign --provider stripe --secret-env STRIPE_WEBHOOK_SECRET --body "\$body")
    curl -i ${curl_tls}-X POST $envoy_url/webhooks/stripe -d "\$body" -H "\$sig"   # 200, then 409 replayed
-   curl -s ${curl_tls}$envoy_url/events                               # what reached Flask
+   curl -s http://127.0.0.1:$WEBHOOK_DEMO_BACKEND_ADMIN_PORT/events    # what reached Flask (not proxied)
    curl -s http://127.0.0.1:$WEBHOOK_DEMO_ADMIN_PORT/stats | grep webhook_guard   # counters
    Ctrl-C stops Envoy and Flask.
 TXT
@@ -224,7 +225,7 @@ if [ "$replicas" -gt 1 ]; then
   replica_args=()
   for ((i = 0; i < replicas; i++)); do replica_args+=(--envoy "${envoy_urls[i]}" --admin "${admin_urls[i]}"); done
   (cd demo && ../.venv/bin/python replicas.py "${replica_args[@]}" --etcd-pid "$etcd_pid" \
-    --backend "http://127.0.0.1:$WEBHOOK_DEMO_BACKEND_PORT") || status=$?
+    --backend "http://127.0.0.1:$WEBHOOK_DEMO_BACKEND_ADMIN_PORT") || status=$?
   echo
   echo "== stopping"
   exit "$status"

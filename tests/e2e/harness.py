@@ -56,10 +56,15 @@ def wait_until(predicate, timeout: float, what: str) -> None:
 
 
 class Backend:
+    """The demo backend: webhooks on `port` (what Envoy forwards to), its control endpoints
+    (/events, /admin/*) on `admin_port`, loopback only and never behind the proxy."""
+
     def __init__(self, workdir: pathlib.Path):
         self.port = free_port()
+        self.admin_port = free_port()
         self.log_path = workdir / "backend.log"
-        env = {**os.environ, "WEBHOOK_DEMO_BACKEND_PORT": str(self.port)}
+        env = {**os.environ, "WEBHOOK_DEMO_BACKEND_PORT": str(self.port),
+               "WEBHOOK_DEMO_BACKEND_ADMIN_PORT": str(self.admin_port)}
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "demo/backend.py")],
             env=env,
@@ -67,8 +72,10 @@ class Backend:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://127.0.0.1:{self.admin_port}"
         wait_until(lambda: requests.get(self.url + "/healthz", timeout=1).ok, 15, "the backend")
+        wait_until(lambda: requests.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).ok, 15,
+                   "the backend's webhook port")
 
     def events(self) -> list[dict]:
         return requests.get(self.url + "/events", timeout=5).json()["events"]

@@ -235,6 +235,10 @@ add("gitlab body change is not covered by the token", "gitlab", "derived", "gitl
     {"x-gitlab-token": "gitlab-token-1"}, BODY + " ", None, "accepted")
 add("gitlab wrong token", "gitlab", "derived-negative", "gitlab-token-1", {"x-gitlab-token": "gitlab-token-2"},
     BODY, None, "invalid_signature")
+add("gitlab token prefix", "gitlab", "derived-negative", "gitlab-token-1", {"x-gitlab-token": "gitlab-token"},
+    BODY, None, "invalid_signature")
+add("gitlab token longer", "gitlab", "derived-negative", "gitlab-token-1", {"x-gitlab-token": "gitlab-token-10"},
+    BODY, None, "invalid_signature")
 add("gitlab missing token", "gitlab", "derived-negative", "gitlab-token-1", {}, BODY, None, "missing_signature")
 add("linear body without webhookTimestamp", "linear", "derived-negative", "lin_wh_secret",
     {"linear-signature": hx(b"lin_wh_secret", b'{"id":1}')}, '{"id":1}', T, "missing_timestamp")
@@ -343,6 +347,31 @@ path = "/webhooks/twilio/json-unsigned"
 add("twilio JSON body without bodySHA256 is not covered", "twilio", "derived-negative", TW_TOKEN,
     {"content-type": "application/json", "x-twilio-signature": twilio_sig(TW_TOKEN, TW_ORIGIN + path, {})},
     TW_JSON, None, "invalid_signature", path=path, policy={"public_origin": TW_ORIGIN})
+
+# The body hash binds the body whatever the (unsigned) Content-Type says: a JSON delivery's URL
+# signature must not verify a swapped body sent as a form, nor an empty form.
+path = "/webhooks/twilio/json-as-form?bodySHA256=" + hashlib.sha256(TW_JSON.encode()).hexdigest()
+add("twilio bodySHA256 checked under a form content-type", "twilio", "derived-negative", TW_TOKEN,
+    {**TW_FORM_CT, "x-twilio-signature": twilio_sig(TW_TOKEN, TW_ORIGIN + path, {})},
+    "", None, "invalid_signature", path=path, policy={"public_origin": TW_ORIGIN})
+add("twilio bodySHA256 body under a form content-type", "twilio", "derived", TW_TOKEN,
+    {**TW_FORM_CT, "x-twilio-signature": twilio_sig(TW_TOKEN, TW_ORIGIN + path, {})},
+    TW_JSON, None, "accepted", path=path, policy={"public_origin": TW_ORIGIN})
+path = "/webhooks/twilio/empty-form"
+add("twilio empty form body does not verify", "twilio", "derived-negative", TW_TOKEN,
+    {**TW_FORM_CT, "x-twilio-signature": twilio_sig(TW_TOKEN, TW_ORIGIN + path, {})},
+    "", None, "invalid_signature", path=path, policy={"public_origin": TW_ORIGIN})
+# Twilio signs the URL with or without the scheme's default port; its SDKs accept both.
+path = "/webhooks/twilio/port?x=1"
+add("twilio URL signed with the default port", "twilio", "self-generated", TW_TOKEN,
+    {**TW_FORM_CT, "x-twilio-signature": twilio_sig(TW_TOKEN, TW_ORIGIN + ":443" + path, TW_PARAMS)},
+    TW_FORM, None, "accepted", path=path, policy={"public_origin": TW_ORIGIN})
+add("twilio origin with a port, URL signed without", "twilio", "self-generated", TW_TOKEN,
+    {**TW_FORM_CT, "x-twilio-signature": twilio_sig(TW_TOKEN, TW_ORIGIN + path, TW_PARAMS)},
+    TW_FORM, None, "accepted", path=path, policy={"public_origin": TW_ORIGIN + ":443"})
+add("twilio URL signed with another port", "twilio", "derived-negative", TW_TOKEN,
+    {**TW_FORM_CT, "x-twilio-signature": twilio_sig(TW_TOKEN, TW_ORIGIN + ":8443" + path, TW_PARAMS)},
+    TW_FORM, None, "invalid_signature", path=path, policy={"public_origin": TW_ORIGIN})
 
 OUT.write_text(json.dumps(vectors, indent=1) + "\n")
 print(f"wrote {len(vectors)} vectors to {OUT}")

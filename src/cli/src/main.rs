@@ -173,18 +173,25 @@ fn check_config(file: &PathBuf) -> Result<ExitCode, String> {
                 )
             });
             format!(
-                "key {}, {}, {store}",
+                "key {}, {}, unknown outcomes {}, {store} share {} entries",
                 d.source.describe(),
                 if d.acknowledge {
                     "acknowledge duplicates"
                 } else {
                     "reject duplicates"
-                }
+                },
+                if d.release_unknown {
+                    "released"
+                } else {
+                    "kept"
+                },
+                d.capacity,
             )
         });
         println!(
-            "  {:<16} secrets {}/{} usable, tolerance {} s, max body {} B, dedup: {}",
+            "  {:<16} {}, secrets {}/{} usable, tolerance {} s, max body {} B, dedup: {}",
             p.name,
+            p.methods.join("/"),
             p.usable_secrets(),
             p.secrets_configured,
             p.tolerance_ms / 1000,

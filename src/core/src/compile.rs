@@ -5,12 +5,12 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::config::{
-    DefaultAction, KeyEncoding, OnDuplicate, OnStoreError, Provider, RawConfig, RawCustom,
-    RawDedup, RawDedupKey, RawPolicy, RawPolicyStore, RawSecret, RawStore, DEFAULT_ETCD_PREFIX,
-    DEFAULT_UNTIMED_RETENTION_SECONDS,
+    DefaultAction, KeyEncoding, OnDuplicate, OnStoreError, OnUnknownOutcome, Provider, RawConfig,
+    RawCustom, RawDedup, RawDedupKey, RawPolicy, RawPolicyStore, RawSecret, RawStore,
+    DEFAULT_ETCD_PREFIX, DEFAULT_UNTIMED_RETENTION_SECONDS,
 };
 use crate::dedup::key::KeySource;
-use crate::dedup::Store;
+use crate::dedup::{Share, Store};
 use crate::etcd::EtcdStore;
 use crate::guard::{Challenge, DedupPolicy, Guard, Policy, Retention};
 use crate::host::Level;
@@ -92,15 +92,18 @@ pub const MAX_SHARDS: u64 = 4096;
 pub const MAX_CAPACITY: u64 = 10_000_000;
 pub const MAX_RETENTION_SECONDS: u64 = 30 * 24 * 3600;
 
-fn compile_store(raw: &RawStore, plugin_name: &str) -> Result<(Store, u64), ConfigError> {
-    let prefix = match &raw.key_prefix {
+fn store_prefix(raw: &RawStore, plugin_name: &str) -> Result<String, ConfigError> {
+    match &raw.key_prefix {
         Some(p) if p.is_empty() || p.len() > 128 => {
-            return Err(err("store.key_prefix", "must be 1 to 128 characters"))
+            Err(err("store.key_prefix", "must be 1 to 128 characters"))
         }
-        Some(p) => p.clone(),
-        None if plugin_name.is_empty() => "webhook_guard".to_string(),
-        None => format!("webhook_guard/{plugin_name}"),
-    };
+        Some(p) => Ok(p.clone()),
+        None if plugin_name.is_empty() => Ok("webhook_guard".to_string()),
+        None => Ok(format!("webhook_guard/{plugin_name}")),
+    }
+}
+
+fn check_store(raw: &RawStore) -> Result<(), ConfigError> {
     if raw.shards == 0 || raw.shards > MAX_SHARDS {
         return Err(err(
             "store.shards",
@@ -122,12 +125,71 @@ fn compile_store(raw: &RawStore, plugin_name: &str) -> Result<(Store, u64), Conf
             "must be between 1 and 3600",
         ));
     }
-    let shards = usize::try_from(raw.shards).map_err(|_| err("store.shards", "too large"))?;
-    let capacity = usize::try_from(raw.capacity).map_err(|_| err("store.capacity", "too large"))?;
-    Ok((
-        Store::new(&prefix, shards, capacity),
-        raw.sweep_interval_seconds.saturating_mul(1000),
-    ))
+    Ok(())
+}
+
+/// Each policy with replay protection gets its own share of the store: its `dedup.capacity`,
+/// or an equal split of what the explicit shares leave; shards in proportion to the share.
+/// Fills in each `DedupPolicy::capacity`.
+fn compile_shares(
+    raw: &RawStore,
+    prefix: &str,
+    policies: &mut [Policy],
+) -> Result<Store, ConfigError> {
+    let explicit: u64 = policies
+        .iter()
+        .filter_map(|p| p.dedup.as_ref())
+        .map(|d| d.capacity)
+        .fold(0u64, u64::saturating_add);
+    let implicit = policies
+        .iter()
+        .filter(|p| p.dedup.as_ref().is_some_and(|d| d.capacity == 0))
+        .count();
+    if explicit > raw.capacity {
+        return Err(err(
+            "store.capacity",
+            format!(
+                "the policies' dedup.capacity add up to {explicit}, above store.capacity ({})",
+                raw.capacity
+            ),
+        ));
+    }
+    let each = raw
+        .capacity
+        .saturating_sub(explicit)
+        .checked_div(u64::try_from(implicit).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    if implicit > 0 && each == 0 {
+        return Err(err(
+            "store.capacity",
+            "leaves no room for the policies without a dedup.capacity",
+        ));
+    }
+    let mut shares = Vec::with_capacity(policies.len());
+    for p in policies.iter_mut() {
+        let Some(d) = p.dedup.as_mut() else {
+            shares.push(None);
+            continue;
+        };
+        if d.capacity == 0 {
+            d.capacity = each;
+        }
+        // Shards in proportion to the share (at least one), rounded to nearest.
+        let shards = raw
+            .shards
+            .saturating_mul(d.capacity)
+            .saturating_add(raw.capacity / 2)
+            .checked_div(raw.capacity)
+            .unwrap_or(1)
+            .clamp(1, raw.shards);
+        shares.push(Some(Share {
+            name: p.name.clone(),
+            shards: usize::try_from(shards).map_err(|_| err("store.shards", "too large"))?,
+            capacity: usize::try_from(d.capacity)
+                .map_err(|_| err("store.capacity", "too large"))?,
+        }));
+    }
+    Ok(Store::with_shares(prefix, &shares))
 }
 
 fn compile_dedup(
@@ -238,12 +300,20 @@ fn compile_dedup(
             format!("{bad} is not an HTTP status"),
         ));
     }
+    if raw.capacity.is_some_and(|c| c == 0 || c > MAX_CAPACITY) {
+        return Err(err(
+            format!("{at}.capacity"),
+            format!("must be between 1 and {MAX_CAPACITY}"),
+        ));
+    }
     Ok(Some(DedupPolicy {
         source,
         retention,
         claim_timeout_ms: raw.claim_timeout_seconds.saturating_mul(1000),
         acknowledge: raw.on_duplicate == OnDuplicate::Acknowledge,
         commit_statuses: raw.commit_statuses.clone(),
+        release_unknown: raw.on_unknown_outcome == OnUnknownOutcome::Release,
+        capacity: raw.capacity.unwrap_or(0),
         remote: None,
     }))
 }
@@ -304,7 +374,8 @@ pub fn compile_raw(
     env: EnvLookup,
     plugin_name: &str,
 ) -> Result<Guard, ConfigError> {
-    let (store, sweep_interval_ms) = compile_store(&raw.store, plugin_name)?;
+    check_store(&raw.store)?;
+    let prefix = store_prefix(&raw.store, plugin_name)?;
     if raw.policies.is_empty() {
         return Err(err("policies", "must list at least one policy"));
     }
@@ -333,13 +404,14 @@ pub fn compile_raw(
         }
         policies.push(policy);
     }
+    let store = compile_shares(&raw.store, &prefix, &mut policies)?;
     Ok(Guard::new(
         raw.default == DefaultAction::Deny,
         policies,
         counters,
         warnings,
         store,
-        sweep_interval_ms,
+        raw.store.sweep_interval_seconds.saturating_mul(1000),
     ))
 }
 
@@ -520,6 +592,7 @@ fn compile_policy(
         ));
     }
 
+    let methods = compile_methods(at, p.methods.as_deref())?;
     let mut statuses = Reason::ALL.map(Reason::default_status);
     for (code, status) in &p.status_overrides {
         let sat = format!("{at}.status_overrides.{code}");
@@ -569,9 +642,35 @@ fn compile_policy(
         secrets_configured: configured,
         tolerance_ms: tolerance_s.saturating_mul(1000),
         max_body_bytes: p.max_body_bytes,
+        methods,
         statuses,
         counter_base,
     })
+}
+
+/// Methods a policy verifies: `POST` unless configured. Upper-cased; a request's method must
+/// equal one exactly (HTTP methods are case-sensitive).
+fn compile_methods(at: &str, raw: Option<&[String]>) -> Result<Vec<String>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(vec!["POST".to_string()]);
+    };
+    if raw.is_empty() || raw.len() > 8 {
+        return Err(err(format!("{at}.methods"), "must list 1 to 8 methods"));
+    }
+    let mut methods: Vec<String> = Vec::with_capacity(raw.len());
+    for (i, m) in raw.iter().enumerate() {
+        if m.is_empty() || m.len() > 32 || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(err(
+                format!("{at}.methods[{i}]"),
+                format!("'{m}' is not an HTTP method"),
+            ));
+        }
+        let upper = m.to_ascii_uppercase();
+        if !methods.contains(&upper) {
+            methods.push(upper);
+        }
+    }
+    Ok(methods)
 }
 
 fn bad_key_message(encoding: KeyEncoding) -> &'static str {
@@ -649,6 +748,7 @@ fn custom_scheme(at: &str, c: RawCustom) -> Result<Scheme, ConfigError> {
         timestamp,
         template,
         key_encoding: c.secret_encoding,
+        alternates: Vec::new(),
         delivery_id,
         default_tolerance_s: crate::config::DEFAULT_TOLERANCE_SECONDS,
         body_sha256_query: false,

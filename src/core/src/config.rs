@@ -112,6 +112,10 @@ pub struct RawPolicy {
     /// shared by every replica.
     #[serde(default)]
     pub store: RawPolicyStore,
+    /// Methods this policy verifies (default `["POST"]`); any other method on its requests is
+    /// answered 405 `method_not_allowed` before the body is read.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
 }
 
 pub const DEFAULT_ETCD_TIMEOUT_MS: u64 = 500;
@@ -181,6 +185,25 @@ pub struct RawDedup {
     /// Upstream statuses that commit a delivery besides 2xx (e.g. 409 from an idempotent app).
     #[serde(default)]
     pub commit_statuses: Vec<u16>,
+    /// Forwarded, but no answer came back (client or upstream reset, upstream timeout): the
+    /// backend may have processed it. `keep` (default) keeps it as delivered; `release` lets
+    /// the next copy through (for senders that retry and idempotent backends).
+    #[serde(default)]
+    pub on_unknown_outcome: OnUnknownOutcome,
+    /// This policy's share of the local store (`store.capacity`), in entries. Default: an
+    /// equal split of what the other policies leave.
+    #[serde(default)]
+    pub capacity: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnknownOutcome {
+    /// Kept as delivered: a replay never gets through; a lost delivery needs reconciling.
+    #[default]
+    Keep,
+    /// Released: the next copy (the sender's retry, or a replay) is forwarded.
+    Release,
 }
 
 impl Default for RawDedup {
@@ -193,6 +216,8 @@ impl Default for RawDedup {
             claim_timeout_seconds: DEFAULT_CLAIM_TIMEOUT_SECONDS,
             on_duplicate: OnDuplicate::Reject,
             commit_statuses: Vec::new(),
+            on_unknown_outcome: OnUnknownOutcome::Keep,
+            capacity: None,
         }
     }
 }

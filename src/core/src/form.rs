@@ -10,13 +10,22 @@ fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
-/// Percent-decoding with `+` as space; a malformed escape is kept as is.
+/// Percent-decoding with `+` as space (form encoding); a malformed escape is kept as is.
 pub fn decode(raw: &[u8]) -> Vec<u8> {
+    decode_with(raw, true)
+}
+
+/// Percent-decoding of a URL path (`+` stays `+`); a malformed escape is kept as is.
+pub fn percent_decode(raw: &[u8]) -> Vec<u8> {
+    decode_with(raw, false)
+}
+
+fn decode_with(raw: &[u8], plus_is_space: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0usize;
     while let Some(&b) = raw.get(i) {
         match b {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' => {
                 let hi = raw.get(i.saturating_add(1)).copied().and_then(hex_val);
                 let lo = raw.get(i.saturating_add(2)).copied().and_then(hex_val);

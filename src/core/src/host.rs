@@ -41,6 +41,12 @@ pub trait Host {
         self.add(metric, 1);
     }
 
+    /// The downstream client's address (`ip:port`) of the current request, for rejection log
+    /// lines; asked only when one is written.
+    fn client_address(&self) -> Option<String> {
+        None
+    }
+
     /// Whether a line at `level` would be kept: lets callers skip building it.
     fn log_enabled(&self, _level: Level) -> bool {
         true

@@ -27,7 +27,7 @@ pub use dedup::Claim;
 pub use etcd::wire::Reply as RemoteReply;
 pub use guard::{
     Accepted, Drive, Guard, Hold, LocalReply, Pending, Rejection, RemoteCall, RemoteTask,
-    RequestInfo, Route,
+    RequestInfo, Route, Upstream,
 };
 pub use host::{Host, Level, SetError};
 pub use policy::RouteInfo;

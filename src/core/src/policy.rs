@@ -53,8 +53,7 @@ impl Matcher {
             }
         }
         if let Some(prefix) = &self.path_prefix {
-            let path = req.path.split_once('?').map_or(req.path, |(p, _)| p);
-            if !path.starts_with(prefix.as_str()) {
+            if !prefix_matches(prefix.as_bytes(), req.path) {
                 return false;
             }
         }
@@ -64,12 +63,65 @@ impl Matcher {
             } else {
                 req.authority
             };
+            // "hooks.example.com." names the same host (a trailing dot must not dodge a policy).
+            let got = got.strip_suffix('.').unwrap_or(got);
             if !got.eq_ignore_ascii_case(want) {
                 return false;
             }
         }
         true
     }
+}
+
+/// Whether `path` (query included) is under `prefix`, as Envoy sees it or as a backend may
+/// see it after decoding: ASCII case is ignored and the path is also compared in its
+/// canonical form (`canonical_path`). Matching more requests only means verifying more.
+fn prefix_matches(prefix: &[u8], path: &str) -> bool {
+    let under = |p: &[u8]| {
+        p.get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    };
+    let raw = path_only(path);
+    under(raw.as_bytes()) || under(&canonical_path(raw))
+}
+
+/// The path without its query string or fragment.
+fn path_only(path: &str) -> &str {
+    path.split(['?', '#']).next().unwrap_or(path)
+}
+
+/// The path as a lenient backend resolves it: percent-escapes decoded once (so `%2F` is a
+/// slash), backslashes read as slashes, `;params` dropped from each segment (servlet
+/// containers), repeated slashes merged and dot segments removed.
+pub fn canonical_path(path: &str) -> Vec<u8> {
+    let decoded = crate::form::percent_decode(path_only(path).as_bytes());
+    let slashed: Vec<u8> = decoded
+        .iter()
+        .map(|&b| if b == b'\\' { b'/' } else { b })
+        .collect();
+    let mut segments: Vec<&[u8]> = Vec::new();
+    for segment in slashed.split(|&b| b == b'/') {
+        let segment = segment.split(|&b| b == b';').next().unwrap_or(segment);
+        match segment {
+            b"" | b"." => {}
+            b".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = Vec::with_capacity(slashed.len().saturating_add(1));
+    for s in &segments {
+        out.push(b'/');
+        out.extend_from_slice(s);
+    }
+    let trailing = matches!(slashed.last(), Some(b'/'))
+        || slashed.ends_with(b"/.")
+        || slashed.ends_with(b"/..");
+    if out.is_empty() || (trailing && !segments.is_empty()) {
+        out.push(b'/');
+    }
+    out
 }
 
 fn strip_port(authority: &str) -> &str {
@@ -147,6 +199,48 @@ mod tests {
         assert!(with_port.matches(&req(None, "H:8080", "/")));
         assert!(!with_port.matches(&req(None, "h:9090", "/")));
         assert!(m(None, None, Some("[::1]")).matches(&req(None, "[::1]:80", "/")));
+    }
+
+    #[test]
+    fn canonical_path_resolves_what_a_lenient_backend_would() {
+        let c = |p: &str| String::from_utf8(canonical_path(p)).unwrap();
+        assert_eq!(c("/webhooks%2Fgithub"), "/webhooks/github");
+        assert_eq!(c("/webhooks%2fgithub?x=%2F"), "/webhooks/github");
+        assert_eq!(c("/webhooks%5Cgithub"), "/webhooks/github");
+        assert_eq!(c("/webhooks\\github"), "/webhooks/github");
+        assert_eq!(c("//webhooks///github/"), "/webhooks/github/");
+        assert_eq!(c("/a/../webhooks/./github"), "/webhooks/github");
+        assert_eq!(c("/webhooks/%2e%2e/webhooks/github"), "/webhooks/github");
+        assert_eq!(c("/webhooks;jsessionid=1/github;x"), "/webhooks/github");
+        assert_eq!(c("/../../.."), "/");
+        assert_eq!(c(""), "/");
+        assert_eq!(c("/%ZZ%2"), "/%ZZ%2", "malformed escapes stay");
+        assert_eq!(c("/%252F"), "/%2F", "decoded once, as a backend does");
+    }
+
+    #[test]
+    fn prefixes_match_encoded_cased_and_dotted_spellings() {
+        let x = m(None, Some("/webhooks/github"), None);
+        for path in [
+            "/webhooks/github",
+            "/webhooks/GitHub",
+            "/WEBHOOKS/GITHUB?x=1",
+            "/webhooks%2Fgithub",
+            "/webhooks%2fGitHub",
+            "/webhooks%5Cgithub",
+            "/x/..%2Fwebhooks/github",
+            "/webhooks/github/../github",
+            "/webhooks;a=b/github",
+        ] {
+            assert!(x.matches(&req(None, "h", path)), "{path}");
+        }
+        for path in ["/webhooks/stripe", "/webhooks", "/webhooks%2Fgit", "/"] {
+            assert!(!x.matches(&req(None, "h", path)), "{path}");
+        }
+        // A trailing dot on the host is the same host.
+        let h = m(None, None, Some("hooks.example.com"));
+        assert!(h.matches(&req(None, "hooks.example.com.:443", "/")));
+        assert!(h.matches(&req(None, "HOOKS.example.com.", "/")));
     }
 
     #[test]

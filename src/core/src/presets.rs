@@ -76,8 +76,14 @@ pub fn dedup_key(provider: Provider) -> Option<KeySource> {
 }
 
 /// Twilio signs the URL it requested (public origin + path and query) and the sorted form
-/// parameters; JSON bodies are covered by a `bodySHA256` URL parameter instead.
+/// parameters; JSON bodies are covered by a `bodySHA256` URL parameter instead. Its SDKs
+/// accept the URL with and without the port (Twilio signs either form), so the other form of
+/// the origin is an alternate template.
 pub fn twilio(public_origin: &str) -> Scheme {
+    let alternates = twilio_other_origin(public_origin)
+        .map(|other| vec![lit(&other), Part::Path, Part::FormParams])
+        .into_iter()
+        .collect();
     Scheme {
         sources: vec![single(
             &["x-twilio-signature"],
@@ -88,9 +94,31 @@ pub fn twilio(public_origin: &str) -> Scheme {
         timestamp: None,
         template: vec![lit(public_origin), Part::Path, Part::FormParams],
         key_encoding: KeyEncoding::Utf8,
+        alternates,
         delivery_id: None,
         default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
         body_sha256_query: true,
+    }
+}
+
+/// `https://host:port` -> `https://host`; `https://host` -> `https://host:443` (80 for http).
+fn twilio_other_origin(origin: &str) -> Option<String> {
+    let (scheme, authority) = origin.split_once("://")?;
+    // A bracketed IPv6 host has colons of its own: the port follows the `]`.
+    let host_end = authority.rfind(']').map_or(0, |i| i.saturating_add(1));
+    let (host, port) = match authority.get(host_end..)?.rfind(':') {
+        Some(i) => (authority.get(..host_end.saturating_add(i))?, true),
+        None => (authority, false),
+    };
+    if port {
+        Some(format!("{scheme}://{host}"))
+    } else {
+        let default = if scheme.eq_ignore_ascii_case("https") {
+            443
+        } else {
+            80
+        };
+        Some(format!("{scheme}://{host}:{default}"))
     }
 }
 
@@ -106,6 +134,7 @@ pub fn square(notification_url: &str) -> Scheme {
         timestamp: None,
         template: vec![lit(notification_url), Part::Body],
         key_encoding: KeyEncoding::Utf8,
+        alternates: Vec::new(),
         delivery_id: Some(DeliveryId::JsonField("event_id".into())),
         default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
         body_sha256_query: false,
@@ -136,6 +165,7 @@ fn body_hex(header: &str, prefix: &str, algorithm: Algorithm, id_header: Option<
         timestamp: None,
         template: vec![Part::Body],
         key_encoding: KeyEncoding::Utf8,
+        alternates: Vec::new(),
         delivery_id: id_header.map(|h| DeliveryId::Header(h.into())),
         default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
         body_sha256_query: false,
@@ -162,6 +192,7 @@ fn standard(prefix: &str) -> Scheme {
             Part::Body,
         ],
         key_encoding: KeyEncoding::Whsec,
+        alternates: Vec::new(),
         delivery_id: Some(DeliveryId::Header(format!("{prefix}-id"))),
         default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
         body_sha256_query: false,
@@ -191,6 +222,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
                 timestamp: None,
                 template: vec![Part::Body],
                 key_encoding: KeyEncoding::Utf8,
+                alternates: Vec::new(),
                 delivery_id: Some(DeliveryId::Header("x-github-delivery".into())),
                 default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
                 body_sha256_query: false,
@@ -214,6 +246,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             template: vec![Part::Timestamp, lit("."), Part::Body],
             // Stripe uses the whole `whsec_...` string as the key, prefix included.
             key_encoding: KeyEncoding::Utf8,
+            alternates: Vec::new(),
             delivery_id: Some(DeliveryId::JsonField("id".into())),
             default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
             body_sha256_query: false,
@@ -228,6 +261,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             timestamp: header_ts("x-slack-request-timestamp"),
             template: vec![lit("v0:"), Part::Timestamp, lit(":"), Part::Body],
             key_encoding: KeyEncoding::Utf8,
+            alternates: Vec::new(),
             delivery_id: None,
             default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
             body_sha256_query: false,
@@ -243,6 +277,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             timestamp: None,
             template: vec![Part::Body],
             key_encoding: KeyEncoding::Utf8,
+            alternates: Vec::new(),
             delivery_id: Some(DeliveryId::Header("x-shopify-webhook-id".into())),
             default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
             body_sha256_query: false,
@@ -260,6 +295,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             timestamp: header_ts("x-zm-request-timestamp"),
             template: vec![lit("v0:"), Part::Timestamp, lit(":"), Part::Body],
             key_encoding: KeyEncoding::Utf8,
+            alternates: Vec::new(),
             delivery_id: Some(DeliveryId::Header("x-zm-trackingid".into())),
             default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
             body_sha256_query: false,
@@ -270,6 +306,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             timestamp: ts(TimestampSource::SignatureParam, TimestampUnit::Seconds),
             template: vec![Part::Timestamp, lit(":"), Part::Body],
             key_encoding: KeyEncoding::Utf8,
+            alternates: Vec::new(),
             delivery_id: Some(DeliveryId::JsonField("notification_id".into())),
             // Paddle's SDKs allow 5 s.
             default_tolerance_s: 5,
@@ -293,6 +330,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
                 Part::Body,
             ],
             key_encoding: KeyEncoding::Utf8,
+            alternates: Vec::new(),
             delivery_id: Some(DeliveryId::Header("twitch-eventsub-message-id".into())),
             default_tolerance_s: 600,
             body_sha256_query: false,
@@ -303,6 +341,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             timestamp: None,
             template: vec![Part::Body],
             key_encoding: KeyEncoding::Utf8,
+            alternates: Vec::new(),
             delivery_id: None,
             default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
             body_sha256_query: false,
@@ -321,6 +360,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             ),
             template: vec![Part::Body],
             key_encoding: KeyEncoding::Utf8,
+            alternates: Vec::new(),
             delivery_id: Some(DeliveryId::Header("linear-delivery".into())),
             default_tolerance_s: 60,
             body_sha256_query: false,
@@ -348,6 +388,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             timestamp: None,
             template: Vec::new(),
             key_encoding: KeyEncoding::Utf8,
+            alternates: Vec::new(),
             delivery_id: Some(DeliveryId::Header("idempotency-key".into())),
             default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
             body_sha256_query: false,
@@ -362,6 +403,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             timestamp: header_ts("x-signature-timestamp"),
             template: vec![Part::Timestamp, Part::Body],
             key_encoding: KeyEncoding::Hex,
+            alternates: Vec::new(),
             delivery_id: None,
             default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
             body_sha256_query: false,
@@ -376,6 +418,7 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             timestamp: header_ts("x-twilio-email-event-webhook-timestamp"),
             template: vec![Part::Timestamp, Part::Body],
             key_encoding: KeyEncoding::Base64,
+            alternates: Vec::new(),
             delivery_id: None,
             default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
             body_sha256_query: false,

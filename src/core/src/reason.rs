@@ -18,13 +18,15 @@ pub enum Reason {
     InFlight,
     StoreFull,
     StoreUnavailable,
+    /// The request's method is not one the policy verifies (checked before the body is read).
+    MethodNotAllowed,
     /// Keep last: it is the one reason without a policy (see `stats::policy_counters`).
     NoMatchingPolicy,
 }
 
 impl Reason {
     /// Every reason, in a fixed order (used to pre-define one counter per reason).
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::MissingSignature,
         Reason::MissingTimestamp,
         Reason::MissingHeader,
@@ -38,6 +40,7 @@ impl Reason {
         Reason::InFlight,
         Reason::StoreFull,
         Reason::StoreUnavailable,
+        Reason::MethodNotAllowed,
         Reason::NoMatchingPolicy,
     ];
 
@@ -56,6 +59,7 @@ impl Reason {
             Reason::InFlight => "in_flight",
             Reason::StoreFull => "store_full",
             Reason::StoreUnavailable => "store_unavailable",
+            Reason::MethodNotAllowed => "method_not_allowed",
             Reason::NoMatchingPolicy => "no_matching_policy",
         }
     }
@@ -69,6 +73,7 @@ impl Reason {
             | Reason::MalformedTimestamp => 400,
             Reason::InvalidSignature | Reason::TimestampOutOfWindow => 401,
             Reason::NoMatchingPolicy => 403,
+            Reason::MethodNotAllowed => 405,
             Reason::Replayed | Reason::InFlight => 409,
             Reason::BodyTooLarge => 413,
             Reason::SecretUnavailable | Reason::StoreFull | Reason::StoreUnavailable => 503,
@@ -102,6 +107,7 @@ impl Reason {
             Reason::InFlight => "this delivery is being processed by another request right now",
             Reason::StoreFull => "the replay store is full of unexpired entries (fail closed)",
             Reason::StoreUnavailable => "the replay store could not be updated (fail closed)",
+            Reason::MethodNotAllowed => "the policy does not verify requests with this method",
             Reason::NoMatchingPolicy => "no policy matches and the default is deny",
         }
     }
@@ -137,6 +143,7 @@ mod tests {
         assert_eq!(Reason::Replayed.default_status(), 409);
         assert_eq!(Reason::InFlight.default_status(), 409);
         assert_eq!(Reason::StoreFull.default_status(), 503);
+        assert_eq!(Reason::MethodNotAllowed.default_status(), 405);
         assert_eq!(Reason::ALL.last(), Some(&Reason::NoMatchingPolicy));
     }
 }

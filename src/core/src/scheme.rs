@@ -10,6 +10,9 @@ pub struct Scheme {
     pub sources: Vec<SigSource>,
     pub timestamp: Option<TimestampSpec>,
     pub template: Vec<Part>,
+    /// Other signed-byte layouts the sender may have used, tried after `template` (Twilio
+    /// signs its URL with or without the default port).
+    pub alternates: Vec<Vec<Part>>,
     pub key_encoding: KeyEncoding,
     /// Logged as the delivery id (informational; may be unsigned).
     pub delivery_id: Option<DeliveryId>,
@@ -82,6 +85,11 @@ impl Algorithm {
 }
 
 impl Scheme {
+    /// The main template, then the alternates.
+    pub fn templates(&self) -> impl Iterator<Item = &[Part]> {
+        std::iter::once(self.template.as_slice()).chain(self.alternates.iter().map(Vec::as_slice))
+    }
+
     /// Whether `key` can verify this scheme (public keys have a fixed size).
     pub fn key_fits(&self, key: &[u8]) -> bool {
         self.sources.iter().all(|s| match s.algorithm {

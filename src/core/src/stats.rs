@@ -22,7 +22,9 @@ pub const ETCD_FAILED_OPEN: usize = 10;
 /// A replay answered from this proxy's shared data, without a round trip.
 pub const ETCD_CACHE_HITS: usize = 11;
 pub const ETCD_LEASES_GRANTED: usize = 12;
-const ETCD_LATENCY_FIRST: usize = 13;
+/// Forwarded deliveries that got no answer (kept as delivered, or released per the policy).
+pub const STORE_UNKNOWN_OUTCOME: usize = 13;
+const ETCD_LATENCY_FIRST: usize = 14;
 /// Upper bounds of the (non-cumulative) latency buckets; the last one is unbounded.
 pub const ETCD_LATENCY_BOUNDS_US: [u64; 5] = [1_000, 5_000, 25_000, 100_000, 500_000];
 const ETCD_LATENCY_NAMES: [&str; 6] = [
@@ -58,6 +60,7 @@ pub fn global_counters() -> Vec<String> {
         "etcd.failed_open",
         "etcd.cache_hits",
         "etcd.leases_granted",
+        "store.unknown_outcome",
     ]
     .iter()
     .chain(ETCD_LATENCY_NAMES.iter())

@@ -59,6 +59,17 @@ pub struct Extracted {
     pub path: Vec<u8>,
     /// The body is `application/x-www-form-urlencoded` (its parameters may be signed).
     pub form_encoded: bool,
+    /// Twilio: the `bodySHA256` parameter of the signed URL (hex), when present.
+    pub body_sha256: Option<Vec<u8>>,
+}
+
+/// A signature that verified: which key (0 = the first listed), under which of the scheme's
+/// templates (0 = the main one), and the MAC or signature that matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Match {
+    pub key_index: usize,
+    pub template: usize,
+    pub mac: Vec<u8>,
 }
 
 pub fn extract(
@@ -109,6 +120,11 @@ pub fn extract(
         lookup(headers, "content-type"),
         Lookup::One(v) if v.get(..FORM.len()).is_some_and(|p| p.eq_ignore_ascii_case(FORM))
     );
+    let body_sha256 = if scheme.body_sha256_query {
+        query_param(path, b"bodySHA256").map(<[u8]>::to_vec)
+    } else {
+        None
+    };
     Ok(Extracted {
         source: source_index,
         candidates,
@@ -117,6 +133,16 @@ pub fn extract(
         method: method.to_vec(),
         path: path.to_vec(),
         form_encoded,
+        body_sha256,
+    })
+}
+
+/// The first value of `name` in the path's query string (raw, not decoded).
+fn query_param<'a>(path: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let query = path.splitn(2, |b| *b == b'?').nth(1)?;
+    query.split(|b| *b == b'&').find_map(|kv| {
+        let (k, v) = split_once(kv, b"=")?;
+        (k == name).then_some(v)
     })
 }
 
@@ -269,16 +295,15 @@ pub fn check_window(ts_ms: u64, now_ms: u64, tolerance_ms: u64) -> Result<(), Sk
     }
 }
 
-/// The bytes the scheme signs, as slices in order (fed to the MAC without concatenating).
+/// The bytes a template signs, as slices in order (fed to the MAC without concatenating).
 pub fn signed_parts<'a>(
-    scheme: &'a Scheme,
+    template: &'a [Part],
     ex: &'a Extracted,
     body: &'a [u8],
     form: &'a [u8],
 ) -> Vec<&'a [u8]> {
     let mut headers = ex.signed_headers.iter();
-    scheme
-        .template
+    template
         .iter()
         .map(|part| match part {
             Part::Literal(l) => l.as_slice(),
@@ -292,31 +317,29 @@ pub fn signed_parts<'a>(
         .collect()
 }
 
-/// The `{form}` part: only for form-encoded bodies (anything else signs no parameters).
+/// The `{form}` part: the parameters of a form-encoded body, unless the signed URL carries
+/// `bodySHA256` (then the body is covered by that hash and no parameters are signed, as in
+/// Twilio's SDK).
 pub fn form_part(scheme: &Scheme, ex: &Extracted, body: &[u8]) -> Vec<u8> {
-    if ex.form_encoded && scheme.template.contains(&Part::FormParams) {
+    if ex.form_encoded && ex.body_sha256.is_none() && scheme.template.contains(&Part::FormParams) {
         crate::form::sorted_params(body)
     } else {
         Vec::new()
     }
 }
 
-/// Twilio covers a non-form body only through `bodySHA256=<hex>` in the signed URL: check it.
-/// A non-empty body with neither is not covered by the signature at all, so it fails too.
+/// Twilio: whether the body is what the signature covers. With `bodySHA256=<hex>` in the
+/// signed URL the body must hash to it, whatever the (unsigned) Content-Type says. Without
+/// it, a form body is covered through its parameters, but only if it has some (an empty form
+/// would make a URL-only signature verify any request), and any other body must be empty.
 pub fn body_hash_matches(ex: &Extracted, body: &[u8]) -> bool {
     use sha2::Digest;
-    if ex.form_encoded {
-        return true;
-    }
-    let query = ex.path.splitn(2, |b| *b == b'?').nth(1).unwrap_or(&[]);
-    let param = query
-        .split(|b| *b == b'&')
-        .find_map(|kv| kv.strip_prefix(&b"bodySHA256="[..]));
-    match param {
+    match &ex.body_sha256 {
         Some(hex_digest) => {
             let digest = sha2::Sha256::digest(body);
             hex::decode(hex_digest).is_ok_and(|want| want.as_slice() == digest.as_slice())
         }
+        None if ex.form_encoded => !crate::form::sorted_params(body).is_empty(),
         None => body.is_empty(),
     }
 }
@@ -364,74 +387,101 @@ fn ed25519_matches(public_key: &[u8], candidates: &[Vec<u8>], message: &[u8]) ->
     })
 }
 
-/// The first key (index) whose MAC equals any candidate, compared in constant time, with
-/// that MAC.
+/// The first key whose signature matches any candidate (under the scheme's main template,
+/// then its alternates), compared in constant time.
 pub fn matching_key(
     scheme: &Scheme,
     ex: &Extracted,
     keys: &[Vec<u8>],
     body: &[u8],
-) -> Option<(usize, Vec<u8>)> {
+) -> Option<Match> {
     let source = scheme.sources.get(ex.source)?;
     if matches!(source.format, SigFormat::Token) {
-        // The token is the secret itself: compare it, in constant time, with each key.
+        // The token is the secret itself. Compare digests, which have one size, so neither
+        // the outcome nor the time taken depends on how long the secret is.
+        let digest = |b: &[u8]| -> [u8; 32] {
+            use sha2::Digest;
+            sha2::Sha256::digest(b).into()
+        };
+        let candidates: Vec<[u8; 32]> = ex.candidates.iter().map(|c| digest(c)).collect();
         return keys.iter().enumerate().find_map(|(i, key)| {
-            let matched: bool = ex
-                .candidates
+            let key_digest = digest(key);
+            let matched: bool = candidates
                 .iter()
-                .fold(subtle::Choice::from(0), |acc, c| acc | key.ct_eq(c))
+                .fold(subtle::Choice::from(0), |acc, c| acc | key_digest.ct_eq(c))
                 .into();
-            matched.then(|| (i, key.clone()))
+            matched.then(|| Match {
+                key_index: i,
+                template: 0,
+                mac: key.clone(),
+            })
         });
     }
     let algorithm = source.algorithm;
     let form = form_part(scheme, ex, body);
-    let parts = signed_parts(scheme, ex, body, &form);
+    let templates: Vec<Vec<&[u8]>> = scheme
+        .templates()
+        .map(|t| signed_parts(t, ex, body, &form))
+        .collect();
     if matches!(algorithm, Algorithm::Ed25519 | Algorithm::EcdsaP256Sha256) {
         // Public-key schemes need the whole message at once.
-        let message = parts.concat();
+        let messages: Vec<Vec<u8>> = templates.iter().map(|parts| parts.concat()).collect();
         let check = match algorithm {
             Algorithm::Ed25519 => ed25519_matches,
             _ => p256_matches,
         };
-        return keys
-            .iter()
-            .enumerate()
-            .find_map(|(i, key)| check(key, &ex.candidates, &message).map(|s| (i, s)));
+        return keys.iter().enumerate().find_map(|(i, key)| {
+            messages.iter().enumerate().find_map(|(t, message)| {
+                check(key, &ex.candidates, message).map(|mac| Match {
+                    key_index: i,
+                    template: t,
+                    mac,
+                })
+            })
+        });
     }
     keys.iter().enumerate().find_map(|(i, key)| {
-        let mac = compute_mac(algorithm, key, &parts)?;
-        let matched: bool = ex
-            .candidates
-            .iter()
-            .fold(subtle::Choice::from(0), |acc, c| acc | mac.ct_eq(c))
-            .into();
-        matched.then_some((i, mac))
+        templates.iter().enumerate().find_map(|(t, parts)| {
+            let mac = compute_mac(algorithm, key, parts)?;
+            let matched: bool = ex
+                .candidates
+                .iter()
+                .fold(subtle::Choice::from(0), |acc, c| acc | mac.ct_eq(c))
+                .into();
+            matched.then_some(Match {
+                key_index: i,
+                template: t,
+                mac,
+            })
+        })
     })
 }
 
 /// The signature as a dedup key must not depend on which accepted algorithm the sender chose
 /// (GitHub may send a SHA-256 and a legacy SHA-1 signature of the same body): this is the
-/// HMAC-SHA256 of the signed bytes under the key that verified, reusing the MAC that matched
-/// when it already is one.
+/// HMAC-SHA256 of the signed bytes (under the template that verified) with the key that
+/// verified, reusing the MAC that matched when it already is one.
 pub fn canonical_mac(
     scheme: &Scheme,
     ex: &Extracted,
     key: &[u8],
     body: &[u8],
-    matched: Vec<u8>,
+    m: Match,
 ) -> Vec<u8> {
     let algorithm = scheme.sources.get(ex.source).map(|s| s.algorithm);
     if algorithm == Some(Algorithm::HmacSha256) {
-        return matched;
+        return m.mac;
     }
+    let Some(template) = scheme.templates().nth(m.template) else {
+        return m.mac;
+    };
     let form = form_part(scheme, ex, body);
     compute_mac(
         Algorithm::HmacSha256,
         key,
-        &signed_parts(scheme, ex, body, &form),
+        &signed_parts(template, ex, body, &form),
     )
-    .unwrap_or(matched)
+    .unwrap_or(m.mac)
 }
 
 /// The signed timestamp carried in the (verified) JSON body, in milliseconds.

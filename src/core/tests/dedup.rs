@@ -22,8 +22,8 @@ use webhook_guard_core::dedup::{Claim, ClaimOutcome, Store};
 use webhook_guard_core::memhost::MemHost;
 use webhook_guard_core::verify::compute_mac;
 use webhook_guard_core::{
-    compile, compile_for_plugin, config::Algorithm, stats, Guard, Hold, Reason, Rejection,
-    RequestInfo,
+    compile, compile_for_plugin, config::Algorithm, stats, Guard, Hold, Level, Reason, Rejection,
+    RequestInfo, Upstream,
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -305,23 +305,75 @@ fn replay_after_success_is_409_and_a_failed_delivery_can_be_retried() {
     g.init_store(&host);
     // Backend 500: released, the retry is admitted.
     let claim = gh(&g, &host, b"one").unwrap().unwrap();
-    g.settle(&host, &claim, Some(500));
+    g.settle(&host, claim.clone(), Upstream::Answered(500));
     let claim = gh(&g, &host, b"one").unwrap().unwrap();
     // While in flight, a twin gets 409 in_flight with Retry-After.
     let r = gh(&g, &host, b"one").unwrap_err();
     assert_eq!((r.status, r.reason), (409, Reason::InFlight));
     assert_eq!(r.headers, vec![("retry-after", "30".to_string())]);
-    g.settle(&host, &claim, Some(204));
+    g.settle(&host, claim.clone(), Upstream::Answered(204));
     let r = gh(&g, &host, b"one").unwrap_err();
     assert_eq!((r.status, r.reason), (409, Reason::Replayed));
     assert_eq!(r.body, r#"{"error":"replayed","policy":"gh"}"#);
     assert_eq!(host.count("webhook_guard.store.released"), 1);
     assert_eq!(host.count("webhook_guard.policy.gh.reason.replayed"), 1);
     assert_eq!(host.count("webhook_guard.policy.gh.reason.in_flight"), 1);
-    // A stream that ended without an answer releases too.
+    // A request that never reached the upstream releases too.
     let claim = gh(&g, &host, b"two").unwrap().unwrap();
-    g.settle(&host, &claim, None);
+    g.settle(&host, claim.clone(), Upstream::NotSent);
     assert!(gh(&g, &host, b"two").is_ok());
+}
+
+#[test]
+fn an_unknown_outcome_is_kept_as_delivered_counted_and_logged() {
+    // Sent upstream, then the client reset the stream: the backend may have processed it.
+    // Releasing would hand whoever resets unlimited replays.
+    let g = github_guard(json!({}), json!({}));
+    let host = MemHost::new(g.counter_names(), T0);
+    g.init_store(&host);
+    let mut headers = common::github_headers(b"s", b"one");
+    headers.push(("x-github-delivery".into(), b"d-1".to_vec()));
+    let pending = g.begin(&host, 0, common::post("/"), &headers).unwrap();
+    let claim = g.finish(&host, &pending, b"one").unwrap().claim.unwrap();
+    assert!(g.settle(&host, claim, Upstream::Unknown).is_none());
+    let r = gh(&g, &host, b"one").unwrap_err();
+    assert_eq!((r.status, r.reason), (409, Reason::Replayed));
+    host.advance(25 * 3600 * 1000);
+    assert!(
+        gh(&g, &host, b"one").is_ok(),
+        "kept for the retention, not forever"
+    );
+    assert_eq!(host.count("webhook_guard.store.unknown_outcome"), 1);
+    assert_eq!(host.count("webhook_guard.store.released"), 0);
+    let line = host
+        .logs()
+        .into_iter()
+        .find(|(_, l)| l.contains("webhook_unknown_outcome"))
+        .unwrap();
+    assert_eq!(line.0, Level::Warn);
+    let v: Value = serde_json::from_str(&line.1).unwrap();
+    assert_eq!(v["policy"], "gh");
+    assert_eq!(v["action"], "kept");
+    assert_eq!(v["delivery_id"], "d-1");
+}
+
+#[test]
+fn an_unknown_outcome_can_be_released_by_policy() {
+    let g = github_guard(
+        json!({"dedup": {"on_unknown_outcome": "release"}}),
+        json!({}),
+    );
+    let host = MemHost::new(g.counter_names(), T0);
+    g.init_store(&host);
+    let claim = gh(&g, &host, b"one").unwrap().unwrap();
+    g.settle(&host, claim, Upstream::Unknown);
+    assert!(gh(&g, &host, b"one").is_ok(), "the next copy is admitted");
+    assert_eq!(host.count("webhook_guard.store.unknown_outcome"), 1);
+    assert_eq!(host.count("webhook_guard.store.released"), 1);
+    assert!(host
+        .logs()
+        .iter()
+        .any(|(_, l)| l.contains(r#""action":"released""#)));
 }
 
 #[test]
@@ -329,7 +381,7 @@ fn retention_defaults_to_24h_without_a_signed_timestamp_and_can_be_set() {
     let g = github_guard(json!({}), json!({}));
     let host = MemHost::new(g.counter_names(), T0);
     let c = gh(&g, &host, b"x").unwrap().unwrap();
-    g.settle(&host, &c, Some(200));
+    g.settle(&host, c.clone(), Upstream::Answered(200));
     host.advance(24 * 3600 * 1000 - 1);
     assert_eq!(gh(&g, &host, b"x").unwrap_err().reason, Reason::Replayed);
     host.advance(1);
@@ -338,7 +390,7 @@ fn retention_defaults_to_24h_without_a_signed_timestamp_and_can_be_set() {
     let g = github_guard(json!({"dedup": {"retention_seconds": 5}}), json!({}));
     let host = MemHost::new(g.counter_names(), T0);
     let c = gh(&g, &host, b"x").unwrap().unwrap();
-    g.settle(&host, &c, Some(200));
+    g.settle(&host, c.clone(), Upstream::Answered(200));
     host.advance(5_000);
     assert!(gh(&g, &host, b"x").is_ok());
 }
@@ -354,7 +406,7 @@ fn stuck_claims_expire_after_the_claim_timeout() {
     host.advance(500);
     assert!(gh(&g, &host, b"x").unwrap().is_some());
     // The lapsed claim settling late neither removes the new claim nor counts as a release.
-    g.settle(&host, &stuck, Some(500));
+    g.settle(&host, stuck.clone(), Upstream::Answered(500));
     assert_eq!(host.count("webhook_guard.store.released"), 0);
     assert_eq!(gh(&g, &host, b"x").unwrap_err().reason, Reason::InFlight);
 }
@@ -367,7 +419,7 @@ fn acknowledge_answers_duplicates_with_200_and_commit_statuses_extend_success() 
     );
     let host = MemHost::new(g.counter_names(), T0);
     let c = gh(&g, &host, b"x").unwrap().unwrap();
-    g.settle(&host, &c, Some(409));
+    g.settle(&host, c.clone(), Upstream::Answered(409));
     let r = gh(&g, &host, b"x").unwrap_err();
     assert_eq!((r.status, r.reason), (200, Reason::Replayed));
     assert_eq!(r.body, r#"{"status":"duplicate","policy":"gh"}"#);
@@ -434,7 +486,7 @@ fn stripe_retry_resigned_with_a_new_timestamp_is_a_duplicate_by_event_id() {
     let c = stripe_request(&g, &host, t, r#"{"id":"evt_1","attempt":1}"#)
         .unwrap()
         .unwrap();
-    g.settle(&host, &c, Some(200));
+    g.settle(&host, c.clone(), Upstream::Answered(200));
     host.advance(60_000);
     let r = stripe_request(&g, &host, t + 60, r#"{"id":"evt_1","attempt":2}"#).unwrap_err();
     assert_eq!(r.reason, Reason::Replayed);
@@ -443,7 +495,7 @@ fn stripe_retry_resigned_with_a_new_timestamp_is_a_duplicate_by_event_id() {
     let c = stripe_request(&g, &host, t + 60, r#"{"no_id":1}"#)
         .unwrap()
         .unwrap();
-    g.settle(&host, &c, Some(200));
+    g.settle(&host, c.clone(), Upstream::Answered(200));
     assert_eq!(
         stripe_request(&g, &host, t + 60, r#"{"no_id":1}"#)
             .unwrap_err()
@@ -467,7 +519,11 @@ fn store_keys_are_prefixed_by_plugin_and_config_checks_dedup_fields() {
     assert!(g
         .store()
         .keys()
-        .all(|k| k.starts_with("webhook_guard/hooks/v1/")));
+        .all(|k| k.starts_with("webhook_guard/hooks/v2/")));
+    assert!(g
+        .store()
+        .keys()
+        .any(|k| k == "webhook_guard/hooks/v2/gh/shard/1023"));
     assert_eq!(
         g.store().keys().count(),
         1025,
@@ -537,7 +593,7 @@ fn a_legacy_sha1_copy_of_a_delivery_is_still_a_replay() {
     let host = MemHost::new(g.counter_names(), T0);
     let body = b"payload";
     let c = gh(&g, &host, body).unwrap().unwrap();
-    g.settle(&host, &c, Some(200));
+    g.settle(&host, c.clone(), Upstream::Answered(200));
     // The same body, signed by the same secret but sent with only the SHA-1 header.
     let sha1 = format!(
         "sha1={}",
@@ -562,7 +618,7 @@ fn a_failed_commit_is_counted_and_logged() {
     let host = MemHost::new(g.counter_names(), T0);
     let c = gh(&g, &host, b"x").unwrap().unwrap();
     host.cas_failures.set(10_000);
-    g.settle(&host, &c, Some(200));
+    g.settle(&host, c.clone(), Upstream::Answered(200));
     assert_eq!(host.count("webhook_guard.store.commit_failed"), 1);
     assert!(host
         .logs()

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use webhook_guard_core::memhost::MemHost;
 use webhook_guard_core::{
     compile, Drive, Guard, Hold, Reason, Rejection, RemoteCall, RemoteReply, RemoteTask,
-    RequestInfo,
+    RequestInfo, Upstream,
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -229,8 +229,11 @@ impl Replica {
         }
     }
 
-    fn settle(&self, etcd: &FakeEtcd, hold: &Hold, status: Option<u16>) {
-        let task = self.guard.settle(&self.host, hold, status).unwrap();
+    fn settle(&self, etcd: &FakeEtcd, hold: &Hold, outcome: Upstream) {
+        let task = self
+            .guard
+            .settle(&self.host, hold.clone(), outcome)
+            .unwrap();
         assert!(matches!(self.run(etcd, task), Drive::Settled));
     }
 
@@ -264,7 +267,7 @@ fn a_delivery_is_admitted_once_across_replicas() {
     assert_eq!(reason(&twin), Some(Reason::InFlight));
     let Got::Rejected(r) = twin else { panic!() };
     assert_eq!(r.headers, vec![("retry-after", "30".to_string())]);
-    a.settle(&etcd, &hold, Some(200));
+    a.settle(&etcd, &hold, Upstream::Answered(200));
     // The replay on the other replica asks etcd once, then knows it locally.
     assert_eq!(reason(&b.deliver(&etcd, b"one")), Some(Reason::Replayed));
     let calls = etcd.calls.borrow().len();
@@ -301,13 +304,13 @@ fn a_failed_delivery_is_released_and_its_retry_admitted_on_another_replica() {
     let etcd = FakeEtcd::default();
     let (a, b) = (replica(etcd_store(), &now), replica(etcd_store(), &now));
     let hold = admitted(a.deliver(&etcd, b"one"));
-    a.settle(&etcd, &hold, Some(500));
+    a.settle(&etcd, &hold, Upstream::Answered(500));
     assert_eq!(a.host.count("webhook_guard.store.released"), 1);
     let hold = admitted(b.deliver(&etcd, b"one"));
     // A stream that ended without an answer releases too.
-    b.settle(&etcd, &hold, None);
+    b.settle(&etcd, &hold, Upstream::NotSent);
     let hold = admitted(a.deliver(&etcd, b"one"));
-    a.settle(&etcd, &hold, Some(204));
+    a.settle(&etcd, &hold, Upstream::Answered(204));
     assert_eq!(reason(&b.deliver(&etcd, b"one")), Some(Reason::Replayed));
 }
 
@@ -322,10 +325,10 @@ fn a_release_never_deletes_a_later_claim() {
     b.advance(40_000);
     let fresh = admitted(b.deliver(&etcd, b"one"));
     // A's backend finally fails: its release must leave B's claim alone.
-    a.settle(&etcd, &stale, Some(502));
+    a.settle(&etcd, &stale, Upstream::Answered(502));
     assert_eq!(a.host.count("webhook_guard.store.released"), 0);
     assert_eq!(reason(&a.deliver(&etcd, b"one")), Some(Reason::InFlight));
-    b.settle(&etcd, &fresh, Some(200));
+    b.settle(&etcd, &fresh, Upstream::Answered(200));
     assert_eq!(reason(&a.deliver(&etcd, b"one")), Some(Reason::Replayed));
 }
 
@@ -336,7 +339,7 @@ fn leases_are_shared_per_bucket_not_granted_per_request() {
     let a = replica(etcd_store(), &now);
     for i in 0..50 {
         let hold = admitted(a.deliver(&etcd, format!("d{i}").as_bytes()));
-        a.settle(&etcd, &hold, Some(200));
+        a.settle(&etcd, &hold, Upstream::Answered(200));
     }
     // One lease for the claims' bucket, one for the commits' (24 h retention), maybe one more
     // if T0 sits on a bucket edge.
@@ -353,7 +356,7 @@ fn leases_are_shared_per_bucket_not_granted_per_request() {
     // Later buckets get their own lease.
     a.advance(10 * 60_000);
     let hold = admitted(a.deliver(&etcd, b"later"));
-    a.settle(&etcd, &hold, Some(200));
+    a.settle(&etcd, &hold, Upstream::Answered(200));
     assert!(a.host.count("webhook_guard.etcd.leases_granted") > grants);
 }
 
@@ -370,7 +373,7 @@ fn upkeep_grants_leases_ahead_so_requests_never_wait_for_one() {
         let before = etcd.calls.borrow().len();
         for i in 0..5 {
             let hold = admitted(a.deliver(&etcd, format!("s{second}-{i}").as_bytes()));
-            a.settle(&etcd, &hold, Some(200));
+            a.settle(&etcd, &hold, Upstream::Answered(200));
         }
         let calls: Vec<String> = etcd.calls.borrow()[before..].to_vec();
         assert_eq!(calls.len(), 10, "{calls:?}");
@@ -427,7 +430,7 @@ fn keys_expire_with_their_leases() {
     assert_eq!(reason(&b.deliver(&etcd, b"one")), Some(Reason::InFlight));
     b.advance(5_000);
     let hold = admitted(b.deliver(&etcd, b"one"));
-    b.settle(&etcd, &hold, Some(200));
+    b.settle(&etcd, &hold, Upstream::Answered(200));
     // Without a signed timestamp, done lasts 24 h (plus at most a minute of bucket).
     let c = replica(
         json!({"type": "etcd", "cluster": "etcd"}),
@@ -449,11 +452,11 @@ fn an_expired_cached_lease_is_granted_again_once() {
     let etcd = FakeEtcd::default();
     let a = replica(etcd_store(), &now);
     let hold = admitted(a.deliver(&etcd, b"one"));
-    a.settle(&etcd, &hold, Some(200));
+    a.settle(&etcd, &hold, Upstream::Answered(200));
     // etcd lost its leases (restored from an old snapshot, or revoked by an operator).
     etcd.leases.borrow_mut().clear();
     let hold = admitted(a.deliver(&etcd, b"two"));
-    a.settle(&etcd, &hold, Some(200));
+    a.settle(&etcd, &hold, Upstream::Answered(200));
     assert_eq!(a.host.count("webhook_guard.etcd.errors"), 0);
     assert_eq!(reason(&a.deliver(&etcd, b"two")), Some(Reason::Replayed));
 }
@@ -481,7 +484,7 @@ fn an_unreachable_store_denies_by_default_and_recovers() {
     );
     etcd.down.set(false);
     let hold = admitted(a.deliver(&etcd, b"one"));
-    a.settle(&etcd, &hold, Some(200));
+    a.settle(&etcd, &hold, Upstream::Answered(200));
 }
 
 #[test]
@@ -500,7 +503,10 @@ fn on_error_allow_forwards_unprotected_and_counts_it() {
     let r = a.guard.begin(
         &a.host,
         0,
-        RequestInfo::default(),
+        RequestInfo {
+            method: "POST".into(),
+            ..RequestInfo::default()
+        },
         &[(
             "x-hub-signature-256".to_string(),
             format!("sha256={}", "0".repeat(64)).into_bytes(),
@@ -561,7 +567,10 @@ fn a_failed_release_is_retried_until_its_claim_would_lapse() {
     let (a, b) = (replica(etcd_store(), &now), replica(etcd_store(), &now));
     let hold = admitted(a.deliver(&etcd, b"one"));
     etcd.down.set(true);
-    let mut task = a.guard.settle(&a.host, &hold, Some(503)).unwrap();
+    let mut task = a
+        .guard
+        .settle(&a.host, hold.clone(), Upstream::Answered(503))
+        .unwrap();
     let attempt = |task: &mut RemoteTask| {
         let mut reply = None;
         loop {
@@ -590,7 +599,10 @@ fn a_failed_release_is_retried_until_its_claim_would_lapse() {
     // Past the claim's own expiry a failed release is dropped: the lease takes over.
     let hold = admitted(a.deliver(&etcd, b"two"));
     etcd.down.set(true);
-    let mut task = a.guard.settle(&a.host, &hold, None).unwrap();
+    let mut task = a
+        .guard
+        .settle(&a.host, hold.clone(), Upstream::NotSent)
+        .unwrap();
     a.advance(31_000);
     assert!(matches!(attempt(&mut task), Drive::Settled));
 }
@@ -602,7 +614,7 @@ fn a_failed_commit_is_counted() {
     let a = replica(etcd_store(), &now);
     let hold = admitted(a.deliver(&etcd, b"one"));
     etcd.down.set(true);
-    a.settle(&etcd, &hold, Some(200));
+    a.settle(&etcd, &hold, Upstream::Answered(200));
     assert_eq!(a.host.count("webhook_guard.store.commit_failed"), 1);
     assert_eq!(a.host.count("webhook_guard.etcd.errors"), 1);
 }
@@ -741,7 +753,7 @@ proptest! {
                     if held.is_empty() { continue; }
                     let (hr, delivery, hold) = held.remove(0);
                     let ok = delivery % 2 == 0;
-                    replicas[hr].settle(&etcd, &hold, Some(if ok { 200 } else { 500 }));
+                    replicas[hr].settle(&etcd, &hold, Upstream::Answered(if ok { 200 } else { 500 }));
                     holders.remove(&delivery);
                     if ok {
                         // 24 h retention (no signed timestamp): within this script, forever.

@@ -462,3 +462,115 @@ fn a_verified_zoom_url_validation_is_answered_not_forwarded() {
     assert!(accepted.claim.is_none());
     assert_eq!(host.count("webhook_guard.policy.z.challenges_answered"), 1);
 }
+
+fn with_method(path: &str, method: &str) -> RequestInfo {
+    RequestInfo {
+        method: method.into(),
+        ..info(path)
+    }
+}
+
+#[test]
+fn other_methods_are_refused_before_the_body_with_405_and_allow() {
+    let g = guard(github(json!([{"inline": "s"}])), &[]);
+    let host = MemHost::new(g.counter_names(), NOW * 1000);
+    // Even with a valid signature: OPTIONS would get a framework's automatic 200, which
+    // commits the delivery and loses the sender's real retry.
+    let hs = headers(&[("x-hub-signature-256", &gh_sig("s", b"x"))]);
+    for method in ["OPTIONS", "GET", "HEAD", "PUT", "DELETE", "post", "PATCH"] {
+        let r = g
+            .begin(&host, 0, with_method("/gh", method), &hs)
+            .unwrap_err();
+        assert_eq!(
+            (r.status, r.reason),
+            (405, Reason::MethodNotAllowed),
+            "{method}"
+        );
+        assert_eq!(r.headers, vec![("allow", "POST".to_string())]);
+        assert_eq!(r.body, r#"{"error":"method_not_allowed","policy":"gh"}"#);
+    }
+    assert_eq!(
+        host.count("webhook_guard.policy.gh.reason.method_not_allowed"),
+        7
+    );
+    assert!(g.begin(&host, 0, with_method("/gh", "POST"), &hs).is_ok());
+
+    let g = guard(
+        json!([{"name": "gh", "match": {"path_prefix": "/gh"}, "provider": "github",
+                "secrets": [{"inline": "s"}], "methods": ["post", "Put"]}]),
+        &[],
+    );
+    let host = MemHost::new(g.counter_names(), NOW * 1000);
+    let pending = g.begin(&host, 0, with_method("/gh", "PUT"), &hs).unwrap();
+    assert!(g.finish(&host, &pending, b"x").is_ok());
+    let r = g
+        .begin(&host, 0, with_method("/gh", "GET"), &hs)
+        .unwrap_err();
+    assert_eq!(r.headers, vec![("allow", "POST, PUT".to_string())]);
+}
+
+#[test]
+fn methods_must_be_http_methods() {
+    for (methods, path) in [
+        (json!([]), "policies[0].methods"),
+        (json!(["PO ST"]), "policies[0].methods[0]"),
+        (json!(["POST", ""]), "policies[0].methods[1]"),
+    ] {
+        let doc = json!({"policies": [{"name": "gh", "match": {"path_prefix": "/"}, "provider": "github",
+                                       "secrets": [{"inline": "s"}], "methods": methods}]});
+        let e = compile(doc.to_string().as_bytes(), &|_| None).unwrap_err();
+        assert_eq!(e.path, path);
+    }
+}
+
+#[test]
+fn one_policy_filling_its_share_never_starves_another() {
+    let doc = json!({
+        "store": {"shards": 2, "capacity": 6},
+        "policies": [
+            {"name": "a", "match": {"path_prefix": "/a"}, "provider": "github", "secrets": [{"inline": "s"}]},
+            {"name": "b", "match": {"path_prefix": "/b"}, "provider": "github", "secrets": [{"inline": "s"}]},
+        ]
+    });
+    let g = compile(doc.to_string().as_bytes(), &|_| None).unwrap();
+    let host = MemHost::new(g.counter_names(), NOW * 1000);
+    g.init_store(&host);
+    // Each policy gets half: 3 entries on one shard (shards follow the share).
+    assert_eq!(g.policy(0).unwrap().dedup.as_ref().unwrap().capacity, 3);
+    assert_eq!(g.store().bound(0), Some(3));
+    let post = |policy: usize, path: &str, body: &[u8]| {
+        let hs = headers(&[("x-hub-signature-256", &gh_sig("s", body))]);
+        let pending = g.begin(&host, policy, info(path), &hs)?;
+        g.finish(&host, &pending, body)
+    };
+    for i in 0..3 {
+        assert!(post(0, "/a", format!("a{i}").as_bytes()).is_ok());
+    }
+    let r = post(0, "/a", b"a-full").unwrap_err();
+    assert_eq!((r.status, r.reason), (503, Reason::StoreFull));
+    // Policy b still has its whole share.
+    for i in 0..3 {
+        assert!(post(1, "/b", format!("b{i}").as_bytes()).is_ok(), "b{i}");
+    }
+
+    // Explicit shares are checked against the total; the rest is split among the others.
+    let doc = json!({
+        "store": {"shards": 4, "capacity": 100},
+        "policies": [
+            {"name": "a", "match": {"path_prefix": "/a"}, "provider": "github", "secrets": [{"inline": "s"}], "dedup": {"capacity": 70}},
+            {"name": "b", "match": {"path_prefix": "/b"}, "provider": "github", "secrets": [{"inline": "s"}]},
+            {"name": "c", "match": {"path_prefix": "/c"}, "provider": "github", "secrets": [{"inline": "s"}]},
+        ]
+    });
+    let g = compile(doc.to_string().as_bytes(), &|_| None).unwrap();
+    let caps: Vec<u64> = g
+        .policies()
+        .iter()
+        .map(|p| p.dedup.as_ref().unwrap().capacity)
+        .collect();
+    assert_eq!(caps, vec![70, 15, 15]);
+    let mut over = doc.clone();
+    over["policies"][1]["dedup"] = json!({"capacity": 31});
+    let e = compile(over.to_string().as_bytes(), &|_| None).unwrap_err();
+    assert_eq!(e.path, "store.capacity");
+}

@@ -6,141 +6,20 @@
     clippy::panic
 )]
 
-//! Properties over the accepted known-answer vectors: any one-byte change to the body, the
-//! timestamp or the signature is rejected; parsers never panic on arbitrary input.
+//! Properties over the accepted known-answer vectors: any change to the signed material (body,
+//! timestamp, signature, signed headers, signed path) is rejected; every parser on the request
+//! path (signature headers, timestamps, forms, JSON, paths, etcd replies, config) answers
+//! arbitrary input with a value or an error, never a panic (which would kill the wasm VM or,
+//! natively, Envoy). `WEBHOOK_GUARD_FUZZ_CASES` sets the cases per property; `scripts/fuzz.sh`
+//! runs a million.
 
+mod common;
+
+use common::vectors::{cases, h_after, mutate, run, Case};
 use proptest::prelude::*;
-use serde_json::{json, Value};
-use webhook_guard_core::memhost::MemHost;
 use webhook_guard_core::scheme::{SigFormat, SigSource};
 use webhook_guard_core::verify::{check_window, parse_candidates, parse_timestamp};
-use webhook_guard_core::{compile, config, template, Guard, RequestInfo, Route, RouteInfo};
-
-struct Case {
-    guard: Guard,
-    now_ms: u64,
-    headers: Vec<(String, Vec<u8>)>,
-    body: Vec<u8>,
-    method: String,
-    path: String,
-    timestamp_header: Option<String>,
-    signature_header: String,
-}
-
-fn cases() -> &'static [Case] {
-    static CASES: std::sync::OnceLock<Vec<Case>> = std::sync::OnceLock::new();
-    CASES.get_or_init(build_cases)
-}
-
-fn build_cases() -> Vec<Case> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/vectors/providers.json"
-    );
-    let all: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    all.into_iter()
-        .filter(|v| v["expect"] == "accepted" && v.get("body_repeat").is_none())
-        // Vectors with decoy signatures stay accepted when a decoy changes.
-        .filter(|v| {
-            v["name"]
-                .as_str()
-                .is_some_and(|n| !n.contains("rolled") && !n.contains("unknown versions"))
-        })
-        // GitLab's token covers no body: body changes verify by design (its vectors say so).
-        .filter(|v| v["provider"] != "gitlab")
-        .map(|v| {
-            let provider = v["provider"].as_str().unwrap();
-            let mut policy = json!({
-                "name": "p", "match": {"path_prefix": "/"}, "provider": provider,
-                "secrets": [{"inline": v["secret"]}],
-            });
-            if provider == "custom" {
-                policy["custom"] = v.get("custom").cloned().unwrap_or(json!({
-                    "signature_header": "X-Webhook-Signature",
-                    "timestamp_header": "X-Webhook-Timestamp",
-                    "signed_template": "{timestamp}.{body}",
-                }));
-            }
-            if let Some(extra) = v.get("policy").and_then(Value::as_object) {
-                for (k, val) in extra {
-                    policy[k] = val.clone();
-                }
-            }
-            let doc = json!({"policies": [policy]}).to_string();
-            let guard = compile(doc.as_bytes(), &|_| None).unwrap();
-            let headers: Vec<(String, Vec<u8>)> = v["headers"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .map(|(k, val)| {
-                    (
-                        k.to_ascii_lowercase(),
-                        val.as_str().unwrap().as_bytes().to_vec(),
-                    )
-                })
-                .collect();
-            let body = match v["body_hex"].as_str() {
-                Some(h) => hex::decode(h).unwrap(),
-                None => v["body"].as_str().unwrap().as_bytes().to_vec(),
-            };
-            let names: Vec<&String> = headers.iter().map(|(k, _)| k).collect();
-            let find =
-                |pred: &dyn Fn(&str) -> bool| names.iter().find(|n| pred(n)).map(|n| n.to_string());
-            Case {
-                guard,
-                now_ms: v["verify_at"].as_u64().unwrap_or(1_700_000_000) * 1000,
-                timestamp_header: find(&|n| n.contains("timestamp") || n == "x-ts"),
-                signature_header: find(&|n| {
-                    n.contains("signature") || n.contains("hmac") || n == "x-sig"
-                })
-                .unwrap(),
-                headers,
-                body,
-                method: v["method"].as_str().unwrap_or("POST").into(),
-                path: v["path"].as_str().unwrap_or("/webhooks/x").into(),
-            }
-        })
-        .collect()
-}
-
-fn run(c: &Case, headers: &[(String, Vec<u8>)], body: &[u8]) -> String {
-    let host = MemHost::new(c.guard.counter_names(), c.now_ms);
-    let Route::Verify(p) = c.guard.route(
-        &host,
-        &RouteInfo {
-            route_name: None,
-            authority: "h",
-            path: &c.path,
-        },
-    ) else {
-        panic!("no policy")
-    };
-    let info = RequestInfo {
-        route_name: None,
-        method: c.method.clone(),
-        path: c.path.clone(),
-    };
-    match c.guard.begin(&host, p, info, headers) {
-        Err(r) => r.reason.code().into(),
-        Ok(pending) => match c.guard.finish(&host, &pending, body) {
-            Ok(_) => "accepted".into(),
-            Err(r) => r.reason.code().into(),
-        },
-    }
-}
-
-fn h_after(headers: &[(String, Vec<u8>)], name: &str) -> Vec<u8> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default()
-}
-
-fn mutate(bytes: &mut [u8], at: usize, xor: u8) {
-    let i = at % bytes.len();
-    bytes[i] ^= xor;
-}
+use webhook_guard_core::{compile, config, template};
 
 #[test]
 fn seeds_are_accepted_unmodified() {
@@ -157,7 +36,7 @@ fn seeds_are_accepted_unmodified() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(common::fuzz_cases(2000))]
 
     #[test]
     fn any_one_byte_body_change_is_rejected(which in any::<prop::sample::Index>(), at in any::<usize>(), xor in 1u8..=255) {
@@ -249,5 +128,176 @@ proptest! {
         let _ = template::parse(&text);
         let _ = compile(&bytes, &|_| None);
         let _ = compile(text.as_bytes(), &|_| None);
+    }
+}
+
+/// Everything the request path parses, fed arbitrary bytes.
+mod parsers {
+    use super::*;
+    use webhook_guard_core::dedup::key::{material, KeySource};
+    use webhook_guard_core::etcd::wire::{created_or_value, deleted, lease_id, written, Reply};
+    use webhook_guard_core::policy::canonical_path;
+    use webhook_guard_core::verify::body_timestamp;
+    use webhook_guard_core::{form, json, rfc3339};
+
+    /// JSON-shaped text: most random bytes are not JSON and stop at the first character.
+    fn jsonish() -> impl Strategy<Value = String> {
+        r#"[{}\[\]":,.a-z0-9 \\-]{0,160}"#
+    }
+
+    proptest! {
+        #![proptest_config(common::fuzz_cases(3000))]
+
+        #[test]
+        fn every_signature_format_parses_without_panicking(value in prop::collection::vec(any::<u8>(), 0..600)) {
+            let formats = [
+                SigFormat::Single { prefix: "".into() },
+                SigFormat::Single { prefix: "sha256=".into() },
+                SigFormat::KeyValues { item_sep: ',', sig_key: "v1".into(), ts_key: Some("t".into()) },
+                SigFormat::KeyValues { item_sep: ';', sig_key: "h1".into(), ts_key: Some("ts".into()) },
+                SigFormat::Versioned { version: "v1".into() },
+                SigFormat::Token,
+            ];
+            let algorithms = [
+                config::Algorithm::HmacSha256, config::Algorithm::HmacSha1, config::Algorithm::HmacSha512,
+                config::Algorithm::Ed25519, config::Algorithm::EcdsaP256Sha256,
+            ];
+            for format in formats {
+                for algorithm in algorithms {
+                    for encoding in [config::Encoding::Hex, config::Encoding::Base64] {
+                        let src = SigSource { headers: vec!["x".into()], format: format.clone(), algorithm, encoding };
+                        if let Ok((candidates, _)) = parse_candidates(&src, &value) {
+                            prop_assert!(candidates.len() <= 8 || matches!(src.format, SigFormat::Token));
+                        }
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn timestamps_of_every_unit_parse_without_panicking(raw in prop::collection::vec(any::<u8>(), 0..40), text in "[0-9TZ:.+-]{0,40}") {
+            for unit in [config::TimestampUnit::Seconds, config::TimestampUnit::Milliseconds, config::TimestampUnit::Rfc3339] {
+                let _ = parse_timestamp(&raw, unit);
+                let _ = parse_timestamp(text.as_bytes(), unit);
+            }
+            let _ = rfc3339::parse_ms(text.as_bytes());
+        }
+
+        #[test]
+        fn forms_parse_without_panicking(body in prop::collection::vec(any::<u8>(), 0..400), text in "[a-zA-Z0-9%+=&]{0,200}") {
+            for b in [body.as_slice(), text.as_bytes()] {
+                let _ = form::sorted_params(b);
+                let _ = form::decode(b);
+                prop_assert!(form::percent_decode(b).len() <= b.len());
+            }
+        }
+
+        #[test]
+        fn json_fields_pointers_and_body_timestamps_never_panic(body in jsonish(), bytes in prop::collection::vec(any::<u8>(), 0..300), pointer in "(/[a-z0-9~]{0,6}){0,4}") {
+            for b in [body.as_bytes(), bytes.as_slice()] {
+                let _ = json::top_level(b, "id");
+                let _ = json::top_level_string(b, "event");
+                let (kind, m) = material(&KeySource::JsonPointer(pointer.clone()), b"mac", &[], b);
+                prop_assert!(kind == "json" || (kind == "sig" && m.as_ref() == b"mac"));
+                for unit in [config::TimestampUnit::Seconds, config::TimestampUnit::Milliseconds, config::TimestampUnit::Rfc3339] {
+                    let _ = body_timestamp("webhookTimestamp", unit, b);
+                }
+            }
+        }
+
+        #[test]
+        fn paths_canonicalize_to_a_clean_absolute_path(path in "[/a-zA-Z.%;\\\\?#0-9]{0,80}", bytes in prop::collection::vec(any::<u8>(), 0..120)) {
+            for p in [path, String::from_utf8_lossy(&bytes).into_owned()] {
+                let c = canonical_path(&p);
+                prop_assert_eq!(c.first(), Some(&b'/'));
+                // Dot segments and empty segments are gone (a trailing slash may stay).
+                let inner = c.strip_suffix(b"/").unwrap_or(&c);
+                for segment in inner.split(|b| *b == b'/').skip(1) {
+                    prop_assert!(segment != b"." && segment != b".." && (!segment.is_empty() || inner.is_empty()), "{:?}", String::from_utf8_lossy(&c));
+                }
+            }
+        }
+
+        #[test]
+        fn etcd_replies_parse_without_panicking(status in prop::option::of(0u16..1000), body in jsonish(), bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            for body in [body.into_bytes(), bytes] {
+                let reply = Reply { status, body };
+                let _ = lease_id(&reply);
+                let _ = created_or_value(&reply);
+                let _ = written(&reply);
+                let _ = deleted(&reply);
+            }
+        }
+
+        #[test]
+        fn configs_never_panic(text in jsonish(), policy in jsonish(), field in "[a-z_]{1,24}") {
+            let _ = compile(text.as_bytes(), &|_| None);
+            // Structure-aware: a valid policy with one field set to JSON-ish junk.
+            if let Ok(value) = serde_json::from_str::<serde_json::Value>(&policy) {
+                let mut p = serde_json::json!({"name": "p", "match": {"path_prefix": "/"}, "provider": "github", "secrets": [{"inline": "s"}]});
+                p[field.as_str()] = value;
+                let _ = compile(serde_json::json!({"policies": [p]}).to_string().as_bytes(), &|_| None);
+            }
+        }
+    }
+}
+
+/// Requests an attacker controls entirely, against every preset: no panic, no acceptance.
+mod requests {
+    use super::*;
+
+    proptest! {
+        #![proptest_config(common::fuzz_cases(2000))]
+
+        #[test]
+        fn random_requests_never_panic_and_never_verify(
+            which in any::<prop::sample::Index>(),
+            method in "(POST|GET|OPTIONS|post|PUT|HEAD|[A-Z]{1,8})",
+            path in "/[ -~]{0,60}",
+            extra in prop::collection::vec(("[a-z-]{1,30}", prop::collection::vec(any::<u8>(), 0..120)), 0..6),
+            body in prop::collection::vec(any::<u8>(), 0..400),
+        ) {
+            let cs = cases();
+            let c = which.get(cs);
+            // The case's header names, with attacker values, plus arbitrary others.
+            let mut headers: Vec<(String, Vec<u8>)> = c.headers.iter().zip(extra.iter().cycle())
+                .map(|((k, _), (_, v))| (k.clone(), v.clone())).collect();
+            headers.extend(extra.iter().cloned());
+            let verdict = common::vectors::run_as(c, &method, &path, &headers, &body);
+            prop_assert_ne!(verdict, "accepted");
+        }
+
+        #[test]
+        fn truncated_or_extended_bodies_are_rejected(which in any::<prop::sample::Index>(), cut in any::<prop::sample::Index>(), tail in prop::collection::vec(any::<u8>(), 1..16)) {
+            let cs: Vec<&Case> = cases().iter().filter(|c| !c.form_body()).collect();
+            let c = which.get(&cs);
+            prop_assume!(!c.body.is_empty());
+            let n = cut.index(c.body.len());
+            prop_assert_ne!(run(c, &c.headers, &c.body[..n]), "accepted");
+            let mut longer = c.body.clone();
+            longer.extend_from_slice(&tail);
+            prop_assert_ne!(run(c, &c.headers, &longer), "accepted");
+        }
+
+        #[test]
+        fn any_change_to_a_signed_header_or_signed_path_is_rejected(which in any::<prop::sample::Index>(), at in any::<usize>(), xor in 1u8..=255) {
+            let cs: Vec<&Case> = cases().iter().filter(|c| !c.signed_headers().is_empty() || c.signs_path()).collect();
+            prop_assume!(!cs.is_empty());
+            let c = which.get(&cs);
+            let names = c.signed_headers();
+            if c.signs_path() && (names.is_empty() || at % 2 == 0) {
+                let mut path = c.path.clone().into_bytes();
+                mutate(&mut path, at, xor);
+                prop_assume!(path.is_ascii());
+                let path = String::from_utf8(path).unwrap();
+                prop_assert_ne!(common::vectors::run_as(c, &c.method, &path, &c.headers, &c.body), "accepted");
+            } else {
+                let name = &names[at % names.len()];
+                let mut headers = c.headers.clone();
+                let h = headers.iter_mut().find(|(k, _)| k == name).unwrap();
+                mutate(&mut h.1, at / 2, xor);
+                prop_assert_ne!(run(c, &headers, &c.body), "accepted", "{}", name);
+            }
+        }
     }
 }

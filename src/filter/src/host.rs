@@ -58,6 +58,15 @@ impl Host for WasmHost {
         log(level, line);
     }
 
+    fn client_address(&self) -> Option<String> {
+        // Envoy's downstream remote address (the XFF-derived one when the connection manager
+        // trusts XFF), as `ip:port`.
+        hostcalls::get_property(vec!["source", "address"])
+            .ok()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
     fn shared_get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, SetError> {
         match hostcalls::get_shared_data(key) {
             Ok((value, Some(cas))) => Ok(Some((value.unwrap_or_default(), cas))),

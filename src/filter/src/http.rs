@@ -8,7 +8,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 use webhook_guard_core::{
     Accepted, Drive, Hold, Pending, Reason, Rejection, RemoteReply, RemoteTask, RequestInfo, Route,
-    RouteInfo,
+    RouteInfo, Upstream,
 };
 
 use crate::remote;
@@ -205,6 +205,23 @@ fn fail_closed(reason: Reason) -> Rejection {
     }
 }
 
+/// What became of a forwarded request that did not get a 2xx (`status`: none when the stream
+/// ended without response headers), from what Envoy recorded. Only read off the common path.
+fn upstream_outcome(status: Option<u16>) -> Upstream {
+    let property = |path: Vec<&str>| hostcalls::get_property(path).ok().flatten();
+    let from_upstream = status.is_some()
+        && property(vec!["response", "code_details"]).as_deref() == Some(&b"via_upstream"[..]);
+    if from_upstream {
+        return Upstream::classify(status, true, true, 1);
+    }
+    let connected = property(vec!["upstream", "local_address"]).is_some_and(|a| !a.is_empty());
+    let attempts = property(vec!["upstream", "request_attempt_count"])
+        .and_then(|b| b.first_chunk::<8>().map(|n| u64::from_le_bytes(*n)))
+        // Unknown count: assume a retry may have happened (never under-reports a send).
+        .unwrap_or(u64::MAX);
+    Upstream::classify(status, false, connected, attempts)
+}
+
 fn set_property(name: &str, value: &str) {
     let _ = hostcalls::set_property(vec![name], Some(value.as_bytes()));
 }
@@ -322,9 +339,15 @@ impl HttpContext for Http {
             .ok()
             .flatten()
             .and_then(|s| s.parse::<u16>().ok());
+        // A 2xx only comes from the upstream here (the router is the only filter after us);
+        // anything else may be Envoy's own reply, which says whether the request left.
+        let outcome = match status {
+            Some(s @ 200..=299) => Upstream::Answered(s),
+            other => upstream_outcome(other),
+        };
         // A remote claim is committed (or released) before the sender sees the answer, so
         // its retry can never race the release, and a 2xx means "recorded".
-        match loaded.guard.settle(&loaded.host, &hold, status) {
+        match loaded.guard.settle(&loaded.host, hold, outcome) {
             Some(task) => match self.settle(&loaded, task, None) {
                 Flow::Wait => Action::Pause,
                 Flow::Continue | Flow::Replied => Action::Continue,
@@ -346,11 +369,17 @@ impl HttpContext for Http {
         let Some(loaded) = self.loaded.clone() else {
             return;
         };
-        // The stream ended without response headers (client gone, reset), or while a remote
-        // call was under way (Envoy cancels it with the stream): release or finish the work
-        // from the root context, which outlives the stream.
+        // The stream ended without response headers (client gone, reset) or while a remote
+        // call was under way (Envoy cancels it with the stream). A forwarded request whose
+        // answer never came may have been processed: released only if it never left. What is
+        // left to do (a remote commit or release) goes to the root context, which outlives
+        // the stream.
         let leftover = match std::mem::replace(&mut self.phase, Phase::Decided) {
-            Phase::Forwarded(hold) => loaded.guard.settle(&loaded.host, &hold, None),
+            Phase::Forwarded(hold) => {
+                loaded
+                    .guard
+                    .settle(&loaded.host, hold, upstream_outcome(None))
+            }
             Phase::Admitting(task) | Phase::Settling(task) => loaded.guard.abandon(task),
             Phase::Idle | Phase::Buffering { .. } | Phase::Decided => None,
         };

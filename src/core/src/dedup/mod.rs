@@ -22,7 +22,26 @@ pub const MAX_CAS_ATTEMPTS: usize = 64;
 pub struct Store {
     shard_keys: Vec<String>,
     lease_key: String,
+    /// By policy index: the shards its keys live in (a policy without replay protection has
+    /// none). One policy filling its share never makes another answer `store_full`.
+    partitions: Vec<Option<Partition>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Partition {
+    first: usize,
+    shards: usize,
     per_shard_capacity: usize,
+}
+
+/// One policy's share of the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// Names the shard keys, so a reload that reorders policies keeps each one's entries.
+    pub name: String,
+    pub shards: usize,
+    /// Live entries (in flight or done) this policy may hold.
+    pub capacity: usize,
 }
 
 // A thousand key names are noise in debug output.
@@ -31,7 +50,7 @@ impl std::fmt::Debug for Store {
         f.debug_struct("Store")
             .field("shards", &self.shard_keys.len())
             .field("lease_key", &self.lease_key)
-            .field("per_shard_capacity", &self.per_shard_capacity)
+            .field("partitions", &self.partitions)
             .finish()
     }
 }
@@ -94,14 +113,40 @@ impl Claim {
 }
 
 impl Store {
+    /// One share (for policy 0) of `capacity` entries over `shards` shards.
     pub fn new(prefix: &str, shards: usize, capacity: usize) -> Store {
-        let shards = shards.max(1);
+        Store::with_shares(
+            prefix,
+            &[Some(Share {
+                name: "0".into(),
+                shards,
+                capacity,
+            })],
+        )
+    }
+
+    /// A store whose `shares[i]` belongs to policy `i` (`None`: no replay protection).
+    pub fn with_shares(prefix: &str, shares: &[Option<Share>]) -> Store {
+        let mut shard_keys = Vec::new();
+        let partitions = shares
+            .iter()
+            .map(|share| {
+                let share = share.as_ref()?;
+                let shards = share.shards.max(1);
+                let first = shard_keys.len();
+                shard_keys
+                    .extend((0..shards).map(|i| format!("{prefix}/v2/{}/shard/{i}", share.name)));
+                Some(Partition {
+                    first,
+                    shards,
+                    per_shard_capacity: per_shard_capacity(share.capacity, shards),
+                })
+            })
+            .collect();
         Store {
-            shard_keys: (0..shards)
-                .map(|i| format!("{prefix}/v1/shard/{i}"))
-                .collect(),
-            lease_key: format!("{prefix}/v1/sweep-lease"),
-            per_shard_capacity: per_shard_capacity(capacity, shards),
+            shard_keys,
+            lease_key: format!("{prefix}/v2/sweep-lease"),
+            partitions,
         }
     }
 
@@ -111,6 +156,12 @@ impl Store {
             .iter()
             .map(String::as_str)
             .chain(std::iter::once(self.lease_key.as_str()))
+    }
+
+    /// Most entries `policy` can hold (its shards times their capacity), if it has a share.
+    pub fn bound(&self, policy: usize) -> Option<usize> {
+        let p = self.partitions.get(policy)?.as_ref()?;
+        Some(p.shards.saturating_mul(p.per_shard_capacity))
     }
 
     /// Creates missing keys with an empty value; existing ones (a config reload under the same
@@ -123,14 +174,14 @@ impl Store {
         }
     }
 
-    fn shard_of(&self, hash: &KeyHash) -> usize {
+    /// The shard (index into all keys) holding `hash` of `policy`, and its capacity.
+    fn shard_of(&self, policy: usize, hash: &KeyHash) -> Option<(usize, usize)> {
+        let p = self.partitions.get(policy)?.as_ref()?;
         let mut first = [0u8; 8];
         first.copy_from_slice(hash.get(..8).unwrap_or(&[0; 8]));
-        let n = u64::try_from(self.shard_keys.len()).unwrap_or(1);
-        u64::from_le_bytes(first)
-            .checked_rem(n)
-            .and_then(|i| usize::try_from(i).ok())
-            .unwrap_or(0)
+        let n = u64::try_from(p.shards).ok()?;
+        let i = usize::try_from(u64::from_le_bytes(first).checked_rem(n)?).ok()?;
+        Some((p.first.checked_add(i)?, p.per_shard_capacity))
     }
 
     /// Read-modify-CAS loop on one shard. `change` sees the shard with entries expired at `now`
@@ -174,8 +225,9 @@ impl Store {
         claim_timeout_ms: u64,
         done_expiry_ms: u64,
     ) -> ClaimOutcome {
-        let shard = self.shard_of(&hash);
-        let capacity = self.per_shard_capacity;
+        let Some((shard, capacity)) = self.shard_of(policy, &hash) else {
+            return ClaimOutcome::Unavailable;
+        };
         let outcome = self.update(host, shard, now_ms, |s, now, _| match s.get(&hash, now) {
             Some(Entry {
                 state: State::Done, ..
@@ -248,8 +300,11 @@ impl Store {
 
     /// Whether `hash` is a committed delivery here (one read, no write): the first-level
     /// cache in front of a remote store.
-    pub fn is_done(&self, host: &dyn Host, now_ms: u64, hash: &KeyHash) -> bool {
-        let Some(key) = self.shard_keys.get(self.shard_of(hash)) else {
+    pub fn is_done(&self, host: &dyn Host, now_ms: u64, policy: usize, hash: &KeyHash) -> bool {
+        let Some(key) = self
+            .shard_of(policy, hash)
+            .and_then(|(shard, _)| self.shard_keys.get(shard))
+        else {
             return false;
         };
         match host.shared_get(key) {
@@ -262,9 +317,17 @@ impl Store {
 
     /// Caches a delivery a remote store holds as done. Best effort: a full shard or a failed
     /// write only means the next replay asks the remote store again.
-    pub fn remember_done(&self, host: &dyn Host, now_ms: u64, hash: KeyHash, expiry_ms: u64) {
-        let capacity = self.per_shard_capacity;
-        let shard = self.shard_of(&hash);
+    pub fn remember_done(
+        &self,
+        host: &dyn Host,
+        now_ms: u64,
+        policy: usize,
+        hash: KeyHash,
+        expiry_ms: u64,
+    ) {
+        let Some((shard, capacity)) = self.shard_of(policy, &hash) else {
+            return;
+        };
         let _ = self.update(host, shard, now_ms, |s, now, _| {
             let known = s.get(&hash, now).map(|e| (e.state, e.expiry_ms));
             let write = match known {

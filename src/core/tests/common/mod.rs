@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(clippy::unwrap_used, dead_code)]
 
+pub mod vectors;
+
 use webhook_guard_core::config::Algorithm;
 use webhook_guard_core::verify::compute_mac;
 use webhook_guard_core::RequestInfo;
@@ -20,5 +22,21 @@ pub fn post(path: &str) -> RequestInfo {
         route_name: None,
         method: "POST".into(),
         path: path.into(),
+    }
+}
+
+/// Cases per property: `WEBHOOK_GUARD_FUZZ_CASES` when set (the dedicated fuzz run,
+/// `scripts/fuzz.sh`, asks for a million), else `default`.
+pub fn fuzz_cases(default: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("WEBHOOK_GUARD_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    proptest::test_runner::Config {
+        cases,
+        // A million cases must not stop at the default limit of rejected inputs.
+        max_global_rejects: cases.saturating_mul(4),
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
     }
 }

@@ -1,0 +1,404 @@
+//! The request path: which policy, what the headers allow, what the body proves, and what the
+//! upstream's outcome does to the delivery's claim.
+
+use super::remote::{Purpose, RemoteTask};
+use super::reply::{
+    delivery_id, json_str, log_rejection, log_unknown_outcome, loggable, reply_body, Found,
+};
+use super::{
+    done_lifetime_ms, Accepted, Challenge, DedupPolicy, Guard, Held, Hold, LocalReply, Pending,
+    Policy, Rejection, RequestInfo, Retention, Route, Upstream,
+};
+use crate::dedup::{self, ClaimOutcome};
+use crate::host::{Host, Level};
+use crate::policy::RouteInfo;
+use crate::reason::Reason;
+use crate::scheme::{DeliveryId, TimestampSource};
+use crate::stats;
+use crate::verify::{self, lookup, HeaderList, Lookup, Skew};
+
+impl Guard {
+    /// What the upstream's outcome does to the claim: a success commits it, a failure answer
+    /// or a request that never left releases it (so the sender's retry is admitted), and an
+    /// unknown outcome keeps it as delivered (or releases it, per the policy), counted and
+    /// logged. A remote claim returns the task to run with `Guard::drive`.
+    pub fn settle(&self, host: &dyn Host, hold: Hold, outcome: Upstream) -> Option<RemoteTask> {
+        let dedup = self.policies.get(hold.policy())?.dedup.as_ref()?;
+        let commit = match outcome {
+            Upstream::Answered(s) => (200..300).contains(&s) || dedup.commit_statuses.contains(&s),
+            Upstream::NotSent => false,
+            Upstream::Unknown => {
+                host.increment(stats::STORE_UNKNOWN_OUTCOME);
+                let name = self.policies.get(hold.policy()).map_or("", |p| &p.name);
+                log_unknown_outcome(
+                    host,
+                    name,
+                    hold.delivery_id.as_deref(),
+                    dedup.release_unknown,
+                );
+                !dedup.release_unknown
+            }
+        };
+        let claim = match hold.claim {
+            Held::Local(claim) => claim,
+            Held::Remote(r) => {
+                let store = self.remote_store(r.policy)?;
+                let (op, purpose) = if commit {
+                    let lifetime = self.policies.get(r.policy).map_or(0, done_lifetime_ms);
+                    (
+                        store.commit(&r.hash, r.done_expiry_ms, lifetime),
+                        Purpose::Commit {
+                            hash: r.hash,
+                            done_expiry_ms: r.done_expiry_ms,
+                        },
+                    )
+                } else {
+                    (
+                        store.release(&r.hash, &r.value),
+                        Purpose::Release {
+                            until_ms: r.claim_expiry_ms,
+                        },
+                    )
+                };
+                return Some(RemoteTask::new(r.policy, op, purpose));
+            }
+        };
+        // No counter on commit: it is the common path, and every host call costs (the
+        // `accepted` counter already counts it).
+        if commit {
+            if !self.store.commit(host, &claim) {
+                // The claim stays in flight until it lapses; after that a replay inside the
+                // window would be admitted again. Rare (CAS exhaustion), but never silent.
+                host.increment(stats::STORE_COMMIT_FAILED);
+                host.log(
+                    Level::Warn,
+                    "webhook-guard: could not commit a delivery to the replay store (store_unavailable)",
+                );
+            }
+        } else if self.store.release(host, &claim) {
+            host.increment(stats::STORE_RELEASED);
+        }
+        None
+    }
+
+    pub fn route(&self, host: &dyn Host, req: &RouteInfo) -> Route {
+        if let Some(i) = self.policies.iter().position(|p| p.matcher.matches(req)) {
+            return Route::Verify(i);
+        }
+        if !self.default_deny {
+            host.increment(stats::UNMATCHED_PASSED);
+            return Route::Pass;
+        }
+        host.increment(stats::UNMATCHED_DENIED);
+        let reason = Reason::NoMatchingPolicy;
+        log_rejection(
+            host,
+            None,
+            reason,
+            reason.default_status(),
+            None,
+            req.route_name,
+            req.path,
+            None,
+        );
+        Route::Reject(Rejection {
+            status: reason.default_status(),
+            reason,
+            body: reply_body(reason, None),
+            headers: Vec::new(),
+        })
+    }
+
+    /// Header phase: everything that can be decided before the body is read.
+    pub fn begin(
+        &self,
+        host: &dyn Host,
+        policy_index: usize,
+        info: RequestInfo,
+        headers: &HeaderList,
+    ) -> Result<Pending, Rejection> {
+        let Some(policy) = self.policies.get(policy_index) else {
+            // Only reachable through a glue bug; fail closed.
+            return Err(self.reject_unknown(host));
+        };
+        let delivery_id = match &policy.scheme.delivery_id {
+            Some(DeliveryId::Header(name)) => match lookup(headers, name) {
+                Lookup::One(v) => Some(loggable(v)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let fail = |reason: Reason, detail: Option<&str>| {
+            self.reject(
+                host,
+                policy_index,
+                reason,
+                detail,
+                &info,
+                delivery_id.as_deref(),
+            )
+        };
+        // Before anything else: a method the policy does not verify (OPTIONS, GET, HEAD...)
+        // must not reach the backend, where a framework's automatic answer could commit the
+        // delivery and lose the sender's real retry.
+        if !policy.methods.contains(&info.method) {
+            let mut r = fail(Reason::MethodNotAllowed, None);
+            r.headers.push(("allow", policy.methods.join(", ")));
+            return Err(r);
+        }
+        if policy.keys.is_empty() {
+            return Err(fail(Reason::SecretUnavailable, None));
+        }
+        if let Lookup::One(v) = lookup(headers, "content-length") {
+            let declared = std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > policy.max_body_bytes) {
+                return Err(fail(Reason::BodyTooLarge, Some("content-length")));
+            }
+        }
+        let extracted = verify::extract(
+            &policy.scheme,
+            headers,
+            info.method.as_bytes(),
+            info.path.as_bytes(),
+        )
+        .map_err(|reason| fail(reason, None))?;
+        let challenge_header = policy.challenge == Some(Challenge::TwitchCallbackVerification)
+            && matches!(
+                lookup(headers, "twitch-eventsub-message-type"),
+                Lookup::One(v) if v == b"webhook_callback_verification"
+            );
+        Ok(Pending {
+            policy: policy_index,
+            extracted,
+            info,
+            delivery_id,
+            challenge_header,
+        })
+    }
+
+    /// Called as body chunks arrive with the total buffered so far.
+    pub fn check_body_size(
+        &self,
+        host: &dyn Host,
+        pending: &Pending,
+        buffered: usize,
+    ) -> Result<(), Rejection> {
+        let Some(policy) = self.policies.get(pending.policy) else {
+            return Err(self.reject_unknown(host));
+        };
+        if u64::try_from(buffered).map_or(true, |n| n > policy.max_body_bytes) {
+            return Err(self.reject(
+                host,
+                pending.policy,
+                Reason::BodyTooLarge,
+                Some("body"),
+                &pending.info,
+                pending.delivery_id.as_deref(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// End of the request: verify the MAC over the whole body, then the time window.
+    pub fn finish(
+        &self,
+        host: &dyn Host,
+        pending: &Pending,
+        body: &[u8],
+    ) -> Result<Accepted, Rejection> {
+        self.check_body_size(host, pending, body.len())?;
+        let Some(policy) = self.policies.get(pending.policy) else {
+            return Err(self.reject_unknown(host));
+        };
+        let fail = |reason: Reason, detail: Option<&str>| {
+            self.reject_with_body(host, pending, policy, body, reason, detail)
+        };
+        let Some(matched) =
+            verify::matching_key(&policy.scheme, &pending.extracted, &policy.keys, body)
+        else {
+            return Err(fail(Reason::InvalidSignature, None));
+        };
+        let key_index = matched.key_index;
+        if policy.scheme.body_sha256_query && !verify::body_hash_matches(&pending.extracted, body) {
+            return Err(fail(Reason::InvalidSignature, Some("body")));
+        }
+        let now = host.now_ms();
+        let ts_ms = match (&pending.extracted.timestamp, &policy.scheme.timestamp) {
+            (Some(ts), _) => Some(ts.ms),
+            (None, Some(spec)) => match &spec.source {
+                TimestampSource::BodyJson(field) => {
+                    match verify::body_timestamp(field, spec.unit, body) {
+                        Ok(ms) => Some(ms),
+                        Err(reason) => return Err(fail(reason, Some("body"))),
+                    }
+                }
+                _ => None,
+            },
+            (None, None) => None,
+        };
+        if let Some(ts) = ts_ms {
+            if let Err(skew) = verify::check_window(ts, now, policy.tolerance_ms) {
+                let detail = match skew {
+                    Skew::Stale => "stale",
+                    Skew::Future => "future",
+                };
+                return Err(fail(Reason::TimestampOutOfWindow, Some(detail)));
+            }
+        }
+        if let Some(reply) = self.challenge_reply(policy, pending, key_index, body) {
+            host.increment(policy.counter_base.saturating_add(stats::CHALLENGES));
+            return Ok(Accepted {
+                policy: pending.policy,
+                key_index,
+                claim: None,
+                reply: Some(reply),
+                remote: None,
+            });
+        }
+        let mut accepted = Accepted {
+            policy: pending.policy,
+            key_index,
+            claim: None,
+            reply: None,
+            remote: None,
+        };
+        if let Some(dedup) = &policy.dedup {
+            let key = policy.keys.get(key_index).map_or(&[][..], Vec::as_slice);
+            let mac = verify::canonical_mac(&policy.scheme, &pending.extracted, key, body, matched);
+            match self.claim(
+                host, policy, pending, dedup, &mac, body, now, ts_ms, key_index,
+            )? {
+                Claimed::Held(hold) => accepted.claim = Some(hold),
+                Claimed::Ask(task) => {
+                    // Counted as accepted once the remote store admits it.
+                    accepted.remote = Some(task);
+                    return Ok(accepted);
+                }
+            }
+        }
+        self.count_accepted(host, policy, key_index);
+        Ok(accepted)
+    }
+
+    /// The answer to a verified handshake, when the policy answers them and this is one.
+    fn challenge_reply(
+        &self,
+        policy: &Policy,
+        pending: &Pending,
+        key_index: usize,
+        body: &[u8],
+    ) -> Option<LocalReply> {
+        match policy.challenge? {
+            Challenge::ZoomUrlValidation => {
+                if crate::json::top_level_string(body, "event")? != "endpoint.url_validation" {
+                    return None;
+                }
+                let payload = crate::json::top_level(body, "payload")?;
+                let token = payload.get("plainToken")?.as_str()?;
+                let key = policy.keys.get(key_index)?;
+                let mac = verify::compute_mac(
+                    crate::config::Algorithm::HmacSha256,
+                    key,
+                    &[token.as_bytes()],
+                )?;
+                Some(LocalReply {
+                    status: 200,
+                    content_type: "application/json",
+                    body: format!(
+                        r#"{{"plainToken":{},"encryptedToken":"{}"}}"#,
+                        json_str(token),
+                        hex::encode(mac)
+                    ),
+                })
+            }
+            Challenge::TwitchCallbackVerification if pending.challenge_header => Some(LocalReply {
+                status: 200,
+                content_type: "text/plain",
+                body: crate::json::top_level_string(body, "challenge")?,
+            }),
+            Challenge::TwitchCallbackVerification => None,
+        }
+    }
+
+    /// Claims the delivery's dedup key; a duplicate, an in-flight twin or a store problem
+    /// becomes the rejection to send. With a remote store, a delivery this proxy already saw
+    /// committed is answered here; anything else becomes a task for `Guard::drive`.
+    #[allow(clippy::too_many_arguments)]
+    fn claim(
+        &self,
+        host: &dyn Host,
+        policy: &Policy,
+        pending: &Pending,
+        dedup: &DedupPolicy,
+        mac: &[u8],
+        body: &[u8],
+        now: u64,
+        ts_ms: Option<u64>,
+        key_index: usize,
+    ) -> Result<Claimed, Rejection> {
+        let (kind, material) =
+            dedup::key::material(&dedup.source, mac, &pending.extracted.signed_headers, body);
+        let hash = dedup::key::hash(&policy.name, kind, &material);
+        let done_expiry_ms = match dedup.retention {
+            Retention::Fixed(ms) => now.saturating_add(ms),
+            Retention::AfterWindow(margin) => ts_ms
+                .unwrap_or(now)
+                .max(now)
+                .saturating_add(policy.tolerance_ms)
+                .saturating_add(margin),
+        };
+        let claim_expiry_ms = now.saturating_add(dedup.claim_timeout_ms);
+        let found = if let Some(remote) = &dedup.remote {
+            if !self.store.is_done(host, now, pending.policy, &hash) {
+                return Ok(Claimed::Ask(RemoteTask::new(
+                    pending.policy,
+                    remote.claim(&hash, claim_expiry_ms, dedup.claim_timeout_ms),
+                    Purpose::Admit {
+                        key_index,
+                        hash,
+                        claim_expiry_ms,
+                        done_expiry_ms,
+                        info: pending.info.clone(),
+                        delivery_id: delivery_id(pending, policy, body),
+                    },
+                )));
+            }
+            host.increment(stats::ETCD_CACHE_HITS);
+            Found::Done
+        } else {
+            match self.store.claim(
+                host,
+                now,
+                pending.policy,
+                hash,
+                dedup.claim_timeout_ms,
+                done_expiry_ms,
+            ) {
+                ClaimOutcome::Claimed(c) => {
+                    return Ok(Claimed::Held(Hold {
+                        claim: Held::Local(c),
+                        delivery_id: delivery_id(pending, policy, body),
+                    }))
+                }
+                ClaimOutcome::Done => Found::Done,
+                ClaimOutcome::InFlight { retry_after_s } => Found::InFlight(retry_after_s),
+                ClaimOutcome::Full => Found::Full,
+                ClaimOutcome::Unavailable => Found::Unavailable,
+            }
+        };
+        Err(self.store_rejection(
+            host,
+            pending.policy,
+            found,
+            &pending.info,
+            delivery_id(pending, policy, body).as_deref(),
+        ))
+    }
+}
+
+enum Claimed {
+    Held(Hold),
+    Ask(RemoteTask),
+}

@@ -1,0 +1,336 @@
+//! The compiled configuration and the request flow the proxy glue drives:
+//! route -> begin (headers) -> finish (body) -> settle (the upstream's outcome).
+//! Every rejection is counted, logged as one JSON line and turned into a reply here, so the
+//! glue only moves bytes.
+//!
+//! `flow` holds the request path, `remote` the etcd tier's task driver, `reply` the
+//! rejections and log lines.
+
+mod flow;
+mod remote;
+mod reply;
+
+pub use remote::{Drive, RemoteCall, RemoteTask};
+
+use crate::dedup::key::KeySource;
+use crate::dedup::{Claim, Store};
+use crate::etcd::EtcdStore;
+use crate::host::{Host, Level};
+use crate::policy::Matcher;
+use crate::reason::Reason;
+use crate::scheme::Scheme;
+use crate::stats;
+use crate::verify::Extracted;
+
+use remote::RemoteClaim;
+
+/// How long a committed delivery stays a duplicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// From the moment of acceptance.
+    Fixed(u64),
+    /// Until the signed timestamp leaves the window, plus this margin: after that the window
+    /// check alone rejects a replay.
+    AfterWindow(u64),
+}
+
+#[derive(Debug, Clone)]
+pub struct DedupPolicy {
+    pub source: KeySource,
+    pub retention: Retention,
+    pub claim_timeout_ms: u64,
+    pub acknowledge: bool,
+    pub commit_statuses: Vec<u16>,
+    /// `on_unknown_outcome: release`: a forwarded delivery that got no answer is released.
+    pub release_unknown: bool,
+    /// This policy's share of the local store, in entries.
+    pub capacity: u64,
+    /// Claims live in etcd (shared by replicas); this proxy's store only caches `done` keys.
+    pub remote: Option<EtcdStore>,
+}
+
+/// A provider's endpoint handshake the filter answers itself (it is signed like a delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// Zoom `endpoint.url_validation`: reply `{"plainToken", "encryptedToken": hex(HMAC)}`.
+    ZoomUrlValidation,
+    /// Twitch `webhook_callback_verification`: reply the `challenge` as text.
+    TwitchCallbackVerification,
+}
+
+pub struct Policy {
+    pub name: String,
+    pub dedup: Option<DedupPolicy>,
+    pub challenge: Option<Challenge>,
+    pub(crate) matcher: Matcher,
+    pub scheme: Scheme,
+    pub(crate) keys: Vec<Vec<u8>>,
+    pub secrets_configured: usize,
+    pub tolerance_ms: u64,
+    pub max_body_bytes: u64,
+    /// Upper-case methods this policy verifies; others get 405 `method_not_allowed`.
+    pub methods: Vec<String>,
+    pub(crate) statuses: [u16; Reason::ALL.len()],
+    pub(crate) counter_base: usize,
+}
+
+// Keys are secret: never in debug output.
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("name", &self.name)
+            .field("keys", &format_args!("[{} REDACTED]", self.keys.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Policy {
+    /// Secrets that loaded (the others were unset or undecodable `env` secrets).
+    pub fn usable_secrets(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The current (first usable) key: for tools that sign, never for logs.
+    pub fn first_key(&self) -> Option<&[u8]> {
+        self.keys.first().map(Vec::as_slice)
+    }
+
+    pub fn status(&self, reason: Reason) -> u16 {
+        self.statuses
+            .get(reason.index())
+            .copied()
+            .unwrap_or_else(|| reason.default_status())
+    }
+}
+
+/// The compiled configuration: built once per configure, shared by every request.
+#[derive(Debug)]
+pub struct Guard {
+    default_deny: bool,
+    policies: Vec<Policy>,
+    counters: Vec<String>,
+    notices: Vec<(Level, String)>,
+    store: Store,
+    sweep_interval_ms: u64,
+}
+
+/// What to do with a request once its route is known.
+#[derive(Debug)]
+pub enum Route {
+    /// No policy and the default is allow: untouched.
+    Pass,
+    /// Verify with `policies[i]`.
+    Verify(usize),
+    Reject(Rejection),
+}
+
+/// A local reply the proxy sends instead of forwarding the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    pub reason: Reason,
+    /// `{"error": "<reason>", "policy": "<name>"}`: never any secret or expected MAC.
+    pub body: String,
+    /// Extra response headers (e.g. `retry-after` for `in_flight`).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// Request facts kept for decisions and log lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestInfo {
+    pub route_name: Option<String>,
+    pub method: String,
+    pub path: String,
+}
+
+/// State carried from the headers callback to the end of the body.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    policy: usize,
+    extracted: Extracted,
+    info: RequestInfo,
+    delivery_id: Option<String>,
+    /// Twitch marks its handshake in a header (read before the headers are gone).
+    challenge_header: bool,
+}
+
+impl Pending {
+    pub fn policy(&self) -> usize {
+        self.policy
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub policy: usize,
+    /// Which configured secret matched (0 = the first listed).
+    pub key_index: usize,
+    /// Held until the upstream answers: pass it to `Guard::settle`.
+    pub claim: Option<Hold>,
+    /// Verified, but admission waits on the remote store: run it with `Guard::drive` and
+    /// forward only on `Drive::Admit` (nothing is counted as accepted before that).
+    pub remote: Option<RemoteTask>,
+    /// A verified handshake the filter answers itself instead of forwarding.
+    pub reply: Option<LocalReply>,
+}
+
+/// A dedup claim held while the upstream handles the delivery: settle it with
+/// `Guard::settle` once the outcome is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    claim: Held,
+    /// For the log line of an unknown outcome (operators reconcile by it).
+    delivery_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Held {
+    Local(Claim),
+    Remote(RemoteClaim),
+}
+
+impl Hold {
+    fn policy(&self) -> usize {
+        match &self.claim {
+            Held::Local(c) => c.policy,
+            Held::Remote(r) => r.policy,
+        }
+    }
+}
+
+/// What became of a request forwarded upstream while holding a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// The upstream answered with this status: commit on success, release otherwise.
+    Answered(u16),
+    /// The request never reached the upstream (no host, connection refused, circuit open,
+    /// the stream ended before a connection was made): release.
+    NotSent,
+    /// Sent upstream, but no answer came back (client or upstream reset, timeout): the backend
+    /// may have processed it. Kept as delivered unless the policy says `release`.
+    Unknown,
+}
+
+impl Upstream {
+    /// The outcome of a forwarded request from what the proxy recorded when it ended:
+    /// the response status (none if the stream ended without one), whether that response came
+    /// from the upstream (Envoy: `response.code_details == "via_upstream"`), whether an
+    /// upstream connection was ever bound to the request (`upstream.local_address`: once it is,
+    /// the request was written to it) and how many attempts were made. Only a request that
+    /// provably never left is `NotSent`: with retries, an earlier attempt may have reached the
+    /// backend even when the last one could not connect.
+    pub fn classify(
+        status: Option<u16>,
+        from_upstream: bool,
+        connected: bool,
+        attempts: u64,
+    ) -> Upstream {
+        match status {
+            Some(s) if from_upstream => Upstream::Answered(s),
+            _ if !connected && attempts <= 1 => Upstream::NotSent,
+            _ => Upstream::Unknown,
+        }
+    }
+}
+
+/// A success answered by the filter (a challenge response).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Guard {
+    pub(crate) fn new(
+        default_deny: bool,
+        policies: Vec<Policy>,
+        counters: Vec<String>,
+        notices: Vec<(Level, String)>,
+        store: Store,
+        sweep_interval_ms: u64,
+    ) -> Guard {
+        Guard {
+            default_deny,
+            policies,
+            counters,
+            notices,
+            store,
+            sweep_interval_ms,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn sweep_interval_ms(&self) -> u64 {
+        self.sweep_interval_ms
+    }
+
+    /// Whether any policy matches on the Envoy route name (the glue fetches it only then).
+    pub fn uses_route_names(&self) -> bool {
+        self.policies.iter().any(|p| p.matcher.uses_route_name())
+    }
+
+    /// Whether any policy uses the replay store (no store work otherwise).
+    pub fn uses_store(&self) -> bool {
+        self.policies.iter().any(|p| p.dedup.is_some())
+    }
+
+    /// Configure-time: pre-create the store's keys (keeping existing entries).
+    pub fn init_store(&self, host: &dyn Host) {
+        if self.uses_store() {
+            self.store.init(host);
+        }
+    }
+
+    /// Periodic: prune expired entries if this root wins the sweep lease.
+    pub fn sweep(&self, host: &dyn Host, owner: u64) -> Option<usize> {
+        if !self.uses_store() {
+            return None;
+        }
+        // The lease outlives two periods so a slow sweep is not taken over mid-way.
+        self.store
+            .sweep(host, owner, self.sweep_interval_ms.saturating_mul(2))
+    }
+
+    /// Counter names, to be defined by the host in this order (`Host::increment` indexes it).
+    pub fn counter_names(&self) -> &[String] {
+        &self.counters
+    }
+
+    /// Facts worth a log line at load time that do not make the config invalid
+    /// (e.g. an unset secret variable).
+    pub fn notices(&self) -> &[(Level, String)] {
+        &self.notices
+    }
+
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+
+    pub fn policy(&self, index: usize) -> Option<&Policy> {
+        self.policies.get(index)
+    }
+
+    pub(crate) fn count_accepted(&self, host: &dyn Host, policy: &Policy, key_index: usize) {
+        host.increment(policy.counter_base.saturating_add(stats::ACCEPTED));
+        if key_index > 0 {
+            host.increment(
+                policy
+                    .counter_base
+                    .saturating_add(stats::ACCEPTED_SECONDARY_SECRET),
+            );
+        }
+    }
+}
+
+/// How long a committed delivery of `policy` typically stays (sets its lease buckets).
+pub(crate) fn done_lifetime_ms(policy: &Policy) -> u64 {
+    match policy.dedup.as_ref().map(|d| d.retention) {
+        Some(Retention::Fixed(ms)) => ms,
+        Some(Retention::AfterWindow(margin)) => policy.tolerance_ms.saturating_add(margin),
+        None => 0,
+    }
+}
