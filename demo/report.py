@@ -3,7 +3,12 @@ saw a body, the counters at the end, and the exit status."""
 from __future__ import annotations
 
 import hashlib
+import socket
+import ssl
+import struct
 import sys
+import time
+from urllib.parse import urlsplit
 
 import requests
 
@@ -44,3 +49,35 @@ def finish(failures: int, success: str) -> int:
         return 1
     print("\n" + success)
     return 0
+
+
+def _connect(envoy: str, verify) -> socket.socket:
+    url = urlsplit(envoy)
+    sock = socket.create_connection((url.hostname, url.port), timeout=10)
+    if url.scheme == "https":
+        ctx = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+        sock = ctx.wrap_socket(sock, server_hostname=url.hostname)
+    return sock
+
+
+def _request_bytes(method: str, target: str, headers: dict, body: bytes) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def raw_request(envoy: str, method: str, target: str, headers: dict, body: bytes, verify=True) -> int:
+    """One request with the target sent exactly as given (no client-side normalisation)."""
+    with _connect(envoy, verify) as sock:
+        sock.sendall(_request_bytes(method, target, headers, body))
+        line = sock.recv(4096).split(b"\r\n", 1)[0].split(b" ")
+    return int(line[1]) if len(line) > 1 and line[1].isdigit() else 0
+
+
+def send_then_reset(envoy: str, target: str, headers: dict, body: bytes, after: float, verify=True) -> None:
+    """Sends a whole request, waits, then drops the connection with a TCP reset."""
+    sock = _connect(envoy, verify)
+    sock.sendall(_request_bytes("POST", target, headers, body))
+    time.sleep(after)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()

@@ -47,7 +47,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--envoy", default=f"http://127.0.0.1:{os.environ.get('WEBHOOK_DEMO_ENVOY_PORT', '10000')}")
     p.add_argument("--admin", default=f"http://127.0.0.1:{os.environ.get('WEBHOOK_DEMO_ADMIN_PORT', '9901')}")
-    p.add_argument("--backend", default=f"http://127.0.0.1:{os.environ.get('WEBHOOK_DEMO_BACKEND_PORT', '5000')}")
+    p.add_argument("--backend", help="the backend's control endpoints (/events, /admin)",
+                   default=f"http://127.0.0.1:{os.environ.get('WEBHOOK_DEMO_BACKEND_ADMIN_PORT', '5001')}")
     p.add_argument("--ca", help="CA certificate for an https --envoy URL")
     a = p.parse_args()
     verify = a.ca or True
@@ -132,9 +133,57 @@ def main() -> int:
     print(f"{'stripe':<9} {'20 at once':<16} {'':>6}  {f'{codes.count(200)} x 200, {codes.count(409)} x 409':<32} "
           f"{report.times(seen(body)):<15} {'ok' if ok else 'UNEXPECTED'}")
 
+    print("\n== what an attacker tries\n")
+    header = f"{'scenario':<44} {'status':>6}  {'answer':<22} {'reached backend':<15} check"
+    print(header)
+    print("-" * len(header))
+
+    def attack(name, send, want_status, want_answer, body, want_seen=0):
+        nonlocal failures
+        status, answer = send()
+        reached = seen(body)
+        ok = status in want_status and answer == want_answer and reached == want_seen
+        failures += not ok
+        print(f"{name:<44} {status:>6}  {answer:<22} {report.times(reached):<15} {'ok' if ok else 'UNEXPECTED'}")
+
+    def raw(method, target, headers, body):
+        status = report.raw_request(a.envoy, method, target, headers, body, verify=verify)
+        return status, "refused by Envoy" if status == 400 else f"{status}"
+
+    def via_requests(method, path, headers, body):
+        resp = requests.request(method, a.envoy + path, data=body, headers=headers, timeout=10, verify=verify)
+        return resp.status_code, report.answer(resp)
+
+    body = json.dumps({"id": uuid.uuid4().hex, "unsigned": True}).encode()
+    attack("unsigned POST /webhooks%2Fgithub", lambda: raw("POST", "/webhooks%2Fgithub", {}, body), {400},
+           "refused by Envoy", body)
+    attack("unsigned POST /webhooks/GitHub", lambda: via_requests("POST", "/webhooks/GitHub", {}, body), {400},
+           "missing_signature", body)
+    attack("GET /events (the backend's own endpoint)", lambda: via_requests("GET", "/events", {}, b""), {403},
+           "no_matching_policy", b"never sent")
+
+    _, sign, var, _ = PRESETS["github"]
+    body = json.dumps({"id": uuid.uuid4().hex, "n": "method"}).encode()
+    headers = sign(secrets[var], body, int(time.time()), "method-demo")
+    requests.post(a.backend + "/admin/fail-next?count=1", timeout=5)
+    via_requests("POST", "/webhooks/github", headers, body)  # the backend fails: the claim is released
+    attack("same signed delivery as OPTIONS", lambda: via_requests("OPTIONS", "/webhooks/github", headers, body),
+           {405}, "method_not_allowed", body, want_seen=1)
+    attack("  ...then the provider's real retry", lambda: via_requests("POST", "/webhooks/github", headers, body),
+           {200}, "forwarded", body, want_seen=2)
+
+    body = json.dumps({"id": uuid.uuid4().hex, "n": "reset"}).encode()
+    headers = sign(secrets[var], body, int(time.time()), "reset-demo")
+    requests.post(a.backend + "/admin/slow-next?count=3&seconds=0.5", timeout=5)
+    for _ in range(3):
+        report.send_then_reset(a.envoy, "/webhooks/github", headers, body, after=0.25, verify=verify)
+    time.sleep(0.6)
+    attack("captured delivery, reset after forwarding x3", lambda: via_requests("POST", "/webhooks/github", headers,
+                                                                                 body),
+           {409}, "replayed", body, want_seen=1)
+    print("(the backend may have processed a delivery whose answer never came: it is kept as delivered,")
+    print(" counted in store.unknown_outcome and logged with its delivery id, never released for a replay)")
     print()
-    resp = requests.get(a.envoy + "/events", timeout=5, verify=verify)
-    print(f"GET /events (no policy matches, default allow): {resp.status_code}, passed through untouched")
     big = b"x" * (64 * 1024 + 1)
     resp = requests.post(a.envoy + "/webhooks/custom", data=big, timeout=10, verify=verify)
     print(f"POST /webhooks/custom with a 64 KiB + 1 body: {resp.status_code} {resp.text}")

@@ -34,6 +34,7 @@ def render(
     tls_key: str | None = None,
     etcd_address: str = "127.0.0.1",
     etcd_port: int = 2379,
+    max_heap_bytes: int = 1 << 30,
 ) -> str:
     # Normalise the JSON (and fail early on a syntax error) before inlining it; tests that
     # feed Envoy a broken document on purpose pass check_json=False.
@@ -53,8 +54,27 @@ def render(
         "ETCD_ADDRESS": etcd_address,
         "ETCD_PORT": str(etcd_port),
         "TLS_LISTENER": tls_listener(listen_address, tls_port, tls_cert, tls_key) if tls_port else "",
+        "BODY_BUFFER_LIMIT": str(body_buffer_limit(plugin_config)),
+        "MAX_HEAP_BYTES": str(max_heap_bytes),
     }
     return string.Template(template.read_text()).substitute(values)
+
+
+# What Envoy may buffer of a body beyond the largest max_body_bytes: one read (32 KiB) and then
+# some, measured: with less, Envoy's plain 413 can fire before the filter's body_too_large.
+BODY_HEADROOM = 64 * 1024
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+
+def body_buffer_limit(plugin_config: str) -> int:
+    """The route body buffer for a plugin config: its largest max_body_bytes plus headroom."""
+    try:
+        policies = json.loads(plugin_config).get("policies", [])
+        largest = max((p.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES) for p in policies
+                       if isinstance(p, dict)), default=DEFAULT_MAX_BODY_BYTES)
+    except (ValueError, AttributeError, TypeError):
+        largest = DEFAULT_MAX_BODY_BYTES  # a deliberately broken config (tests): any size
+    return int(largest) + BODY_HEADROOM
 
 
 def tls_listener(address: str, port: int, cert: str | None, key: str | None) -> str:
@@ -63,7 +83,7 @@ def tls_listener(address: str, port: int, cert: str | None, key: str | None) -> 
     return f"""  - name: webhooks_tls
     address:
       socket_address: {{ address: {address}, port_value: {port} }}
-    per_connection_buffer_limit_bytes: 4194304
+    per_connection_buffer_limit_bytes: 32768
     filter_chains:
     - transport_socket:
         name: envoy.transport_sockets.tls

@@ -59,8 +59,8 @@ class Backend:
     """The demo backend: webhooks on `port` (what Envoy forwards to), its control endpoints
     (/events, /admin/*) on `admin_port`, loopback only and never behind the proxy."""
 
-    def __init__(self, workdir: pathlib.Path):
-        self.port = free_port()
+    def __init__(self, workdir: pathlib.Path, port: int | None = None):
+        self.port = port or free_port()
         self.admin_port = free_port()
         self.log_path = workdir / "backend.log"
         env = {**os.environ, "WEBHOOK_DEMO_BACKEND_PORT": str(self.port),
@@ -161,6 +161,10 @@ class Envoy:
         if not self.access_log_path.exists():
             return []
         return [json.loads(line) for line in self.access_log_path.read_text().splitlines() if line.strip()]
+
+    def heap_mib(self) -> float:
+        """Envoy's allocated heap (tcmalloc), from the admin /memory endpoint."""
+        return int(requests.get(self.admin + "/memory", timeout=5).json()["allocated"]) / 2**20
 
     def stats(self, prefix: str = "wasmcustom.webhook_guard.") -> dict[str, int]:
         text = requests.get(self.admin + "/stats", params={"filter": "^" + prefix.replace(".", r"\.")}, timeout=5).text

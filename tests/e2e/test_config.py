@@ -66,3 +66,16 @@ def test_missing_secret_fails_closed_with_503():
         assert "GITHUB_WEBHOOK_SECRET is unset or empty" in stack.envoy.log()
     finally:
         stack.stop()
+
+
+def test_default_allow_passes_unmatched_requests_untouched():
+    stack = Stack({"default": "allow", "policies": [GOOD]}, {"GITHUB_WEBHOOK_SECRET": "s3cr3t-value"})
+    try:
+        resp = stack.post("/webhooks/other", b'{"unverified": true}')
+        assert resp.status_code == 200  # the backend's answer: nothing verified it
+        assert [e["route"] for e in stack.backend.events()] == ["other"]
+        assert stack.envoy.stats()["webhook_guard.unmatched.passed"] == 1
+        # Paths outside /webhooks/ are not routed at all on the webhook listener.
+        assert stack.post("/events", b"").status_code == 404
+    finally:
+        stack.stop()

@@ -13,7 +13,7 @@ from harness import ROOT, free_port, wait_until
 def demo_env():
     env = {k: v for k, v in os.environ.items() if not k.endswith(("_SECRET", "_SECRET_PREVIOUS"))}
     env.update(WEBHOOK_DEMO_ENVOY_PORT=str(free_port()), WEBHOOK_DEMO_ADMIN_PORT=str(free_port()),
-               WEBHOOK_DEMO_BACKEND_PORT=str(free_port()))
+               WEBHOOK_DEMO_BACKEND_PORT=str(free_port()), WEBHOOK_DEMO_BACKEND_ADMIN_PORT=str(free_port()))
     return env
 
 
@@ -22,11 +22,13 @@ def test_demo_table_runs_and_every_scenario_behaves():
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     out = res.stdout
     assert "UNEXPECTED" not in out
-    assert out.count(" ok\n") >= 48 + 6
+    assert out.count(" ok\n") >= 48 + 6 + 6
     assert "stripe    rotated secret      200" in out
     assert "github    exact replay        409  replayed" in out
     assert "github    provider retry      200  forwarded                        2 times" in out
     assert "1 x 200, 19 x 409" in out
+    assert "unsigned POST /webhooks%2Fgithub                400  refused by Envoy       no              ok" in out
+    assert "captured delivery, reset after forwarding x3    409  replayed               once            ok" in out
     assert "timestamp_out_of_window" in out and '"event":"webhook_rejected"' in out
     assert "GITHUB_WEBHOOK_SECRET=demo-github-secret" in out  # demo values are printed
 

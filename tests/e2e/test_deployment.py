@@ -35,6 +35,19 @@ def host_env_keys(envoy_yaml: dict) -> list[str]:
     return wasm["typed_config"]["config"]["vm_config"]["environment_variables"]["host_env_keys"]
 
 
+def published_ports(service: dict) -> dict[str, str | None]:
+    """Published port -> host address it binds (None: every interface), from `docker-compose
+    config`, which prints plain mappings as objects and host-bound ones as strings."""
+    out = {}
+    for p in service.get("ports", []):
+        if isinstance(p, dict):
+            out[str(p["published"])] = p.get("host_ip")
+        else:
+            host_ip, published, _ = p.split("/")[0].rsplit(":", 2)
+            out[published] = host_ip
+    return out
+
+
 def test_docker_compose_config_is_valid():
     if shutil.which("docker-compose") is None:
         pytest.fail("docker-compose is missing: scripts/setup.sh installs it")
@@ -46,8 +59,10 @@ def test_docker_compose_config_is_valid():
     assert {n for n, s in config["services"].items() if not s.get("profiles")} == {"envoy", "backend"}
     envoy = config["services"]["envoy"]
     assert envoy["image"] == "envoyproxy/envoy:v1.40.0"
-    published = {str(p["published"]) if isinstance(p, dict) else p.split(":")[0] for p in envoy["ports"]}
-    assert published == {"10000", "9901"}
+    assert published_ports(envoy) == {"10000": None, "9901": "127.0.0.1"}, "admin on loopback only"
+    backend = config["services"]["backend"]
+    assert not backend.get("ports"), "the backend (and its /events, /admin) is not published"
+    assert backend["environment"]["WEBHOOK_DEMO_BACKEND_ADMIN_PORT"] == "5001"
 
 
 def test_compose_mounts_the_config_the_e2e_tests_run():
@@ -77,7 +92,9 @@ def test_compose_replicas_profile_runs_two_envoys_on_one_etcd():
         assert set(replica["depends_on"]) == {"backend", "etcd"}
         assert str(COMPOSE_REPLICAS_OUTPUT) + ":/etc/envoy/envoy.yaml:ro" in replica["volumes"]
         assert replica["environment"] == services["envoy"]["environment"]
-        ports |= {str(p["published"]) for p in replica["ports"]}
+        published = published_ports(replica)
+        ports |= set(published)
+        assert set(published.values()) == {None, "127.0.0.1"}, published
     assert ports == {"10001", "9902", "10002", "9903"}
     # The mounted config is the template rendered for compose with every policy on etcd.
     assert COMPOSE_REPLICAS_OUTPUT.read_text() == render_compose(replicas=True), \

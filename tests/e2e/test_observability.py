@@ -61,16 +61,17 @@ def test_access_log_carries_the_verdict(demo, secrets):
     body = f'{{"marker": "{marker}"}}'.encode()
     demo.post(f"/webhooks/slack?m={marker}", body, sign(secrets[var], body, int(time.time()), ""))
     demo.post(f"/webhooks/slack?m={marker}x", body, {})
-    requests.get(f"{demo.envoy.url}/events?m={marker}", timeout=5)
+    requests.post(f"{demo.envoy.url}/webhooks/unknown?m={marker}", timeout=5)
     deadline = time.monotonic() + 10
     entries = {}
     while time.monotonic() < deadline and len(entries) < 3:
-        entries = {e["path"]: e for e in demo.envoy.access_log() if marker in e["path"]}
+        entries = {e["path"]: e for e in demo.envoy.access_log() if marker in (e["path"] or "")}
         time.sleep(0.2)
     assert entries[f"/webhooks/slack?m={marker}"]["webhook_verdict"] == "accepted"
     assert entries[f"/webhooks/slack?m={marker}x"]["webhook_verdict"] == "missing_signature"
     assert entries[f"/webhooks/slack?m={marker}x"]["status"] == 400
-    assert entries[f"/events?m={marker}"]["webhook_verdict"] == "unmatched"
+    # The demo listener serves webhooks only ("default": "deny").
+    assert entries[f"/webhooks/unknown?m={marker}"]["webhook_verdict"] == "no_matching_policy"
 
 
 def _custom_headers(secret: str, body: bytes) -> dict:
@@ -107,11 +108,12 @@ def test_default_one_mib_limit_on_a_chunked_upload(demo, secrets):
     assert resp.json() == {"error": "body_too_large", "policy": "github"}
 
 
-def test_unmatched_paths_pass_untouched(demo):
+def test_unmatched_paths_are_denied_on_the_webhook_listener(demo):
     before = demo.envoy.stats()
-    resp = requests.get(demo.envoy.url + "/events", timeout=5)
-    assert resp.status_code == 200 and "events" in resp.json()
-    assert delta(before, demo.envoy.stats(), "webhook_guard.unmatched.passed") == 1
+    resp = requests.post(demo.envoy.url + "/webhooks/unknown", data=b"{}", timeout=5)
+    assert resp.status_code == 403
+    assert resp.json() == {"error": "no_matching_policy", "policy": None}
+    assert delta(before, demo.envoy.stats(), "webhook_guard.unmatched.denied") == 1
 
 
 def test_path_tricks_cannot_slip_past_a_policy(demo):

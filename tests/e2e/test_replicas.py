@@ -139,18 +139,22 @@ def test_a_backend_failure_is_released_and_the_retry_is_admitted_on_the_other_re
     assert backend_saw(replicas, body) == 2  # the failed attempt and the retry
 
 
-def test_a_client_that_leaves_mid_delivery_does_not_block_the_retry(replicas):
+def test_a_client_that_leaves_after_forwarding_cannot_replay_the_delivery(replicas):
     a, b = replicas.envoys
     path, body, headers = delivery(replicas)
-    replicas.backend.slow_next(1, 2.0)
+    replicas.backend.slow_next(1, 1.5)
     with pytest.raises(requests.Timeout):
         post(a, path, body, headers, timeout=0.5)
-    # The stream ends without an answer; A's root context releases the claim on its next tick.
-    def retry_admitted():
+    # The backend got it: the outcome is unknown, so the claim is kept as delivered (committed
+    # by A's root context once the stream is gone), and no replica admits a copy.
+    def kept():
         r = post(b, path, body, headers)
-        assert r.status_code in (200, 409), r.text
-        return r.status_code == 200
-    wait_until(retry_admitted, 8, "the retry to be admitted on the other replica")
+        assert r.status_code == 409, r.text
+        return r.json()["error"] == "replayed"
+    wait_until(kept, 8, "the delivery to be kept as delivered")
+    time.sleep(1.5)
+    assert backend_saw(replicas, body) == 1
+    assert a.stats()["webhook_guard.store.unknown_outcome"] >= 1
 
 
 def test_metrics_count_round_trips_latency_and_shared_leases(replicas):

@@ -350,28 +350,28 @@ add("twilio JSON body without bodySHA256 is not covered", "twilio", "derived-neg
 
 # The body hash binds the body whatever the (unsigned) Content-Type says: a JSON delivery's URL
 # signature must not verify a swapped body sent as a form, nor an empty form.
-path = "/webhooks/twilio/json-as-form?bodySHA256=" + hashlib.sha256(TW_JSON.encode()).hexdigest()
-add("twilio bodySHA256 checked under a form content-type", "twilio", "derived-negative", TW_TOKEN,
-    {**TW_FORM_CT, "x-twilio-signature": twilio_sig(TW_TOKEN, TW_ORIGIN + path, {})},
-    "", None, "invalid_signature", path=path, policy={"public_origin": TW_ORIGIN})
-add("twilio bodySHA256 body under a form content-type", "twilio", "derived", TW_TOKEN,
-    {**TW_FORM_CT, "x-twilio-signature": twilio_sig(TW_TOKEN, TW_ORIGIN + path, {})},
-    TW_JSON, None, "accepted", path=path, policy={"public_origin": TW_ORIGIN})
+for i, (name, expect, body) in enumerate([
+    ("twilio bodySHA256 checked under a form content-type", "invalid_signature", ""),
+    ("twilio bodySHA256 body under a form content-type", "accepted", TW_JSON),
+]):
+    path = f"/webhooks/twilio/json-as-form{i}?bodySHA256=" + hashlib.sha256(TW_JSON.encode()).hexdigest()
+    add(name, "twilio", "derived" if expect == "accepted" else "derived-negative", TW_TOKEN,
+        {**TW_FORM_CT, "x-twilio-signature": twilio_sig(TW_TOKEN, TW_ORIGIN + path, {})},
+        body, None, expect, path=path, policy={"public_origin": TW_ORIGIN})
 path = "/webhooks/twilio/empty-form"
 add("twilio empty form body does not verify", "twilio", "derived-negative", TW_TOKEN,
     {**TW_FORM_CT, "x-twilio-signature": twilio_sig(TW_TOKEN, TW_ORIGIN + path, {})},
     "", None, "invalid_signature", path=path, policy={"public_origin": TW_ORIGIN})
 # Twilio signs the URL with or without the scheme's default port; its SDKs accept both.
-path = "/webhooks/twilio/port?x=1"
-add("twilio URL signed with the default port", "twilio", "self-generated", TW_TOKEN,
-    {**TW_FORM_CT, "x-twilio-signature": twilio_sig(TW_TOKEN, TW_ORIGIN + ":443" + path, TW_PARAMS)},
-    TW_FORM, None, "accepted", path=path, policy={"public_origin": TW_ORIGIN})
-add("twilio origin with a port, URL signed without", "twilio", "self-generated", TW_TOKEN,
-    {**TW_FORM_CT, "x-twilio-signature": twilio_sig(TW_TOKEN, TW_ORIGIN + path, TW_PARAMS)},
-    TW_FORM, None, "accepted", path=path, policy={"public_origin": TW_ORIGIN + ":443"})
-add("twilio URL signed with another port", "twilio", "derived-negative", TW_TOKEN,
-    {**TW_FORM_CT, "x-twilio-signature": twilio_sig(TW_TOKEN, TW_ORIGIN + ":8443" + path, TW_PARAMS)},
-    TW_FORM, None, "invalid_signature", path=path, policy={"public_origin": TW_ORIGIN})
+for i, (name, provenance, signed_origin, policy_origin, expect) in enumerate([
+    ("twilio URL signed with the default port", "self-generated", TW_ORIGIN + ":443", TW_ORIGIN, "accepted"),
+    ("twilio origin with a port, URL signed without", "self-generated", TW_ORIGIN, TW_ORIGIN + ":443", "accepted"),
+    ("twilio URL signed with another port", "derived-negative", TW_ORIGIN + ":8443", TW_ORIGIN, "invalid_signature"),
+]):
+    path = f"/webhooks/twilio/port{i}?x=1"
+    add(name, "twilio", provenance, TW_TOKEN,
+        {**TW_FORM_CT, "x-twilio-signature": twilio_sig(TW_TOKEN, signed_origin + path, TW_PARAMS)},
+        TW_FORM, None, expect, path=path, policy={"public_origin": policy_origin})
 
 OUT.write_text(json.dumps(vectors, indent=1) + "\n")
 print(f"wrote {len(vectors)} vectors to {OUT}")

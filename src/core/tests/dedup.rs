@@ -636,3 +636,46 @@ fn a_retention_shorter_than_the_window_is_flagged() {
         .iter()
         .any(|(_, m)| m.contains("retention_seconds is shorter")));
 }
+
+#[test]
+fn envoys_record_of_a_failed_request_classifies_its_outcome() {
+    // Flags and attempt counts as Envoy 1.40 reported them (measured; see
+    // docs/replay-protection.md#outcomes).
+    const UH: u64 = 1 << 1;
+    const UT: u64 = 1 << 2;
+    const UR: u64 = 1 << 4;
+    const UF: u64 = 1 << 5;
+    const UC: u64 = 1 << 6;
+    const UO: u64 = 1 << 7;
+    const NR: u64 = 1 << 8;
+    const DC: u64 = 1 << 14;
+    const URX: u64 = 1 << 15;
+    const NC: u64 = 1 << 24;
+    const DR: u64 = 1 << 28;
+    // Never left: connection refused or timed out, no healthy host, overflow, no route.
+    for flags in [UF, UH, UO, NR, NC, 0] {
+        assert_eq!(
+            Upstream::after_local_reply(flags, 1),
+            Upstream::NotSent,
+            "{flags:#x}"
+        );
+    }
+    // Sent, no answer: route timeout, upstream reset or closed mid-request.
+    for flags in [UT, UC, UR, UT | UC] {
+        assert_eq!(
+            Upstream::after_local_reply(flags, 1),
+            Upstream::Unknown,
+            "{flags:#x}"
+        );
+    }
+    // With retries, the first attempt may have reached the backend before the last refused.
+    assert_eq!(Upstream::after_local_reply(UF | URX, 2), Upstream::Unknown);
+    assert_eq!(Upstream::after_local_reply(UF, 3), Upstream::Unknown);
+    // Client reset (DC, or an HTTP/2 RST_STREAM: DR) after the upstream connection was ready:
+    // the request was written; before it (connect pending): it never left.
+    let _ = (DC, DR);
+    assert_eq!(Upstream::after_stream_end(true, 1), Upstream::Unknown);
+    assert_eq!(Upstream::after_stream_end(false, 1), Upstream::NotSent);
+    assert_eq!(Upstream::after_stream_end(false, 2), Upstream::Unknown);
+    assert_eq!(Upstream::after_stream_end(false, 0), Upstream::NotSent);
+}

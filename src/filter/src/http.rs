@@ -206,20 +206,29 @@ fn fail_closed(reason: Reason) -> Rejection {
 }
 
 /// What became of a forwarded request that did not get a 2xx (`status`: none when the stream
-/// ended without response headers), from what Envoy recorded. Only read off the common path.
+/// ended without response headers), from what Envoy recorded. Only read off the common path:
+/// an answer from the upstream costs one property read, Envoy's own reply two or three.
 fn upstream_outcome(status: Option<u16>) -> Upstream {
     let property = |path: Vec<&str>| hostcalls::get_property(path).ok().flatten();
-    let from_upstream = status.is_some()
-        && property(vec!["response", "code_details"]).as_deref() == Some(&b"via_upstream"[..]);
-    if from_upstream {
-        return Upstream::classify(status, true, true, 1);
+    let number = |path: Vec<&str>| {
+        property(path).and_then(|b| b.first_chunk::<8>().map(|n| u64::from_le_bytes(*n)))
+    };
+    // Unknown count: assume a retry may have happened (never under-reports a send).
+    let attempts = || number(vec!["upstream", "request_attempt_count"]).unwrap_or(u64::MAX);
+    match status {
+        Some(s) => {
+            if property(vec!["response", "code_details"]).as_deref() == Some(&b"via_upstream"[..]) {
+                return Upstream::Answered(s);
+            }
+            // Unreadable flags count as "anything may have happened".
+            let flags = number(vec!["response", "flags"]).unwrap_or(u64::MAX);
+            Upstream::after_local_reply(flags, attempts())
+        }
+        None => {
+            let pool_ready = property(vec!["upstream", "cx_pool_ready_duration"]).is_some();
+            Upstream::after_stream_end(pool_ready, attempts())
+        }
     }
-    let connected = property(vec!["upstream", "local_address"]).is_some_and(|a| !a.is_empty());
-    let attempts = property(vec!["upstream", "request_attempt_count"])
-        .and_then(|b| b.first_chunk::<8>().map(|n| u64::from_le_bytes(*n)))
-        // Unknown count: assume a retry may have happened (never under-reports a send).
-        .unwrap_or(u64::MAX);
-    Upstream::classify(status, false, connected, attempts)
 }
 
 fn set_property(name: &str, value: &str) {

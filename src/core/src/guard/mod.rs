@@ -211,24 +211,42 @@ pub enum Upstream {
     Unknown,
 }
 
+/// Envoy response flags (bits of `response.flags`, `1 << CoreResponseFlag`) that are only
+/// ever set when no attempt was sent upstream: no healthy host (UH), connection failure (UF),
+/// circuit breaker overflow (UO), no route (NR), no cluster (NC), failed local health check
+/// (LH), DNS failure (DF), drop overload (DO), unconditional drop overload (UDO). Any other
+/// flag (a timeout, a reset, a retry...) may follow a request the backend received.
+pub const NOT_SENT_FLAGS: u64 = (1 << 0)
+    | (1 << 1)
+    | (1 << 5)
+    | (1 << 7)
+    | (1 << 8)
+    | (1 << 24)
+    | (1 << 26)
+    | (1 << 27)
+    | (1 << 29);
+
 impl Upstream {
-    /// The outcome of a forwarded request from what the proxy recorded when it ended:
-    /// the response status (none if the stream ended without one), whether that response came
-    /// from the upstream (Envoy: `response.code_details == "via_upstream"`), whether an
-    /// upstream connection was ever bound to the request (`upstream.local_address`: once it is,
-    /// the request was written to it) and how many attempts were made. Only a request that
-    /// provably never left is `NotSent`: with retries, an earlier attempt may have reached the
-    /// backend even when the last one could not connect.
-    pub fn classify(
-        status: Option<u16>,
-        from_upstream: bool,
-        connected: bool,
-        attempts: u64,
-    ) -> Upstream {
-        match status {
-            Some(s) if from_upstream => Upstream::Answered(s),
-            _ if !connected && attempts <= 1 => Upstream::NotSent,
-            _ => Upstream::Unknown,
+    /// A response that did not come from the upstream (`response.code_details` other than
+    /// `via_upstream`): Envoy's own reply. Released only when its flags say no attempt left
+    /// and there was at most one attempt (with retries, an earlier attempt may have reached the
+    /// backend even when the last one could not connect).
+    pub fn after_local_reply(flags: u64, attempts: u64) -> Upstream {
+        if flags & !NOT_SENT_FLAGS == 0 && attempts <= 1 {
+            Upstream::NotSent
+        } else {
+            Upstream::Unknown
+        }
+    }
+
+    /// The stream ended before any response (client reset, closed connection): the request
+    /// left if an upstream connection was ever ready for it (`upstream.cx_pool_ready_duration`
+    /// is set; the address alone is not proof: unix-socket upstreams have none).
+    pub fn after_stream_end(pool_ready: bool, attempts: u64) -> Upstream {
+        if !pool_ready && attempts <= 1 {
+            Upstream::NotSent
+        } else {
+            Upstream::Unknown
         }
     }
 }

@@ -1,0 +1,569 @@
+"""The guarantee against an attacker, in the real Envoy with the shipped demo configuration
+(envoy/envoy.yaml.tmpl + envoy/webhook-guard.json): only genuine first deliveries reach the
+backend. Every attack is judged by what reached the backend (its /events), not only by the
+status code Envoy answered.
+
+Set WEBHOOK_GUARD_ATTACK_REPORT=<file> to append one JSON line per attack (status, whether it
+reached the backend, memory): the before/after table in docs/security.md comes from it.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import random
+import socket
+import struct
+import threading
+import time
+import uuid
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import pytest
+import requests
+
+from harness import DEMO_CONFIG, Backend, Envoy, Stack, free_port, wait_until
+from signers import PRESETS
+
+REPORT = os.environ.get("WEBHOOK_GUARD_ATTACK_REPORT")
+
+
+def report(attack: str, **facts) -> None:
+    if REPORT:
+        with open(REPORT, "a") as f:
+            f.write(json.dumps({"attack": attack, **facts}) + "\n")
+
+
+def digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def reached(stack: Stack, body: bytes) -> int:
+    return sum(e["body_sha256"] == digest(body) for e in stack.backend.events())
+
+
+def unique_body(tag: str = "evt") -> bytes:
+    return json.dumps({"id": f"{tag}_{uuid.uuid4().hex}", "object": "event"}).encode()
+
+
+def signed(secrets: dict, preset: str, body: bytes) -> tuple[str, dict]:
+    path, sign, var, _ = PRESETS[preset]
+    return path, sign(secrets[var], body, int(time.time()), f"d-{uuid.uuid4().hex}")
+
+
+# --- raw clients -------------------------------------------------------------------------
+
+def http1_request(method: str, target: str, headers: dict, body: bytes) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    if body or method not in ("GET", "HEAD"):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def raw_send(port: int, data: bytes, timeout: float = 10, half_close: bool = False) -> int:
+    """Sends raw bytes, returns the status of the first response (0 if none). `half_close`
+    ends the client's side after the bytes, so a truncated request does not wait out a timer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        buf = b""
+        try:
+            while b"\r\n" not in buf:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                buf += chunk
+        except socket.timeout:
+            return 0
+    parts = buf.split(b" ", 2)
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+
+def send_then_reset(port: int, data: bytes, after: float) -> None:
+    """Sends a whole request, waits, then closes with a TCP RST (SO_LINGER 0)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(data)
+    time.sleep(after)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+class H2:
+    """A minimal HTTP/2 client connection (python h2) for stream-level tricks."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self.flush()
+
+    def flush(self) -> None:
+        self.sock.sendall(self.conn.data_to_send())
+
+    def headers(self, method: str, path: str, headers: dict, end_stream: bool = False) -> int:
+        sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(sid, [(":method", method), (":path", path), (":scheme", "http"),
+                                     (":authority", "127.0.0.1"), *[(k.lower(), v) for k, v in headers.items()]],
+                               end_stream=end_stream)
+        self.flush()
+        return sid
+
+    def data(self, sid: int, data: bytes, end_stream: bool = False) -> None:
+        # Respect flow control: send what the window allows, pump events while waiting.
+        view = memoryview(data)
+        deadline = time.monotonic() + 10
+        while view and time.monotonic() < deadline:
+            window = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
+            if window <= 0:
+                self.pump(0.2)
+                continue
+            n = min(window, len(view))
+            self.conn.send_data(sid, bytes(view[:n]))
+            view = view[n:]
+            self.flush()
+        if end_stream:
+            self.conn.end_stream(sid)
+            self.flush()
+
+    def pump(self, timeout: float) -> list:
+        self.sock.settimeout(timeout)
+        events = []
+        try:
+            received = self.sock.recv(65535)
+        except (socket.timeout, BlockingIOError):
+            return events
+        except OSError:
+            return [None]
+        if not received:
+            return [None]
+        for event in self.conn.receive_data(received):
+            events.append(event)
+            if isinstance(event, h2.events.DataReceived):
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        self.flush()
+        return events
+
+    def response(self, sid: int, timeout: float = 10) -> tuple[int, bytes]:
+        status, data = 0, b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.pump(0.5):
+                if event is None:
+                    return status, data
+                if getattr(event, "stream_id", None) != sid:
+                    continue
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    data += event.data
+                elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    return status, data
+        return status, data
+
+    def reset(self, sid: int) -> None:
+        self.conn.reset_stream(sid, error_code=h2.errors.ErrorCodes.CANCEL)
+        self.flush()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def h2_request(port: int, method: str, path: str, headers: dict, body: bytes) -> int:
+    c = H2(port)
+    try:
+        sid = c.headers(method, path, headers, end_stream=not body)
+        if body:
+            c.data(sid, body, end_stream=True)
+        return c.response(sid)[0]
+    finally:
+        c.close()
+
+
+# --- 1. paths that could miss the policy but reach the handler ---------------------------
+
+TRICK_PATHS = [
+    "/webhooks%2Fgithub", "/webhooks%2fgithub", "/webhooks%5Cgithub", "/webhooks%5cgithub",
+    "/webhooks/GitHub", "/WEBHOOKS/GITHUB", "/Webhooks/Github/", "/webhooks/%67ithub", "/%77ebhooks/github",
+    "//webhooks/github", "/webhooks//github", "/webhooks/./github", "/webhooks/stripe/../github",
+    "/webhooks;x=1/github", "/webhooks/github;x=1", "/webhooks/github%2F", "/webhooks/github?x=%2F",
+    "/webhooks\\github", "/x/..%2Fwebhooks/github", "/webhooks/github%00", "/webhooks/github%20",
+]
+
+
+@pytest.mark.parametrize("path", TRICK_PATHS)
+def test_path_spellings_of_a_webhook_route_never_reach_the_backend_unverified(demo, path):
+    body = unique_body("path")
+    statuses = {
+        "http1": raw_send(demo.envoy.port, http1_request("POST", path, {"Content-Type": "application/json"}, body)),
+        "absolute-uri": raw_send(demo.envoy.port, http1_request(
+            "POST", f"http://127.0.0.1:{demo.envoy.port}{path}", {"Content-Type": "application/json"}, body)),
+        "http2": h2_request(demo.envoy.port, "POST", path, {"content-type": "application/json"}, body),
+    }
+    got = reached(demo, body)
+    report(f"unsigned POST {path}", statuses=statuses, reached=got)
+    assert got == 0, statuses
+    for how, status in statuses.items():
+        assert status in (400, 401, 403, 404), (how, status)
+
+
+def test_the_backends_control_endpoints_are_not_behind_the_proxy(demo, secrets):
+    for method, path in [("GET", "/events"), ("POST", "/admin/fail-next?count=5"), ("POST", "/admin/reset"),
+                         ("GET", "/healthz"), ("GET", "/")]:
+        status = raw_send(demo.envoy.port, http1_request(method, path, {}, b""))
+        report(f"{method} {path} through the proxy", status=status)
+        assert status in (403, 404), (path, status)
+    # The fail-next above never reached the backend: a genuine delivery still gets 200.
+    body = unique_body()
+    path, headers = signed(secrets, "github", body)
+    assert demo.post(path, body, headers).status_code == 200
+
+
+# --- 2. resets: a claim must not be released when the request may have been processed ----
+
+@pytest.mark.parametrize("proto", ["http1", "http2"])
+def test_resetting_after_the_request_was_forwarded_gives_no_replay(demo, secrets, proto):
+    body = unique_body("reset")
+    path, headers = signed(secrets, "stripe", body)
+    before = demo.envoy.stats()
+    demo.backend.slow_next(5, 0.5)
+    try:
+        for _ in range(5):
+            if proto == "http1":
+                send_then_reset(demo.envoy.port, http1_request("POST", path, headers, body), after=0.25)
+            else:
+                c = H2(demo.envoy.port)
+                sid = c.headers("POST", path, headers)
+                c.data(sid, body, end_stream=True)
+                time.sleep(0.25)
+                c.reset(sid)
+                c.close()
+            time.sleep(0.1)
+    finally:
+        time.sleep(0.6)
+        demo.backend.slow_next(0, 0)
+    resp = demo.post(path, body, headers)
+    got = reached(demo, body)
+    report(f"captured delivery re-sent 5x, {proto} reset after forwarding, then replayed",
+           reached=got, replay_status=resp.status_code)
+    assert got == 1
+    assert resp.status_code == 409 and resp.json()["error"] in ("replayed", "in_flight")
+    after = demo.envoy.stats()
+    assert after["webhook_guard.store.unknown_outcome"] - before.get("webhook_guard.store.unknown_outcome", 0) >= 1
+    wait_until(lambda: '"event":"webhook_unknown_outcome"' in demo.envoy.log(), 5, "the unknown-outcome log line")
+
+
+def test_resetting_before_the_body_is_complete_claims_nothing(demo, secrets):
+    body = unique_body("midbody")
+    path, headers = signed(secrets, "github", body)
+    data = http1_request("POST", path, headers, body)
+    for cut in (len(data) - len(body) - 2, len(data) - 5):  # mid-headers, mid-body
+        s = socket.create_connection(("127.0.0.1", demo.envoy.port), timeout=5)
+        s.sendall(data[:cut])
+        time.sleep(0.2)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    assert reached(demo, body) == 0
+    assert demo.post(path, body, headers).status_code == 200, "nothing was claimed: the real delivery passes"
+    assert demo.post(path, body, headers).status_code == 409
+    assert reached(demo, body) == 1
+
+
+def test_a_request_that_never_reached_the_upstream_is_released_for_the_retry(tmp_path, secrets):
+    # The backend is down (connection refused): Envoy answers 503 itself. The sender's retry
+    # must be admitted once the backend is back, not refused as in flight or replayed.
+    port = free_port()
+    envoy = Envoy(tmp_path, port, DEMO_CONFIG.read_text(), secrets)
+    backend = None
+    try:
+        body = unique_body("down")
+        path, headers = signed(secrets, "github", body)
+        url = envoy.url + path
+        first = requests.post(url, data=body, headers=headers, timeout=10)
+        second = requests.post(url, data=body, headers=headers, timeout=10)
+        # Envoy's own 503 (connection refused) both times: not our 409 in_flight.
+        assert (first.status_code, second.status_code) == (503, 503)
+        assert "in_flight" not in second.text
+        backend = Backend(tmp_path, port=port)
+        wait_until(lambda: requests.post(url, data=body, headers=headers, timeout=10).status_code == 200, 10,
+                   "the retry to be admitted once the backend is up")
+        assert requests.post(url, data=body, headers=headers, timeout=10).status_code == 409
+        assert sum(e["body_sha256"] == digest(body) for e in backend.events()) == 1
+        assert envoy.stats()["webhook_guard.store.released"] >= 2
+        report("delivery while the backend refuses connections, then retried", statuses=[503, 503],
+               retry_admitted=True)
+    finally:
+        envoy.stop()
+        if backend:
+            backend.stop()
+
+
+# --- 3. another method must not commit (or reach) a verified delivery ---------------------
+
+def test_another_method_cannot_commit_a_delivery_and_lose_the_retry(demo, secrets):
+    body = unique_body("method")
+    path, headers = signed(secrets, "github", body)
+    demo.backend.fail_next(1)
+    assert demo.post(path, body, headers).status_code == 500  # the backend failed: released
+    statuses = {}
+    for method in ("OPTIONS", "GET", "HEAD", "PUT", "PATCH", "DELETE", "post"):
+        status = raw_send(demo.envoy.port, http1_request(method, path, headers, body))
+        statuses[method] = status
+        # Envoy's own codec refuses a lower-case method (400) before the filter sees it.
+        assert status == (400 if method == "post" else 405), (method, status)
+    h2_status = h2_request(demo.envoy.port, "OPTIONS", path, headers, body)
+    assert h2_status == 405
+    events = [e for e in demo.backend.events() if e["body_sha256"] == digest(body)]
+    assert [e["method"] for e in events] == ["POST"], events
+    retry = demo.post(path, body, headers)
+    report("same signed delivery sent as OPTIONS/GET/HEAD/PUT/... after a backend failure",
+           statuses=statuses, reached_with_other_method=0, retry_status=retry.status_code)
+    assert retry.status_code == 200, "the provider's real retry is admitted"
+    resp = requests.options(demo.envoy.url + path, timeout=5)
+    assert resp.status_code == 405 and resp.headers["allow"] == "POST"
+    assert resp.json() == {"error": "method_not_allowed", "policy": "github"}
+
+
+# --- 4. what an attacker can pin in memory, and for how long --------------------------------
+
+def pin_streams(port: int, streams: int, body_bytes: int = 1024 * 1024) -> tuple[H2, int]:
+    """Opens `streams` unsigned GitHub deliveries on one HTTP/2 connection, each declaring and
+    sending up to `body_bytes` as fast as flow control lets it, and never ends them. Returns the
+    connection and how many streams the server refused or reset."""
+    c = H2(port)
+    refused = 0
+    chunk = b"x" * 16384
+    sids = []
+    try:
+        # Take the server's SETTINGS first, as a real client library would.
+        c.pump(0.5)
+        for _ in range(streams):
+            sids.append(c.headers("POST", "/webhooks/github", {"x-hub-signature-256": "sha256=" + "0" * 64,
+                                                               "content-length": str(body_bytes)}))
+        for _ in range(body_bytes // len(chunk)):
+            for sid in sids:
+                if c.conn.local_flow_control_window(sid) >= len(chunk):
+                    c.conn.send_data(sid, chunk)
+            c.flush()
+            events = c.pump(0.05)
+            if None in events:
+                break
+            refused += sum(isinstance(e, h2.events.StreamReset) for e in events)
+    except (h2.exceptions.ProtocolError, OSError):
+        refused = streams  # the server closed the connection
+    return c, refused
+
+
+def test_one_http2_connection_cannot_pin_unbounded_memory(demo, secrets):
+    heap_before = demo.envoy.heap_mib()
+    # Asking for more streams than the listener allows (16) ends the connection at once.
+    c, refused = pin_streams(demo.envoy.port, 150)
+    greedy_peak = demo.envoy.heap_mib()
+    c.close()
+    # Within the limit: 16 streams x 1 MiB, each held until it times out.
+    c, _ = pin_streams(demo.envoy.port, 16)
+    time.sleep(0.5)
+    peak = demo.envoy.heap_mib()
+    c.close()
+    time.sleep(1)
+    heap_after = demo.envoy.heap_mib()
+    report("one HTTP/2 connection, 150 (then 16) streams x 1 MiB unsigned, never ended",
+           heap_before_mib=round(heap_before, 1), peak_150_streams_mib=round(greedy_peak, 1),
+           peak_16_streams_mib=round(peak, 1), heap_after_mib=round(heap_after, 1))
+    assert refused > 0
+    assert greedy_peak - heap_before < 8, (heap_before, greedy_peak)
+    # 16 x (1 MiB + 64 KiB of headroom), and nothing more, whatever the client sends.
+    assert peak - heap_before < 16 * 1.1 + 4, (heap_before, peak)
+    assert heap_after - heap_before < 4, (heap_before, heap_after)
+
+
+def test_slow_senders_are_cut_off(demo, secrets):
+    """One byte every 20 s trips the stream idle timeout (15 s); a byte every 4 s trips the
+    whole-request timeout (30 s). Both run at once to keep the test short."""
+    def trickle(interval: float, limit: float) -> float:
+        s = socket.create_connection(("127.0.0.1", demo.envoy.port), timeout=limit)
+        start = time.monotonic()
+        s.sendall(b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+                  b"X-Hub-Signature-256: sha256=" + b"0" * 64 + b"\r\n\r\n")
+        try:
+            while time.monotonic() - start < limit:
+                s.settimeout(interval)
+                try:
+                    if s.recv(4096) == b"":
+                        break
+                    # A response (408/timeout) arrived: read until close.
+                    s.settimeout(2)
+                    while s.recv(4096):
+                        pass
+                    break
+                except socket.timeout:
+                    s.sendall(b"a")
+                except OSError:
+                    break
+        finally:
+            s.close()
+        return time.monotonic() - start
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        idle = pool.submit(trickle, 20, 60)
+        slow = pool.submit(trickle, 4, 60)
+        idle_s, slow_s = idle.result(), slow.result()
+    report("HTTP/1 body trickled: 1 byte / 20 s, and 1 byte / 4 s", cut_after_s=[round(idle_s, 1), round(slow_s, 1)])
+    assert idle_s < 20, idle_s
+    assert slow_s < 36, slow_s
+
+
+# --- 5. other things an attacker tries ----------------------------------------------------
+
+def test_fifty_concurrent_copies_reach_the_backend_once(demo, secrets):
+    body = unique_body("burst")
+    path, headers = signed(secrets, "standard", body)
+    demo.backend.slow_next(1, 0.3)
+    barrier = threading.Barrier(50)
+
+    def send(_):
+        with requests.Session() as s:
+            barrier.wait()
+            return s.post(demo.envoy.url + path, data=body, headers=headers, timeout=20).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        codes = list(pool.map(send, range(50)))
+    got = reached(demo, body)
+    report("50 concurrent copies of one delivery", statuses={c: codes.count(c) for c in set(codes)}, reached=got)
+    assert codes.count(200) == 1 and codes.count(409) == 49, codes
+    assert got == 1
+
+
+def test_header_tricks_are_refused(demo, secrets):
+    body = unique_body("hdr")
+    path, headers = signed(secrets, "github", body)
+    good_sig = headers["X-Hub-Signature-256"]
+    bad_sig = "sha256=" + "0" * 64
+    rest = {k: v for k, v in headers.items() if k != "X-Hub-Signature-256"}
+    tricks = {
+        # Two signature headers, one of them valid: ambiguous, never guessed at.
+        "duplicate signature": http1_request("POST", path, rest, body).replace(
+            b"\r\n\r\n", f"\r\nX-Hub-Signature-256: {bad_sig}\r\nX-Hub-Signature-256: {good_sig}\r\n\r\n".encode(), 1),
+        # Underscored twins of signed headers (a WSGI app reads them as the dashed name).
+        "underscore header": http1_request("POST", path, {**headers, "X_Hub_Signature_256": bad_sig}, body),
+        # Conflicting framing (request smuggling).
+        "chunked + content-length": http1_request("POST", path, {**headers, "Transfer-Encoding": "chunked"}, body),
+        # The signature in an obs-fold continuation line.
+        "folded header": http1_request("POST", path, rest, body).replace(
+            b"\r\n\r\n", f"\r\nX-Hub-Signature-256: sha256=\r\n {good_sig[7:]}\r\n\r\n".encode(), 1),
+    }
+    statuses = {name: raw_send(demo.envoy.port, data) for name, data in tricks.items()}
+    got = reached(demo, body)
+    report("header tricks around a valid signature", statuses=statuses, reached=got)
+    assert got == 0, statuses
+    assert all(s >= 400 for s in statuses.values()), statuses
+    # A shorter Content-Length smuggles the rest of the body as a second, unsigned request.
+    short = http1_request("POST", path, headers, body).replace(
+        f"Content-Length: {len(body)}".encode(), f"Content-Length: {len(body) - 10}".encode())
+    raw_send(demo.envoy.port, short)
+    assert reached(demo, body) == 0 and reached(demo, body[:-10]) == 0
+    # The signature only in HTTP/2 trailers is no signature.
+    c = H2(demo.envoy.port)
+    try:
+        sid = c.headers("POST", path, rest)
+        c.data(sid, body)
+        c.conn.send_headers(sid, [("x-hub-signature-256", good_sig)], end_stream=True)
+        c.flush()
+        status, data = c.response(sid)
+    finally:
+        c.close()
+    assert status == 400 and json.loads(data)["error"] == "missing_signature"
+    assert reached(demo, body) == 0
+
+
+def test_random_garbage_never_reaches_the_backend(demo):
+    rng = random.Random(12345)
+    before = len(demo.backend.events())
+    statuses = []
+    for i in range(120):
+        kind = i % 3
+        if kind == 0:  # random bytes on the wire
+            data = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 400)))
+        elif kind == 1:  # a webhook path with random headers and body
+            headers = {f"X-{rng.randint(0, 9999)}": "".join(chr(rng.randint(33, 126)) for _ in range(20))
+                       for _ in range(rng.randint(0, 6))}
+            headers[rng.choice(["X-Hub-Signature-256", "Stripe-Signature", "webhook-signature",
+                                "X-Slack-Signature", "X-Webhook-Signature"])] = \
+                "".join(chr(rng.randint(32, 126)) for _ in range(rng.randint(0, 120)))
+            data = http1_request("POST", rng.choice(["/webhooks/github", "/webhooks/stripe", "/webhooks/standard",
+                                                     "/webhooks/slack", "/webhooks/custom"]), headers,
+                                 bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 300))))
+        else:  # a mangled request line
+            data = f"POST /webhooks/{'%' * rng.randint(1, 3)}{rng.randint(0, 99)} HTTP/1.{rng.randint(0, 9)}\r\n" \
+                   f"Host: x\r\nContent-Length: {rng.randint(0, 5)}\r\n\r\nabc".encode()
+        try:
+            # Whole requests wait for their answer; truncated bytes end the connection.
+            statuses.append(raw_send(demo.envoy.port, data, timeout=3, half_close=kind != 1))
+        except OSError:
+            statuses.append(-1)
+    assert len(demo.backend.events()) == before
+    assert not any(200 <= s < 300 for s in statuses)
+    # The well-formed ones were judged by the filter (answered), not dropped.
+    assert all(s >= 400 for s in statuses[1::3]), statuses[1::3]
+    assert requests.get(demo.envoy.admin + "/ready", timeout=5).text.strip() == "LIVE"
+    report("120 random requests (bytes, headers, request lines)", reached=0,
+           any_2xx=any(200 <= s < 300 for s in statuses))
+
+
+def test_a_slow_but_genuine_sender_still_gets_through(demo, secrets):
+    body = unique_body("slow") + b" " * 2000
+    path, headers = signed(secrets, "slack", body)
+    data = http1_request("POST", path, headers, body)
+    with socket.create_connection(("127.0.0.1", demo.envoy.port), timeout=15) as s:
+        for i in range(0, len(data), 512):
+            s.sendall(data[i:i + 512])
+            time.sleep(0.3)
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+    assert reached(demo, body) == 1
+
+
+def test_rejection_logs_carry_the_client_address(demo):
+    s = socket.create_connection(("127.0.0.1", demo.envoy.port), timeout=5)
+    local = s.getsockname()
+    marker = uuid.uuid4().hex
+    s.sendall(http1_request("POST", f"/webhooks/github?{marker}", {"X-GitHub-Delivery": marker}, b"{}"))
+    assert s.recv(100).startswith(b"HTTP/1.1 400")
+    s.close()
+    wait_until(lambda: any(l.get("delivery_id") == marker for l in demo.envoy.rejection_logs()), 5, "the log line")
+    line = next(l for l in demo.envoy.rejection_logs() if l.get("delivery_id") == marker)
+    assert line["client"] == f"{local[0]}:{local[1]}"
+
+
+# --- 6. one sender cannot starve another --------------------------------------------------
+
+def test_a_flood_on_one_policy_never_fills_another_policys_share(tmp_path):
+    secret = "flood-secret"
+    gh = lambda name, prefix: {"name": name, "match": {"path_prefix": prefix}, "provider": "github",  # noqa: E731
+                               "secrets": [{"env": "GITHUB_WEBHOOK_SECRET"}]}
+    stack = Stack({"default": "deny", "store": {"shards": 2, "capacity": 20},
+                   "policies": [gh("flooded", "/webhooks/github"), gh("quiet", "/webhooks/other")]},
+                  {"GITHUB_WEBHOOK_SECRET": secret})
+    try:
+        _, sign, _, _ = PRESETS["github"]
+        codes = []
+        for i in range(30):
+            body = unique_body(f"flood{i}")
+            codes.append(stack.post("/webhooks/github", body, sign(secret, body, 0, "d")).status_code)
+        assert 503 in codes, codes
+        body = unique_body("quiet")
+        resp = stack.post("/webhooks/other", body, sign(secret, body, 0, "d"))
+        report("flood of valid deliveries on one policy, then another policy's delivery",
+               flooded_503=codes.count(503), other_policy_status=resp.status_code)
+        assert resp.status_code == 200
+        assert stack.envoy.stats()["webhook_guard.policy.flooded.reason.store_full"] == codes.count(503)
+    finally:
+        stack.stop()
