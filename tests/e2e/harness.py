@@ -20,6 +20,7 @@ import threading
 import time
 
 import requests
+import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -53,6 +54,17 @@ def wait_until(predicate, timeout: float, what: str) -> None:
             pass
         time.sleep(0.1)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def admin_stats(admin: str, prefix: str) -> dict[str, int]:
+    """Envoy's counters under `prefix`, without the `wasmcustom.` prefix."""
+    text = requests.get(admin + "/stats", params={"filter": "^" + prefix.replace(".", r"\.")}, timeout=5).text
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if value.strip().isdigit():
+            out[name.removeprefix("wasmcustom.")] = int(value)
+    return out
 
 
 class Backend:
@@ -108,7 +120,8 @@ class Envoy:
 
     def __init__(self, workdir: pathlib.Path, backend_port: int, plugin_config: dict | str, env: dict[str, str],
                  concurrency: int = 2, wait: bool = True, check_json: bool = True,
-                 tls: tuple[str, str] | None = None, etcd_port: int = 2379):
+                 tls: tuple[str, str] | None = None, etcd_port: int = 2379, max_heap_bytes: int = 1 << 30,
+                 template: pathlib.Path | None = None):
         self.workdir = workdir
         self.port = free_port()
         self.admin_port = free_port()
@@ -130,6 +143,8 @@ class Envoy:
             tls_cert=tls[0] if tls else None,
             tls_key=tls[1] if tls else None,
             etcd_port=etcd_port,
+            max_heap_bytes=max_heap_bytes,
+            **({"template": template} if template else {}),
         ))
         # Only the secrets we pass, so nothing from the developer's shell leaks in.
         clean = {k: v for k, v in os.environ.items() if not k.endswith(("_SECRET", "_SECRET_PREVIOUS"))}
@@ -167,13 +182,7 @@ class Envoy:
         return int(requests.get(self.admin + "/memory", timeout=5).json()["allocated"]) / 2**20
 
     def stats(self, prefix: str = "wasmcustom.webhook_guard.") -> dict[str, int]:
-        text = requests.get(self.admin + "/stats", params={"filter": "^" + prefix.replace(".", r"\.")}, timeout=5).text
-        out = {}
-        for line in text.splitlines():
-            name, _, value = line.partition(": ")
-            if value.strip().isdigit():
-                out[name.removeprefix("wasmcustom.")] = int(value)
-        return out
+        return admin_stats(self.admin, prefix)
 
     def rejection_logs(self) -> list[dict]:
         lines = []
@@ -181,6 +190,83 @@ class Envoy:
             if '"event":"webhook_rejected"' in line:
                 lines.append(json.loads(line[line.index("{"):]))
         return lines
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+class ReloadableEnvoy:
+    """Envoy whose webhook listener (the rendered demo template's) comes from a file-based LDS
+    source: `reload()` swaps in a new plugin config and VM environment without a restart, as a
+    control plane would."""
+
+    def __init__(self, workdir: pathlib.Path, backend_port: int, plugin_config: dict,
+                 key_values: dict[str, str] | None = None, env: dict[str, str] | None = None,
+                 etcd_port: int = 2379):
+        self.workdir = workdir
+        self.backend_port = backend_port
+        self.etcd_port = etcd_port
+        self.port, self.admin_port = free_port(), free_port()
+        self.lds = workdir / f"lds-{self.port}.json"
+        self.log_path = workdir / f"envoy-reloadable-{self.port}.log"
+        bootstrap = yaml.safe_load(self._render(plugin_config))
+        listener = bootstrap["static_resources"].pop("listeners")[0]
+        self._write_lds(self._with_key_values(listener, key_values))
+        bootstrap["node"] = {"id": "reload-test", "cluster": "webhook-guard"}
+        bootstrap["dynamic_resources"] = {"lds_config": {"resource_api_version": "V3",
+                                                         "path_config_source": {"path": str(self.lds)}}}
+        config = workdir / f"bootstrap-{self.port}.json"
+        config.write_text(json.dumps(bootstrap))
+        clean = {k: v for k, v in os.environ.items() if not k.endswith(("_SECRET", "_SECRET_PREVIOUS"))}
+        self.proc = subprocess.Popen([envoy_binary(), "-c", str(config), "--base-id", str(next(_base_ids)),
+                                      "--concurrency", "2", "--component-log-level", "wasm:debug"],
+                                     env={**clean, **(env or {})}, stdout=self.log_path.open("wb"),
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
+        try:
+            wait_until(lambda: requests.get(self.admin + "/ready", timeout=1).text.strip() == "LIVE", 30, "envoy")
+        except TimeoutError as e:
+            self.stop()
+            raise AssertionError(self.log()[-4000:]) from e
+        self.updates = 1
+
+    def _render(self, plugin_config: dict) -> str:
+        return render(envoy_port=self.port, admin_port=self.admin_port, backend_port=self.backend_port,
+                      wasm_path=str(WASM), plugin_config=json.dumps(plugin_config),
+                      access_log_path=str(self.workdir / f"access-{self.port}.log"), etcd_port=self.etcd_port)
+
+    @staticmethod
+    def _with_key_values(listener: dict, key_values: dict[str, str] | None) -> dict:
+        if key_values is not None:
+            hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+            wasm = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")
+            variables = wasm["typed_config"]["config"]["vm_config"]["environment_variables"]
+            # Envoy refuses a name both in host_env_keys and key_values.
+            variables["host_env_keys"] = [k for k in variables["host_env_keys"] if k not in key_values]
+            variables["key_values"] = key_values
+        return listener
+
+    def _write_lds(self, listener: dict) -> None:
+        tmp = self.lds.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"resources": [{"@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
+                                                  **listener}]}))
+        os.replace(tmp, self.lds)  # atomic: Envoy reloads on the rename
+
+    def reload(self, plugin_config: dict, key_values: dict[str, str] | None = None) -> None:
+        """Writes the new listener and waits until Envoy has applied it."""
+        listener = yaml.safe_load(self._render(plugin_config))["static_resources"]["listeners"][0]
+        self._write_lds(self._with_key_values(listener, key_values))
+        self.updates += 1
+        want = f"listener_manager.lds.update_success: {self.updates}"
+        wait_until(lambda: want in requests.get(self.admin + "/stats", params={"filter": "lds.update_success"},
+                                                timeout=5).text, 30, "the listener update")
+
+    def stats(self, prefix: str = "wasmcustom.webhook_guard.") -> dict[str, int]:
+        return admin_stats(self.admin, prefix)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
         stop_process(self.proc)

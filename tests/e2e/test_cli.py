@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from harness import CLI, DEMO_CONFIG, ROOT
+from harness import CLI, DEMO_CONFIG
 from signers import PRESETS
 
 CLI_PROVIDER = {"github": "github", "stripe": "stripe", "slack": "slack", "shopify": "shopify",

@@ -15,7 +15,7 @@ import pytest
 import requests
 import yaml
 
-from harness import CLI, ROOT, Stack
+from harness import CLI, ROOT, WASM, Stack, envoy_binary, render
 from signers import PRESETS
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -145,7 +145,16 @@ def test_istio_manifests_are_complete_and_agree(tmp_path):
 
     [envoyfilter] = load_all(ISTIO / "envoyfilter.yaml")
     assert envoyfilter["kind"] == "EnvoyFilter"
-    ext, http = envoyfilter["spec"]["configPatches"]
+    ext, http, hcm = envoyfilter["spec"]["configPatches"]
+    assert hcm["applyTo"] == "NETWORK_FILTER" and hcm["patch"]["operation"] == "MERGE"
+    hardening = hcm["patch"]["value"]["typed_config"]
+    assert hardening["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
+    assert hardening["common_http_protocol_options"]["headers_with_underscores_action"] == "REJECT_REQUEST"
+    assert hardening["http2_protocol_options"]["max_concurrent_streams"] == 16
+    # The same values as the template the e2e suite attacks.
+    template = (ROOT / "envoy/envoy.yaml.tmpl").read_text()
+    for key in ("request_timeout: 30s", "stream_idle_timeout: 15s", "request_headers_timeout: 10s"):
+        assert key in template and hardening[key.split(":")[0]] == key.split(": ")[1]
     assert ext["applyTo"] == "EXTENSION_CONFIG" and ext["patch"]["operation"] == "ADD"
     assert http["applyTo"] == "HTTP_FILTER" and http["patch"]["operation"] == "INSERT_BEFORE"
     assert http["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == "envoy.filters.http.router"
@@ -168,6 +177,26 @@ def test_istio_manifests_are_complete_and_agree(tmp_path):
     assert env_refs == host_keys
     assert "valid, 2 policies" in check_config(plugin, tmp_path)
     assert "COPY plugin.wasm" in (ISTIO / "Dockerfile").read_text()
+
+
+def test_istio_hardening_patch_is_valid_envoy_config(tmp_path):
+    """The EnvoyFilter's MERGE into the connection manager, applied to a rendered config, passes
+    Envoy's own validation."""
+    [envoyfilter] = load_all(ISTIO / "envoyfilter.yaml")
+    patch = envoyfilter["spec"]["configPatches"][2]["patch"]["value"]["typed_config"]
+    config = yaml.safe_load(render(envoy_port=1, admin_port=2, backend_port=3, wasm_path=str(WASM),
+                                   plugin_config=(ISTIO / "plugin-config.json").read_text()))
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    for key in ("normalize_path", "merge_slashes", "path_with_escaped_slashes_action", "request_headers_timeout",
+                "request_timeout", "stream_idle_timeout", "max_request_headers_kb", "common_http_protocol_options",
+                "http2_protocol_options"):
+        hcm.pop(key, None)
+    hcm.update({k: v for k, v in patch.items() if k != "@type"})
+    out = tmp_path / "istio-hardened.yaml"
+    out.write_text(yaml.safe_dump(config))
+    res = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(out), "--base-id", "9"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
 
 
 def test_istio_plugin_config_runs_in_the_real_envoy():

@@ -8,7 +8,6 @@ log's detail "stale") proves the signature verified; a tampered copy gives `inva
 import hashlib
 import hmac
 import json
-import pathlib
 
 import pytest
 

@@ -45,6 +45,10 @@ proptest! {
         let mut body = c.body.clone();
         prop_assume!(!body.is_empty());
         mutate(&mut body, at, xor);
+        // Twilio signs the decoded form parameters, not the bytes: "%2B" and "%2b" (found by
+        // the million-case run) carry the same parameter, so the same signed content.
+        prop_assume!(!(c.form_body()
+            && webhook_guard_core::form::sorted_params(&body) == webhook_guard_core::form::sorted_params(&c.body)));
         prop_assert_ne!(run(c, &c.headers, &body), "accepted");
     }
 

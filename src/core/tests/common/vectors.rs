@@ -29,13 +29,82 @@ pub fn cases() -> &'static [Case] {
     CASES.get_or_init(build_cases)
 }
 
-fn build_cases() -> Vec<Case> {
+/// Every vector in tests/vectors/providers.json.
+pub fn all() -> Vec<Value> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/vectors/providers.json"
     );
-    let all: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    all.into_iter()
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A guard with one policy (`p`, matching every path) for the vector's provider and secret.
+pub fn guard_for(v: &Value) -> Guard {
+    let provider = v["provider"].as_str().unwrap();
+    let mut policy = json!({
+        "name": "p", "match": {"path_prefix": "/"}, "provider": provider,
+        "secrets": [{"inline": v["secret"]}], "max_body_bytes": 2 * 1024 * 1024,
+    });
+    if provider == "custom" {
+        policy["custom"] = v.get("custom").cloned().unwrap_or(json!({
+            "signature_header": "X-Webhook-Signature",
+            "timestamp_header": "X-Webhook-Timestamp",
+            "signed_template": "{timestamp}.{body}",
+        }));
+    }
+    if let Some(extra) = v.get("policy").and_then(Value::as_object) {
+        for (k, val) in extra {
+            policy[k] = val.clone();
+        }
+    }
+    let doc = json!({"policies": [policy]}).to_string();
+    compile(doc.as_bytes(), &|_| None).unwrap()
+}
+
+pub fn body_of(v: &Value) -> Vec<u8> {
+    if let Some(h) = v["body_hex"].as_str() {
+        return hex::decode(h).unwrap();
+    }
+    if let Some(r) = v.get("body_repeat") {
+        return r["text"]
+            .as_str()
+            .unwrap()
+            .repeat(r["count"].as_u64().unwrap() as usize)
+            .into_bytes();
+    }
+    v["body"].as_str().unwrap().as_bytes().to_vec()
+}
+
+/// Header names lower-cased, as Envoy hands them over.
+pub fn headers_of(v: &Value) -> Vec<(String, Vec<u8>)> {
+    v["headers"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, val)| {
+            (
+                k.to_ascii_lowercase(),
+                val.as_str().unwrap().as_bytes().to_vec(),
+            )
+        })
+        .collect()
+}
+
+pub fn now_ms(v: &Value) -> u64 {
+    v["verify_at"].as_u64().unwrap_or(1_700_000_000) * 1000
+}
+
+pub fn method_of(v: &Value) -> &str {
+    v["method"].as_str().unwrap_or("POST")
+}
+
+pub fn path_of(v: &Value) -> &str {
+    v["path"].as_str().unwrap_or("/webhooks/x")
+}
+
+fn build_cases() -> Vec<Case> {
+    all()
+        .into_iter()
         .filter(|v| v["expect"] == "accepted" && v.get("body_repeat").is_none())
         // Vectors with decoy signatures stay accepted when a decoy changes.
         .filter(|v| {
@@ -46,55 +115,22 @@ fn build_cases() -> Vec<Case> {
         // GitLab's token covers no body: body changes verify by design (its vectors say so).
         .filter(|v| v["provider"] != "gitlab")
         .map(|v| {
-            let provider = v["provider"].as_str().unwrap();
-            let mut policy = json!({
-                "name": "p", "match": {"path_prefix": "/"}, "provider": provider,
-                "secrets": [{"inline": v["secret"]}],
-            });
-            if provider == "custom" {
-                policy["custom"] = v.get("custom").cloned().unwrap_or(json!({
-                    "signature_header": "X-Webhook-Signature",
-                    "timestamp_header": "X-Webhook-Timestamp",
-                    "signed_template": "{timestamp}.{body}",
-                }));
-            }
-            if let Some(extra) = v.get("policy").and_then(Value::as_object) {
-                for (k, val) in extra {
-                    policy[k] = val.clone();
-                }
-            }
-            let doc = json!({"policies": [policy]}).to_string();
-            let guard = compile(doc.as_bytes(), &|_| None).unwrap();
-            let headers: Vec<(String, Vec<u8>)> = v["headers"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .map(|(k, val)| {
-                    (
-                        k.to_ascii_lowercase(),
-                        val.as_str().unwrap().as_bytes().to_vec(),
-                    )
-                })
-                .collect();
-            let body = match v["body_hex"].as_str() {
-                Some(h) => hex::decode(h).unwrap(),
-                None => v["body"].as_str().unwrap().as_bytes().to_vec(),
-            };
+            let headers = headers_of(&v);
             let names: Vec<&String> = headers.iter().map(|(k, _)| k).collect();
             let find =
                 |pred: &dyn Fn(&str) -> bool| names.iter().find(|n| pred(n)).map(|n| n.to_string());
             Case {
-                guard,
-                now_ms: v["verify_at"].as_u64().unwrap_or(1_700_000_000) * 1000,
+                guard: guard_for(&v),
+                now_ms: now_ms(&v),
                 timestamp_header: find(&|n| n.contains("timestamp") || n == "x-ts"),
                 signature_header: find(&|n| {
                     n.contains("signature") || n.contains("hmac") || n == "x-sig"
                 })
                 .unwrap(),
+                body: body_of(&v),
+                method: method_of(&v).into(),
+                path: path_of(&v).into(),
                 headers,
-                body,
-                method: v["method"].as_str().unwrap_or("POST").into(),
-                path: v["path"].as_str().unwrap_or("/webhooks/x").into(),
             }
         })
         .collect()
@@ -113,8 +149,20 @@ pub fn run_as(
     body: &[u8],
 ) -> String {
     let host = MemHost::new(c.guard.counter_names(), c.now_ms);
-    let Route::Verify(p) = c.guard.route(
-        &host,
+    verdict(&c.guard, &host, method, path, headers, body)
+}
+
+/// Runs one request through the flow the filter uses (route -> begin -> finish).
+pub fn verdict(
+    guard: &Guard,
+    host: &MemHost,
+    method: &str,
+    path: &str,
+    headers: &[(String, Vec<u8>)],
+    body: &[u8],
+) -> String {
+    let Route::Verify(p) = guard.route(
+        host,
         &RouteInfo {
             route_name: None,
             authority: "h",
@@ -128,9 +176,9 @@ pub fn run_as(
         method: method.to_string(),
         path: path.to_string(),
     };
-    match c.guard.begin(&host, p, info, headers) {
+    match guard.begin(host, p, info, headers) {
         Err(r) => r.reason.code().into(),
-        Ok(pending) => match c.guard.finish(&host, &pending, body) {
+        Ok(pending) => match guard.finish(host, &pending, body) {
             Ok(_) => "accepted".into(),
             Err(r) => r.reason.code().into(),
         },
