@@ -296,6 +296,7 @@ fn verify(config: &PathBuf, request: &PathBuf, at: Option<u64>) -> Result<ExitCo
         route_name: None,
         authority: &req.authority,
         path: &req.path,
+        route_policy: None,
     };
     let policy = match guard.route(&host, &route) {
         Route::Pass => {

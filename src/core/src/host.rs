@@ -51,4 +51,41 @@ pub trait Host {
     fn log_enabled(&self, _level: Level) -> bool {
         true
     }
+
+    /// Records the request's verdict where access logs read it (filter state).
+    fn set_verdict(&self, _verdict: &str) {}
+
+    /// Hands remote-store work whose stream is ending (or that must be retried later) to
+    /// something that outlives the stream (the wasm root context, the native module's main
+    /// thread).
+    fn defer(&self, _task: crate::guard::RemoteTask) {}
+
+    /// The current value of the `index`th SDS secret the configuration subscribed to
+    /// (`Guard::sds_secrets`), if the host delivers SDS secrets and has it.
+    fn sds_secret(&self, _index: usize) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// What the proxy recorded about a forwarded request (asked only when it did not end in a
+    /// 2xx): whether the response came from the upstream (Envoy: `response.code_details ==
+    /// "via_upstream"`) ...
+    fn response_from_upstream(&self) -> bool {
+        false
+    }
+
+    /// ... the response flags (`response.flags`; `None`: unknown) ...
+    fn response_flags(&self) -> Option<u64> {
+        None
+    }
+
+    /// ... how many upstream attempts were made (`upstream.request_attempt_count`) ...
+    fn upstream_attempts(&self) -> Option<u64> {
+        None
+    }
+
+    /// ... and whether an upstream connection was ever ready for it
+    /// (`upstream.cx_pool_ready_duration` set).
+    fn upstream_connection_ready(&self) -> bool {
+        true
+    }
 }

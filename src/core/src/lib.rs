@@ -19,6 +19,7 @@ pub mod rfc3339;
 pub mod scheme;
 pub mod sign;
 pub mod stats;
+pub mod stream;
 pub mod template;
 pub mod verify;
 
@@ -26,9 +27,10 @@ pub use compile::{compile, compile_for_plugin, ConfigError};
 pub use dedup::Claim;
 pub use etcd::wire::Reply as RemoteReply;
 pub use guard::{
-    Accepted, Drive, Guard, Hold, LocalReply, Pending, Rejection, RemoteCall, RemoteTask,
-    RequestInfo, Route, Upstream,
+    Accepted, Background, Drive, Guard, Hold, LocalReply, Pending, Rejection, RemoteCall,
+    RemoteTask, RequestInfo, Route, Upstream,
 };
 pub use host::{Host, Level, SetError};
 pub use policy::RouteInfo;
 pub use reason::Reason;
+pub use stream::{BodyStep, Direction, Reply, Step, Stream};

@@ -18,6 +18,9 @@ pub struct RouteInfo<'a> {
     pub authority: &'a str,
     /// `:path`, query included.
     pub path: &'a str,
+    /// The policy the request's route names in its per-route configuration (native build):
+    /// it wins over every `match`.
+    pub route_policy: Option<&'a str>,
 }
 
 impl Matcher {
@@ -171,6 +174,7 @@ mod tests {
             route_name: route,
             authority,
             path,
+            route_policy: None,
         }
     }
 

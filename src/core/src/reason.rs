@@ -20,13 +20,16 @@ pub enum Reason {
     StoreUnavailable,
     /// The request's method is not one the policy verifies (checked before the body is read).
     MethodNotAllowed,
+    /// The filter could not run as it should (no configuration, the body unreadable, a caught
+    /// panic in the native build): nothing unverified passes.
+    InternalError,
     /// Keep last: it is the one reason without a policy (see `stats::policy_counters`).
     NoMatchingPolicy,
 }
 
 impl Reason {
     /// Every reason, in a fixed order (used to pre-define one counter per reason).
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::MissingSignature,
         Reason::MissingTimestamp,
         Reason::MissingHeader,
@@ -41,6 +44,7 @@ impl Reason {
         Reason::StoreFull,
         Reason::StoreUnavailable,
         Reason::MethodNotAllowed,
+        Reason::InternalError,
         Reason::NoMatchingPolicy,
     ];
 
@@ -60,6 +64,7 @@ impl Reason {
             Reason::StoreFull => "store_full",
             Reason::StoreUnavailable => "store_unavailable",
             Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::InternalError => "internal_error",
             Reason::NoMatchingPolicy => "no_matching_policy",
         }
     }
@@ -76,7 +81,10 @@ impl Reason {
             Reason::MethodNotAllowed => 405,
             Reason::Replayed | Reason::InFlight => 409,
             Reason::BodyTooLarge => 413,
-            Reason::SecretUnavailable | Reason::StoreFull | Reason::StoreUnavailable => 503,
+            Reason::SecretUnavailable
+            | Reason::StoreFull
+            | Reason::StoreUnavailable
+            | Reason::InternalError => 503,
         }
     }
 
@@ -108,6 +116,7 @@ impl Reason {
             Reason::StoreFull => "the replay store is full of unexpired entries (fail closed)",
             Reason::StoreUnavailable => "the replay store could not be updated (fail closed)",
             Reason::MethodNotAllowed => "the policy does not verify requests with this method",
+            Reason::InternalError => "the filter could not run as it should (fail closed)",
             Reason::NoMatchingPolicy => "no policy matches and the default is deny",
         }
     }

@@ -68,6 +68,7 @@ fn send(
             route_name: Some("r1"),
             authority: "h",
             path,
+            route_policy: None,
         },
     ) {
         Route::Verify(p) => p,
@@ -208,6 +209,7 @@ fn first_matching_policy_wins() {
                 route_name: Some("r1"),
                 authority: "h",
                 path,
+                route_policy: None,
             },
         )
     };

@@ -4,42 +4,14 @@ use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, Status};
-use webhook_guard_core::{Drive, Guard, Host, RemoteCall, RemoteReply, RemoteTask};
+use webhook_guard_core::{RemoteCall, RemoteReply};
 
 /// etcd replies are a few hundred bytes; anything larger is read truncated and fails to parse.
 const MAX_REPLY_BYTES: usize = 64 * 1024;
 
-pub enum Next {
-    /// A callout is under way; its answer arrives in `on_http_call_response` with this token.
-    Waiting(u32),
-    /// Never `Drive::Call`.
-    Done(Drive),
-}
-
-/// Drives `task` until it waits on a callout or is done. A call Envoy refuses to dispatch
-/// (unknown cluster, bad headers) counts as a call that got no answer.
-pub fn run(
-    guard: &Guard,
-    host: &dyn Host,
-    task: &mut RemoteTask,
-    reply: Option<RemoteReply>,
-) -> Next {
-    let mut reply = reply;
-    // Each failed call finishes the task (a lease retry needs a reply from etcd), so this
-    // ends within a few rounds; the bound is a guard against a logic error, failing closed.
-    for _ in 0..8 {
-        match guard.drive(host, task, reply.as_ref()) {
-            Drive::Call(call) => match dispatch(&call) {
-                Ok(token) => return Next::Waiting(token),
-                Err(_) => reply = Some(RemoteReply::default()),
-            },
-            done => return Next::Done(done),
-        }
-    }
-    Next::Done(Drive::Settled)
-}
-
-fn dispatch(call: &RemoteCall) -> Result<u32, Status> {
+/// Sends `call` to its Envoy cluster; the answer comes to `on_http_call_response` with the
+/// returned token.
+pub fn dispatch(call: &RemoteCall) -> Result<u32, Status> {
     hostcalls::dispatch_http_call(
         &call.cluster,
         vec![

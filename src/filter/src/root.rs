@@ -2,7 +2,6 @@
 //! replay store's keys, sweep expired entries on a timer, and finish remote-store work that
 //! a stream left behind (it outlives every stream).
 
-use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -12,15 +11,14 @@ use std::time::Duration;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MetricType};
-use webhook_guard_core::{compile_for_plugin, stats, Drive, Guard, Host, Level, RemoteTask};
+use webhook_guard_core::{
+    compile_for_plugin, stats, Background, Guard, Host, Level, RemoteReply, RemoteTask,
+};
 
 use crate::host::{log, WasmHost};
 use crate::http::Http;
 use crate::remote;
 
-/// Leftover remote-store tasks a worker keeps at most (beyond: dropped, and the claims lapse
-/// with their leases).
-const MAX_DEFERRED: usize = 4096;
 /// How often leftover remote-store work is picked up.
 const REMOTE_TICK_MS: u64 = 1_000;
 
@@ -28,17 +26,6 @@ const REMOTE_TICK_MS: u64 = 1_000;
 pub struct Loaded {
     pub guard: Guard,
     pub host: WasmHost,
-    /// Remote-store work whose stream ended first, for the root to finish.
-    deferred: RefCell<Vec<RemoteTask>>,
-}
-
-impl Loaded {
-    pub fn defer(&self, task: RemoteTask) {
-        let mut deferred = self.deferred.borrow_mut();
-        if deferred.len() < MAX_DEFERRED {
-            deferred.push(task);
-        }
-    }
 }
 
 pub struct Root {
@@ -63,19 +50,18 @@ impl Default for Root {
 }
 
 impl Root {
-    fn run(
-        &mut self,
-        loaded: &Loaded,
-        mut task: RemoteTask,
-        reply: Option<webhook_guard_core::RemoteReply>,
-    ) {
-        match remote::run(&loaded.guard, &loaded.host, &mut task, reply) {
-            remote::Next::Waiting(token) => {
+    fn run(&mut self, loaded: &Loaded, mut task: RemoteTask, reply: Option<&RemoteReply>) {
+        let dispatch = |call: &_| remote::dispatch(call).ok();
+        match loaded
+            .guard
+            .run_background(&loaded.host, &mut task, reply, dispatch)
+        {
+            Background::Waiting(token) => {
                 self.in_flight.insert(token, task);
             }
             // A release etcd could not take yet: again on the next tick.
-            remote::Next::Done(Drive::RetryLater) => loaded.defer(task),
-            remote::Next::Done(_) => {}
+            Background::RetryLater => loaded.host.defer(task),
+            Background::Done => {}
         }
     }
 }
@@ -92,7 +78,7 @@ impl Context for Root {
         else {
             return;
         };
-        self.run(&loaded, task, Some(remote::reply(body_size)));
+        self.run(&loaded, task, Some(&remote::reply(body_size)));
     }
 }
 
@@ -155,11 +141,7 @@ impl RootContext for Root {
                 guard.policies().len()
             ),
         );
-        self.loaded = Some(Rc::new(Loaded {
-            guard,
-            host,
-            deferred: RefCell::new(Vec::new()),
-        }));
+        self.loaded = Some(Rc::new(Loaded { guard, host }));
         true
     }
 
@@ -172,8 +154,9 @@ impl RootContext for Root {
             self.last_sweep_ms = now;
             loaded.guard.sweep(&loaded.host, self.sweeper_id);
         }
-        let tasks = std::mem::take(&mut *loaded.deferred.borrow_mut());
-        for task in tasks
+        for task in loaded
+            .host
+            .take_deferred()
             .into_iter()
             .chain(loaded.guard.remote_upkeep(&loaded.host))
         {

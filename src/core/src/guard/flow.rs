@@ -81,11 +81,34 @@ impl Guard {
         None
     }
 
+    /// Which policy handles a request: the one its route names (native per-route
+    /// configuration), else the first whose `match` matches, else `default`.
     pub fn route(&self, host: &dyn Host, req: &RouteInfo) -> Route {
+        if let Some(name) = req.route_policy {
+            if let Some(i) = self.policies.iter().position(|p| p.name == name) {
+                return Route::Verify(i);
+            }
+            // A route naming a policy this configuration lacks: a configuration error, and
+            // nothing unverified passes.
+            let names: Vec<&str> = self.policies.iter().map(|p| p.name.as_str()).collect();
+            host.log(
+                Level::Error,
+                &format!(
+                    "webhook-guard: the route names policy '{}', which is not configured (policies: {})",
+                    loggable(name.as_bytes()),
+                    names.join(", ")
+                ),
+            );
+            return self.unmatched(host, req, true);
+        }
         if let Some(i) = self.policies.iter().position(|p| p.matcher.matches(req)) {
             return Route::Verify(i);
         }
-        if !self.default_deny {
+        self.unmatched(host, req, self.default_deny)
+    }
+
+    fn unmatched(&self, host: &dyn Host, req: &RouteInfo, deny: bool) -> Route {
+        if !deny {
             host.increment(stats::UNMATCHED_PASSED);
             return Route::Pass;
         }

@@ -10,7 +10,7 @@ mod flow;
 mod remote;
 mod reply;
 
-pub use remote::{Drive, RemoteCall, RemoteTask};
+pub use remote::{Background, Drive, RemoteCall, RemoteTask};
 
 use crate::dedup::key::KeySource;
 use crate::dedup::{Claim, Store};
@@ -237,6 +237,24 @@ impl Upstream {
         } else {
             Upstream::Unknown
         }
+    }
+
+    /// The outcome of a forwarded request whose response has status `status` (a 2xx is only
+    /// ever the upstream's: nothing after the filter but the router answers), from what the
+    /// host recorded, read lazily: an upstream answer costs one read, Envoy's own reply three.
+    pub fn of_response(host: &dyn Host, status: u16) -> Upstream {
+        if (200..300).contains(&status) || host.response_from_upstream() {
+            return Upstream::Answered(status);
+        }
+        // Unreadable facts count as "anything may have happened".
+        let flags = host.response_flags().unwrap_or(u64::MAX);
+        Upstream::after_local_reply(flags, host.upstream_attempts().unwrap_or(u64::MAX))
+    }
+
+    /// The outcome of a forwarded request whose stream ended without a response.
+    pub fn of_stream_end(host: &dyn Host) -> Upstream {
+        let ready = host.upstream_connection_ready();
+        Upstream::after_stream_end(ready, host.upstream_attempts().unwrap_or(u64::MAX))
     }
 
     /// The stream ended before any response (client reset, closed connection): the request

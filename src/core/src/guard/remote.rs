@@ -96,7 +96,43 @@ pub enum Drive {
     RetryLater,
 }
 
+/// Where a background task (one that outlived its stream, or a lease grant) stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Background<T> {
+    /// A call is under way; its answer comes back with this dispatch token.
+    Waiting(T),
+    /// A release etcd could not take yet: run it again later (the glue's next tick).
+    RetryLater,
+    Done,
+}
+
 impl Guard {
+    /// Drives a background task until it waits on a call or ends. `dispatch` sends a call and
+    /// returns its token, or `None` when the proxy refused it (which counts as a call that got
+    /// no answer).
+    pub fn run_background<T>(
+        &self,
+        host: &dyn Host,
+        task: &mut RemoteTask,
+        reply: Option<&Reply>,
+        mut dispatch: impl FnMut(&RemoteCall) -> Option<T>,
+    ) -> Background<T> {
+        let mut reply = reply.cloned();
+        // Each failed call finishes the task (a lease retry needs an answer from etcd), so this
+        // ends within a few rounds; the bound guards against a logic error.
+        for _ in 0..8 {
+            match self.drive(host, task, reply.as_ref()) {
+                Drive::Call(call) => match dispatch(&call) {
+                    Some(token) => return Background::Waiting(token),
+                    None => reply = Some(Reply::default()),
+                },
+                Drive::RetryLater => return Background::RetryLater,
+                _ => return Background::Done,
+            }
+        }
+        Background::Done
+    }
+
     /// The task's requester went away while it ran: what is left to do (release a claim
     /// that may have been written; finish a commit or release).
     pub fn abandon(&self, task: RemoteTask) -> Option<RemoteTask> {

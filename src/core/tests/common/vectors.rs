@@ -167,6 +167,7 @@ pub fn verdict(
             route_name: None,
             authority: "h",
             path,
+            route_policy: None,
         },
     ) else {
         panic!("no policy")
