@@ -12,7 +12,7 @@ use crate::config::{
 use crate::dedup::key::KeySource;
 use crate::dedup::{Share, Store};
 use crate::etcd::EtcdStore;
-use crate::guard::{Challenge, DedupPolicy, Guard, Policy, Retention};
+use crate::guard::{Challenge, DedupPolicy, Guard, Policy, Retention, SecretSlot};
 use crate::host::Level;
 use crate::policy::{is_header_name, is_policy_name, Matcher};
 use crate::reason::Reason;
@@ -66,7 +66,7 @@ pub fn parse(json: &[u8]) -> Result<RawConfig, ConfigError> {
         if path.split('.').any(|seg| seg.starts_with("secrets")) {
             return err(
                 path,
-                "each secret is {\"env\": \"NAME\"} or {\"inline\": \"VALUE\"} (the value given is not repeated here)",
+                "each secret is {\"env\": \"NAME\"}, {\"inline\": \"VALUE\"} or {\"sds\": \"NAME\"} (the value given is not repeated here)",
             );
         }
         // serde_json appends "at line L column C"; keep it, it helps with big documents.
@@ -74,8 +74,27 @@ pub fn parse(json: &[u8]) -> Result<RawConfig, ConfigError> {
     })
 }
 
+/// Which front end the configuration is for: what the proxy can do differs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Build {
+    /// proxy-wasm: the replay store in Envoy shared data; no SDS secrets, no per-route
+    /// configuration.
+    #[default]
+    Wasm,
+    /// The Envoy dynamic module: the replay store in the module's memory, SDS secrets, and
+    /// policies that routes select by name.
+    Native,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options<'a> {
+    /// The Envoy plugin (or filter config) name: the default namespace of the store's keys.
+    pub plugin_name: &'a str,
+    pub build: Build,
+}
+
 pub fn compile(json: &[u8], env: EnvLookup) -> Result<Guard, ConfigError> {
-    compile_for_plugin(json, env, "")
+    compile_with(json, env, Options::default())
 }
 
 /// As `compile`, with the Envoy plugin name (the default namespace of the store's keys).
@@ -84,8 +103,19 @@ pub fn compile_for_plugin(
     env: EnvLookup,
     plugin_name: &str,
 ) -> Result<Guard, ConfigError> {
+    compile_with(
+        json,
+        env,
+        Options {
+            plugin_name,
+            build: Build::Wasm,
+        },
+    )
+}
+
+pub fn compile_with(json: &[u8], env: EnvLookup, options: Options) -> Result<Guard, ConfigError> {
     let raw = parse(json)?;
-    compile_raw(raw, env, plugin_name)
+    compile_raw(raw, env, options)
 }
 
 pub const MAX_SHARDS: u64 = 4096;
@@ -369,13 +399,23 @@ fn compile_policy_store(at: &str, raw: &RawPolicyStore) -> Result<Option<EtcdSto
     )))
 }
 
-pub fn compile_raw(
-    raw: RawConfig,
-    env: EnvLookup,
-    plugin_name: &str,
-) -> Result<Guard, ConfigError> {
+pub fn compile_raw(raw: RawConfig, env: EnvLookup, options: Options) -> Result<Guard, ConfigError> {
     check_store(&raw.store)?;
-    let prefix = store_prefix(&raw.store, plugin_name)?;
+    let prefix = store_prefix(&raw.store, options.plugin_name)?;
+    let sds_config = match (&raw.sds_config, options.build) {
+        (None, _) => None,
+        (Some(_), Build::Wasm) => return Err(err("sds_config", NATIVE_ONLY)),
+        (Some(source), Build::Native) => {
+            if !source.is_object() {
+                return Err(err(
+                    "sds_config",
+                    "must be an Envoy ConfigSource object, e.g. {\"path_config_source\": {\"path\": \"/etc/envoy/secrets.yaml\"}}",
+                ));
+            }
+            Some(source.to_string())
+        }
+    };
+    let mut sds = Vec::new();
     if raw.policies.is_empty() {
         return Err(err("policies", "must list at least one policy"));
     }
@@ -391,7 +431,17 @@ pub fn compile_raw(
                 format!("duplicate policy name '{}'", p.name),
             ));
         }
-        let mut policy = compile_policy(&at, p, env, &mut warnings, &mut counters)?;
+        let mut policy = compile_policy(
+            &at,
+            p,
+            &mut Context {
+                env,
+                build: options.build,
+                warnings: &mut warnings,
+                counters: &mut counters,
+                sds: &mut sds,
+            },
+        )?;
         // Policies on one etcd cluster share its lease cache (and its ahead-of-time grants).
         if let Some(remote) = policy.dedup.as_mut().and_then(|d| d.remote.as_mut()) {
             let first = policies
@@ -404,7 +454,10 @@ pub fn compile_raw(
         }
         policies.push(policy);
     }
-    let store = compile_shares(&raw.store, &prefix, &mut policies)?;
+    let mut store = compile_shares(&raw.store, &prefix, &mut policies)?;
+    if options.build == Build::Native {
+        store = store.in_memory();
+    }
     Ok(Guard::new(
         raw.default == DefaultAction::Deny,
         policies,
@@ -412,16 +465,25 @@ pub fn compile_raw(
         warnings,
         store,
         raw.store.sweep_interval_seconds.saturating_mul(1000),
+        (sds, sds_config),
     ))
 }
 
-fn compile_policy(
-    at: &str,
-    p: RawPolicy,
-    env: EnvLookup,
-    warnings: &mut Vec<(Level, String)>,
-    counters: &mut Vec<String>,
-) -> Result<Policy, ConfigError> {
+const NATIVE_ONLY: &str =
+    "only the native build (envoy.filters.http.dynamic_modules) supports this";
+
+/// What compiling a policy adds to the whole configuration.
+struct Context<'a, 'e> {
+    env: EnvLookup<'e>,
+    build: Build,
+    warnings: &'a mut Vec<(Level, String)>,
+    counters: &'a mut Vec<String>,
+    /// SDS secret names, deduplicated across policies.
+    sds: &'a mut Vec<String>,
+}
+
+fn compile_policy(at: &str, p: RawPolicy, cx: &mut Context) -> Result<Policy, ConfigError> {
+    let env = cx.env;
     if !is_policy_name(&p.name) {
         return Err(err(
             format!("{at}.name"),
@@ -431,7 +493,17 @@ fn compile_policy(
             ),
         ));
     }
-    let matcher = Matcher::compile(&p.matcher).map_err(|m| err(format!("{at}.match"), m))?;
+    let matcher = match (&p.matcher, cx.build) {
+        (Some(m), _) => Matcher::compile(m).map_err(|m| err(format!("{at}.match"), m))?,
+        // Selected only by routes that name it (per-route configuration).
+        (None, Build::Native) => Matcher::never(),
+        (None, Build::Wasm) => {
+            return Err(err(
+                format!("{at}.match"),
+                "required: the wasm build has no per-route configuration, so each policy says which requests it handles",
+            ))
+        }
+    };
 
     if p.accept_legacy_sha1 && p.provider != Provider::Github {
         return Err(err(
@@ -527,7 +599,29 @@ fn compile_policy(
                     .decode(text)
                     .filter(|k| scheme.key_fits(k))
                     .ok_or_else(|| err(&sat, bad_key_message(scheme.key_encoding)))?;
-                keys.push(key);
+                keys.push(SecretSlot::Key(key));
+            }
+            RawSecret::Sds(name) => {
+                if cx.build == Build::Wasm {
+                    return Err(err(format!("{sat}.sds"), NATIVE_ONLY));
+                }
+                if name.is_empty()
+                    || name.len() > 255
+                    || !name.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    return Err(err(
+                        format!("{sat}.sds"),
+                        "must name an Envoy generic secret (1 to 255 visible ASCII characters)",
+                    ));
+                }
+                let index = match cx.sds.iter().position(|n| n == name) {
+                    Some(i) => i,
+                    None => {
+                        cx.sds.push(name.clone());
+                        cx.sds.len().saturating_sub(1)
+                    }
+                };
+                keys.push(SecretSlot::Sds(index));
             }
             RawSecret::Env(name) => {
                 if name.is_empty() {
@@ -548,7 +642,7 @@ fn compile_policy(
                         .decode(&text)
                         .filter(|k| scheme.key_fits(k))
                     {
-                        Some(key) => keys.push(key),
+                        Some(key) => keys.push(SecretSlot::Key(key)),
                         None => unusable.push(format!(
                             "policy '{}': environment variable {name}: {}",
                             p.name,
@@ -565,9 +659,9 @@ fn compile_policy(
     } else {
         Level::Info
     };
-    warnings.extend(unusable.into_iter().map(|m| (level, m)));
+    cx.warnings.extend(unusable.into_iter().map(|m| (level, m)));
     if keys.is_empty() {
-        warnings.push((
+        cx.warnings.push((
             Level::Warn,
             format!(
                 "policy '{}': no usable secret; its requests are rejected with secret_unavailable",
@@ -617,7 +711,7 @@ fn compile_policy(
         p.provider,
         &scheme,
         tolerance_s.saturating_mul(1000),
-        warnings,
+        cx.warnings,
     )?;
     match (&mut dedup, compile_policy_store(at, &p.store)?) {
         (Some(d), remote) => d.remote = remote,
@@ -630,15 +724,15 @@ fn compile_policy(
         (None, None) => {}
     }
 
-    let counter_base = counters.len();
-    counters.extend(stats::policy_counters(&p.name));
+    let counter_base = cx.counters.len();
+    cx.counters.extend(stats::policy_counters(&p.name));
     Ok(Policy {
         dedup,
         challenge,
         name: p.name,
         matcher,
         scheme,
-        keys,
+        secrets: keys,
         secrets_configured: configured,
         tolerance_ms: tolerance_s.saturating_mul(1000),
         max_body_bytes: p.max_body_bytes,

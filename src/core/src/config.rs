@@ -18,6 +18,11 @@ pub struct RawConfig {
     /// The replay store shared by all policies.
     #[serde(default)]
     pub store: RawStore,
+    /// Native build: where `{"sds": "name"}` secrets come from, as the JSON of an Envoy
+    /// `ConfigSource` (e.g. `{"path_config_source": {"path": "/etc/envoy/secrets.yaml"}}`, or
+    /// `{"ads": {}}`); absent: secrets defined in the bootstrap's `static_resources.secrets`.
+    #[serde(default)]
+    pub sds_config: Option<serde_json::Value>,
 }
 
 pub const DEFAULT_SHARDS: u64 = 1024;
@@ -75,8 +80,10 @@ pub enum DefaultAction {
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
     pub name: String,
-    #[serde(rename = "match")]
-    pub matcher: RawMatch,
+    /// Which requests the policy handles. Native build: may be left out when routes select
+    /// the policy by name in their per-route configuration.
+    #[serde(rename = "match", default)]
+    pub matcher: Option<RawMatch>,
     pub provider: Provider,
     /// Required when `provider` is `custom`, refused otherwise.
     #[serde(default)]
@@ -336,6 +343,9 @@ pub enum RawSecret {
     Env(String),
     /// The secret itself, in the config (prefer `env`).
     Inline(String),
+    /// Native build: an Envoy generic secret by name, delivered by SDS (see `sds_config`) and
+    /// read per request, so rotating it needs no restart.
+    Sds(String),
 }
 
 // Never print secret material, even in debug output.
@@ -343,6 +353,7 @@ impl std::fmt::Debug for RawSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RawSecret::Env(name) => write!(f, "Env({name})"),
+            RawSecret::Sds(name) => write!(f, "Sds({name})"),
             RawSecret::Inline(_) => f.write_str("Inline([REDACTED])"),
         }
     }

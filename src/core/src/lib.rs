@@ -23,7 +23,7 @@ pub mod stream;
 pub mod template;
 pub mod verify;
 
-pub use compile::{compile, compile_for_plugin, ConfigError};
+pub use compile::{compile, compile_for_plugin, compile_with, Build, ConfigError, Options};
 pub use dedup::Claim;
 pub use etcd::wire::Reply as RemoteReply;
 pub use guard::{

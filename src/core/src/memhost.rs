@@ -23,6 +23,12 @@ pub struct MemHost {
     /// operation between our read and our CAS.
     #[allow(clippy::type_complexity)]
     before_next_set: RefCell<Option<Box<dyn FnOnce()>>>,
+    /// SDS secrets by index, as a native host would deliver them.
+    pub sds: RefCell<BTreeMap<usize, Vec<u8>>>,
+    /// Work handed to `defer`.
+    pub deferred: RefCell<Vec<crate::guard::RemoteTask>>,
+    /// The last verdict set.
+    pub verdict: RefCell<Option<String>>,
 }
 
 impl MemHost {
@@ -94,6 +100,18 @@ impl Host for MemHost {
             return Err(SetError::Failed);
         }
         Ok(self.shared.borrow().get(key).cloned())
+    }
+
+    fn sds_secret(&self, index: usize) -> Option<Vec<u8>> {
+        self.sds.borrow().get(&index).cloned()
+    }
+
+    fn defer(&self, task: crate::guard::RemoteTask) {
+        self.deferred.borrow_mut().push(task);
+    }
+
+    fn set_verdict(&self, verdict: &str) {
+        *self.verdict.borrow_mut() = Some(verdict.to_string());
     }
 
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {

@@ -9,6 +9,8 @@ pub struct Matcher {
     /// Lower-case; `host_only` when the configured value has no port.
     authority: Option<String>,
     host_only: bool,
+    /// Matches no request (`never()`).
+    never: bool,
 }
 
 /// What the proxy knows about a request before reading it.
@@ -42,7 +44,19 @@ impl Matcher {
             path_prefix: raw.path_prefix.clone(),
             host_only: authority.as_deref().is_some_and(|a| strip_port(a) == a),
             authority,
+            never: false,
         })
+    }
+
+    /// A policy without `match` (native build): routes select it by name, nothing else does.
+    pub fn never() -> Matcher {
+        Matcher {
+            route_name: None,
+            path_prefix: None,
+            authority: None,
+            host_only: false,
+            never: true,
+        }
     }
 
     pub fn uses_route_name(&self) -> bool {
@@ -50,6 +64,9 @@ impl Matcher {
     }
 
     pub fn matches(&self, req: &RouteInfo) -> bool {
+        if self.never {
+            return false;
+        }
         if let Some(want) = &self.route_name {
             if req.route_name != Some(want.as_str()) {
                 return false;

@@ -389,10 +389,10 @@ fn ed25519_matches(public_key: &[u8], candidates: &[Vec<u8>], message: &[u8]) ->
 
 /// The first key whose signature matches any candidate (under the scheme's main template,
 /// then its alternates), compared in constant time.
-pub fn matching_key(
+pub fn matching_key<K: AsRef<[u8]>>(
     scheme: &Scheme,
     ex: &Extracted,
-    keys: &[Vec<u8>],
+    keys: &[K],
     body: &[u8],
 ) -> Option<Match> {
     let source = scheme.sources.get(ex.source)?;
@@ -405,7 +405,7 @@ pub fn matching_key(
         };
         let candidates: Vec<[u8; 32]> = ex.candidates.iter().map(|c| digest(c)).collect();
         return keys.iter().enumerate().find_map(|(i, key)| {
-            let key_digest = digest(key);
+            let key_digest = digest(key.as_ref());
             let matched: bool = candidates
                 .iter()
                 .fold(subtle::Choice::from(0), |acc, c| acc | key_digest.ct_eq(c))
@@ -413,7 +413,7 @@ pub fn matching_key(
             matched.then(|| Match {
                 key_index: i,
                 template: 0,
-                mac: key.clone(),
+                mac: key.as_ref().to_vec(),
             })
         });
     }
@@ -432,7 +432,7 @@ pub fn matching_key(
         };
         return keys.iter().enumerate().find_map(|(i, key)| {
             messages.iter().enumerate().find_map(|(t, message)| {
-                check(key, &ex.candidates, message).map(|mac| Match {
+                check(key.as_ref(), &ex.candidates, message).map(|mac| Match {
                     key_index: i,
                     template: t,
                     mac,
@@ -442,7 +442,7 @@ pub fn matching_key(
     }
     keys.iter().enumerate().find_map(|(i, key)| {
         templates.iter().enumerate().find_map(|(t, parts)| {
-            let mac = compute_mac(algorithm, key, parts)?;
+            let mac = compute_mac(algorithm, key.as_ref(), parts)?;
             let matched: bool = ex
                 .candidates
                 .iter()

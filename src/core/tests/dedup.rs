@@ -17,7 +17,7 @@ use std::rc::Rc;
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use webhook_guard_core::dedup::shard::{Shard, State};
+use webhook_guard_core::dedup::shard::State;
 use webhook_guard_core::dedup::{Claim, ClaimOutcome, Store};
 use webhook_guard_core::memhost::MemHost;
 use webhook_guard_core::verify::compute_mac;
@@ -38,17 +38,18 @@ fn hash(k: u8) -> [u8; 16] {
 }
 
 fn stored_entries(host: &MemHost, store: &Store) -> Vec<(u8, State, u64)> {
-    let mut out = Vec::new();
-    for key in store.keys().filter(|k| k.contains("/shard/")) {
-        let shard = Shard::decode(&host.shared_value(key).unwrap_or_default());
-        out.extend(
-            shard
-                .entries()
-                .iter()
-                .map(|e| (e.hash[0], e.state, e.expiry_ms)),
-        );
-    }
-    out
+    store
+        .entries(host)
+        .iter()
+        .map(|e| (e.hash[0], e.state, e.expiry_ms))
+        .collect()
+}
+
+/// A store prefix no other test uses: the in-memory backing is process-wide.
+fn unique(name: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{name}-{n}")
 }
 
 #[derive(Debug, Clone)]
@@ -84,10 +85,13 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(1000))]
 
     #[test]
-    fn store_matches_a_simple_model(ops in prop::collection::vec(op(), 1..60), capacity in 1usize..6) {
+    fn store_matches_a_simple_model(ops in prop::collection::vec(op(), 1..60), capacity in 1usize..6, in_memory in any::<bool>()) {
+        // The same model for both backings: Envoy shared data (wasm) and process memory
+        // (native).
         let names = stats::global_counters();
         let host = MemHost::new(&names, T0);
-        let store = Store::new("model", 1, capacity);
+        let store = Store::new(&unique("model"), 1, capacity);
+        let store = if in_memory { store.in_memory() } else { store };
         store.init(&host);
         let mut model = Model::default();
         let mut held: BTreeMap<u8, Vec<Claim>> = BTreeMap::new();
@@ -201,6 +205,82 @@ fn concurrent_claims_of_one_key_admit_exactly_one() {
     assert!(host.count("webhook_guard.store.cas_retries") >= 1);
     assert_eq!(store.sweep(&*host, 1, 1_000), Some(0));
     assert_eq!(host.count("webhook_guard.store.entries"), 1);
+}
+
+#[test]
+fn the_memory_store_admits_each_key_once_across_threads() {
+    // The native build's store under real concurrency: 8 threads race to claim the same 400
+    // keys; every key is claimed exactly once, and commits and releases land where they must.
+    let store = std::sync::Arc::new(Store::new(&unique("threads"), 8, 10_000).in_memory());
+    let claimed = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::<u16, usize>::new()));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let (store, claimed) = (store.clone(), claimed.clone());
+            std::thread::spawn(move || {
+                let host = MemHost::new(&stats::global_counters(), T0);
+                for k in 0..400u16 {
+                    let mut h = [0u8; 16];
+                    h[..2].copy_from_slice(&k.to_le_bytes());
+                    h[2] = 0x5a;
+                    if let ClaimOutcome::Claimed(c) =
+                        store.claim(&host, T0, 0, h, CLAIM_MS, T0 + DONE_MS)
+                    {
+                        *claimed.lock().unwrap().entry(k).or_default() += 1;
+                        // Half are committed, half released (then claimable again, once).
+                        if k % 2 == 0 {
+                            assert!(store.commit(&host, &c));
+                        } else {
+                            assert!(store.release(&host, &c));
+                        }
+                    }
+                    let _ = t;
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let claimed = claimed.lock().unwrap();
+    for k in 0..400u16 {
+        let n = claimed.get(&k).copied().unwrap_or(0);
+        if k % 2 == 0 {
+            assert_eq!(n, 1, "committed key {k} claimed {n} times");
+        } else {
+            assert!(n >= 1, "released key {k} never claimed");
+        }
+    }
+    let host = MemHost::new(&stats::global_counters(), T0);
+    let done = store
+        .entries(&host)
+        .iter()
+        .filter(|e| e.state == State::Done)
+        .count();
+    assert_eq!(done, 200);
+}
+
+#[test]
+fn the_memory_store_survives_a_reload_that_keeps_its_keys() {
+    // Like shared data under one vm_id: a new configuration with the same keys sees the old
+    // entries; another prefix does not.
+    let prefix = unique("reload");
+    let host = MemHost::new(&stats::global_counters(), T0);
+    let first = Store::new(&prefix, 2, 10).in_memory();
+    let ClaimOutcome::Claimed(c) = first.claim(&host, T0, 0, hash(1), CLAIM_MS, T0 + DONE_MS)
+    else {
+        panic!()
+    };
+    assert!(first.commit(&host, &c));
+    let reloaded = Store::new(&prefix, 2, 10).in_memory();
+    assert_eq!(
+        reloaded.claim(&host, T0, 0, hash(1), CLAIM_MS, T0 + DONE_MS),
+        ClaimOutcome::Done
+    );
+    let other = Store::new(&unique("reload"), 2, 10).in_memory();
+    assert!(matches!(
+        other.claim(&host, T0, 0, hash(1), CLAIM_MS, T0 + DONE_MS),
+        ClaimOutcome::Claimed(_)
+    ));
 }
 
 #[test]

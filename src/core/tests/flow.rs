@@ -576,3 +576,96 @@ fn one_policy_filling_its_share_never_starves_another() {
     let e = compile(over.to_string().as_bytes(), &|_| None).unwrap_err();
     assert_eq!(e.path, "store.capacity");
 }
+
+fn native(doc: Value) -> Result<Guard, webhook_guard_core::ConfigError> {
+    webhook_guard_core::compile_with(
+        doc.to_string().as_bytes(),
+        &|_| None,
+        webhook_guard_core::Options {
+            plugin_name: "native-test",
+            build: webhook_guard_core::Build::Native,
+        },
+    )
+}
+
+#[test]
+fn sds_secrets_per_route_policies_and_sds_config_are_native_only() {
+    let sds = json!({"policies": [{"name": "gh", "match": {"path_prefix": "/"}, "provider": "github",
+                                    "secrets": [{"sds": "github-current"}]}]});
+    let e = compile(sds.to_string().as_bytes(), &|_| None).unwrap_err();
+    assert_eq!(e.path, "policies[0].secrets[0].sds");
+    assert!(e.message.contains("native build"), "{e}");
+    let unmatched =
+        json!({"policies": [{"name": "gh", "provider": "github", "secrets": [{"inline": "s"}]}]});
+    let e = compile(unmatched.to_string().as_bytes(), &|_| None).unwrap_err();
+    assert_eq!(e.path, "policies[0].match");
+    let source = json!({"sds_config": {"ads": {}}, "policies": sds["policies"]});
+    assert_eq!(
+        compile(source.to_string().as_bytes(), &|_| None)
+            .unwrap_err()
+            .path,
+        "sds_config"
+    );
+    // The native build takes all three.
+    let g = native(json!({"sds_config": {"path_config_source": {"path": "/s.yaml"}},
+        "policies": [
+            {"name": "gh", "provider": "github", "secrets": [{"sds": "gh-new"}, {"sds": "gh-old"}]},
+            {"name": "gh2", "match": {"path_prefix": "/x"}, "provider": "github", "secrets": [{"sds": "gh-old"}]},
+        ]}))
+    .unwrap();
+    assert_eq!(g.sds_secrets(), ["gh-new", "gh-old"]);
+    assert_eq!(
+        g.sds_config(),
+        Some(r#"{"path_config_source":{"path":"/s.yaml"}}"#)
+    );
+    assert_eq!(g.policy(0).unwrap().sds_secrets(), 2);
+}
+
+#[test]
+fn sds_secrets_are_read_per_request_so_they_rotate_without_a_reload() {
+    let g = native(json!({"default": "deny", "policies": [
+        {"name": "gh", "provider": "github", "secrets": [{"sds": "current"}, {"sds": "previous"}]},
+    ]}))
+    .unwrap();
+    let host = MemHost::new(g.counter_names(), NOW * 1000);
+    let route = |policy| RouteInfo {
+        route_name: None,
+        authority: "h",
+        path: "/anything",
+        route_policy: policy,
+    };
+    // No `match`: only a route that names the policy reaches it.
+    assert!(matches!(g.route(&host, &route(None)), Route::Reject(_)));
+    let Route::Verify(p) = g.route(&host, &route(Some("gh"))) else {
+        panic!()
+    };
+    let send = |secret: &str, body: &[u8]| {
+        let hs = headers(&[("x-hub-signature-256", &gh_sig(secret, body))]);
+        let pending = g.begin(&host, p, info("/anything"), &hs)?;
+        g.finish(&host, &pending, body).map(|a| a.key_index)
+    };
+    // Nothing delivered yet: fail closed.
+    let r = send("one", b"a").unwrap_err();
+    assert_eq!(r.reason, Reason::SecretUnavailable);
+    host.sds.borrow_mut().insert(0, b"one\n".to_vec()); // a file's trailing newline is not the secret
+    assert_eq!(send("one", b"b"), Ok(0));
+    // Rotated: the new value first, the old one still listed.
+    host.sds.borrow_mut().insert(0, b"two".to_vec());
+    host.sds.borrow_mut().insert(1, b"one".to_vec());
+    assert_eq!(send("two", b"c"), Ok(0));
+    assert_eq!(send("one", b"d"), Ok(1));
+    host.sds.borrow_mut().remove(&1);
+    assert_eq!(
+        send("one", b"e").unwrap_err().reason,
+        Reason::InvalidSignature
+    );
+    // A route naming a policy that is not configured fails closed.
+    let Route::Reject(r) = g.route(&host, &route(Some("nope"))) else {
+        panic!()
+    };
+    assert_eq!((r.status, r.reason), (403, Reason::NoMatchingPolicy));
+    assert!(host
+        .logs()
+        .iter()
+        .any(|(_, l)| l.contains("names policy 'nope'") && l.contains("policies: gh")));
+}

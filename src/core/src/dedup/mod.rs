@@ -1,4 +1,5 @@
-//! Replay protection in Envoy shared data: exactly-once admission that follows the backend.
+//! Replay protection in Envoy shared data (or, in the native build, in this process's memory:
+//! `memory`): exactly-once admission that follows the backend.
 //!
 //! Envoy's shared data has no insert-if-absent, no delete and no key listing, so the store is a
 //! fixed set of pre-created shard keys, each holding a compact set of (key hash, expiry, state)
@@ -9,10 +10,14 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 pub mod key;
+pub mod memory;
 pub mod shard;
+
+use std::sync::Arc;
 
 use crate::host::{Host, SetError};
 use crate::stats;
+use memory::Memory;
 use shard::{Entry, KeyHash, Shard, State};
 
 /// CAS attempts before giving up with `store_unavailable`.
@@ -25,6 +30,16 @@ pub struct Store {
     /// By policy index: the shards its keys live in (a policy without replay protection has
     /// none). One policy filling its share never makes another answer `store_full`.
     partitions: Vec<Option<Partition>>,
+    backing: Backing,
+}
+
+/// Where the shards are.
+#[derive(Clone, Debug)]
+enum Backing {
+    /// Envoy shared data, through the host (wasm): read, change, compare-and-swap.
+    Shared,
+    /// This process's memory (native): locked and changed in place.
+    Memory(Arc<Memory>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +66,7 @@ impl std::fmt::Debug for Store {
             .field("shards", &self.shard_keys.len())
             .field("lease_key", &self.lease_key)
             .field("partitions", &self.partitions)
+            .field("backing", &self.backing)
             .finish()
     }
 }
@@ -147,7 +163,14 @@ impl Store {
             shard_keys,
             lease_key: format!("{prefix}/v2/sweep-lease"),
             partitions,
+            backing: Backing::Shared,
         }
+    }
+
+    /// The same store kept in this process's memory instead of the host's shared data.
+    pub fn in_memory(mut self) -> Store {
+        self.backing = Backing::Memory(Arc::new(Memory::attach(&self.shard_keys, &self.lease_key)));
+        self
     }
 
     /// Keys to pre-create at configure time (CAS on a missing key would always "succeed").
@@ -167,6 +190,9 @@ impl Store {
     /// Creates missing keys with an empty value; existing ones (a config reload under the same
     /// `vm_id`) keep their entries.
     pub fn init(&self, host: &dyn Host) {
+        if let Backing::Memory(_) = self.backing {
+            return;
+        }
         for key in self.keys() {
             if let Ok(None) = host.shared_get(key) {
                 let _ = host.shared_set(key, &[shard::VERSION], None);
@@ -193,6 +219,13 @@ impl Store {
         now: u64,
         mut change: impl FnMut(&mut Shard, u64, usize) -> (bool, T),
     ) -> Option<T> {
+        if let Backing::Memory(memory) = &self.backing {
+            // In place under the shard's lock: pruning is a valid change even when `change`
+            // writes nothing.
+            let mut s = memory.shard(shard)?;
+            let pruned = s.prune(now);
+            return Some(change(&mut s, now, pruned).1);
+        }
         let key = self.shard_keys.get(shard)?;
         for _ in 0..MAX_CAS_ATTEMPTS {
             let (bytes, cas) = match host.shared_get(key) {
@@ -298,13 +331,34 @@ impl Store {
         .unwrap_or(false)
     }
 
+    /// Every stored entry, expired ones included (for tests and tools).
+    pub fn entries(&self, host: &dyn Host) -> Vec<Entry> {
+        (0..self.shard_keys.len())
+            .flat_map(|i| match &self.backing {
+                Backing::Memory(memory) => memory.shard(i).map(|s| s.entries()).unwrap_or_default(),
+                Backing::Shared => self
+                    .shard_keys
+                    .get(i)
+                    .and_then(|key| host.shared_get(key).ok().flatten())
+                    .map(|(bytes, _)| Shard::from_vec(bytes).entries())
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
     /// Whether `hash` is a committed delivery here (one read, no write): the first-level
     /// cache in front of a remote store.
     pub fn is_done(&self, host: &dyn Host, now_ms: u64, policy: usize, hash: &KeyHash) -> bool {
-        let Some(key) = self
-            .shard_of(policy, hash)
-            .and_then(|(shard, _)| self.shard_keys.get(shard))
-        else {
+        let Some(shard) = self.shard_of(policy, hash).map(|(shard, _)| shard) else {
+            return false;
+        };
+        if let Backing::Memory(memory) = &self.backing {
+            return memory
+                .shard(shard)
+                .and_then(|s| s.get(hash, now_ms))
+                .is_some_and(|e| e.state == State::Done);
+        }
+        let Some(key) = self.shard_keys.get(shard) else {
             return false;
         };
         match host.shared_get(key) {
@@ -378,24 +432,30 @@ impl Store {
     }
 
     fn acquire_lease(&self, host: &dyn Host, owner: u64, now: u64, lease_ms: u64) -> bool {
+        let value = |held: &[u8]| -> Option<Vec<u8>> {
+            if let (Some(exp), Some(holder)) = (
+                held.first_chunk::<8>().map(|b| u64::from_le_bytes(*b)),
+                held.get(8..16)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_le_bytes),
+            ) {
+                if holder != owner && exp > now {
+                    return None;
+                }
+            }
+            let mut value = now.saturating_add(lease_ms).to_le_bytes().to_vec();
+            value.extend_from_slice(&owner.to_le_bytes());
+            Some(value)
+        };
+        if let Backing::Memory(memory) = &self.backing {
+            let mut held = memory.lease();
+            return value(&held).map(|v| *held = v).is_some();
+        }
         let (bytes, cas) = match host.shared_get(&self.lease_key) {
             Ok(Some((b, c))) => (b, Some(c)),
             Ok(None) => (Vec::new(), None),
             Err(_) => return false,
         };
-        if let (Some(exp), Some(holder)) = (
-            bytes.first_chunk::<8>().map(|b| u64::from_le_bytes(*b)),
-            bytes
-                .get(8..16)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_le_bytes),
-        ) {
-            if holder != owner && exp > now {
-                return false;
-            }
-        }
-        let mut value = now.saturating_add(lease_ms).to_le_bytes().to_vec();
-        value.extend_from_slice(&owner.to_le_bytes());
-        host.shared_set(&self.lease_key, &value, cas).is_ok()
+        value(&bytes).is_some_and(|v| host.shared_set(&self.lease_key, &v, cas).is_ok())
     }
 }

@@ -169,7 +169,7 @@ impl Guard {
             r.headers.push(("allow", policy.methods.join(", ")));
             return Err(r);
         }
-        if policy.keys.is_empty() {
+        if policy.first_key().is_none() && policy.keys(host).is_empty() {
             return Err(fail(Reason::SecretUnavailable, None));
         }
         if let Lookup::One(v) = lookup(headers, "content-length") {
@@ -238,8 +238,8 @@ impl Guard {
         let fail = |reason: Reason, detail: Option<&str>| {
             self.reject_with_body(host, pending, policy, body, reason, detail)
         };
-        let Some(matched) =
-            verify::matching_key(&policy.scheme, &pending.extracted, &policy.keys, body)
+        let keys = policy.keys(host);
+        let Some(matched) = verify::matching_key(&policy.scheme, &pending.extracted, &keys, body)
         else {
             return Err(fail(Reason::InvalidSignature, None));
         };
@@ -270,7 +270,8 @@ impl Guard {
                 return Err(fail(Reason::TimestampOutOfWindow, Some(detail)));
             }
         }
-        if let Some(reply) = self.challenge_reply(policy, pending, key_index, body) {
+        let key = keys.get(key_index).map_or(&[][..], |k| k.as_ref());
+        if let Some(reply) = self.challenge_reply(policy, pending, key, body) {
             host.increment(policy.counter_base.saturating_add(stats::CHALLENGES));
             return Ok(Accepted {
                 policy: pending.policy,
@@ -288,7 +289,6 @@ impl Guard {
             remote: None,
         };
         if let Some(dedup) = &policy.dedup {
-            let key = policy.keys.get(key_index).map_or(&[][..], Vec::as_slice);
             let mac = verify::canonical_mac(&policy.scheme, &pending.extracted, key, body, matched);
             match self.claim(
                 host, policy, pending, dedup, &mac, body, now, ts_ms, key_index,
@@ -310,7 +310,7 @@ impl Guard {
         &self,
         policy: &Policy,
         pending: &Pending,
-        key_index: usize,
+        key: &[u8],
         body: &[u8],
     ) -> Option<LocalReply> {
         match policy.challenge? {
@@ -320,7 +320,6 @@ impl Guard {
                 }
                 let payload = crate::json::top_level(body, "payload")?;
                 let token = payload.get("plainToken")?.as_str()?;
-                let key = policy.keys.get(key_index)?;
                 let mac = verify::compute_mac(
                     crate::config::Algorithm::HmacSha256,
                     key,

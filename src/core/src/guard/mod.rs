@@ -24,6 +24,15 @@ use crate::verify::Extracted;
 
 use remote::RemoteClaim;
 
+/// Where one of a policy's secrets comes from.
+#[derive(Clone)]
+pub enum SecretSlot {
+    /// Loaded at configure time (`env`, `inline`), decoded.
+    Key(Vec<u8>),
+    /// The `index`th SDS secret of the configuration (`Guard::sds_secrets`), read per request.
+    Sds(usize),
+}
+
 /// How long a committed delivery stays a duplicate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retention {
@@ -64,7 +73,8 @@ pub struct Policy {
     pub challenge: Option<Challenge>,
     pub(crate) matcher: Matcher,
     pub scheme: Scheme,
-    pub(crate) keys: Vec<Vec<u8>>,
+    /// In order of preference: the first usable one is the current secret.
+    pub(crate) secrets: Vec<SecretSlot>,
     pub secrets_configured: usize,
     pub tolerance_ms: u64,
     pub max_body_bytes: u64,
@@ -79,20 +89,56 @@ impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Policy")
             .field("name", &self.name)
-            .field("keys", &format_args!("[{} REDACTED]", self.keys.len()))
+            .field(
+                "secrets",
+                &format_args!("[{} REDACTED]", self.secrets.len()),
+            )
             .finish_non_exhaustive()
     }
 }
 
 impl Policy {
-    /// Secrets that loaded (the others were unset or undecodable `env` secrets).
+    /// Secrets that loaded at configure time (the others were unset or undecodable `env`
+    /// secrets); SDS secrets are read per request and not counted here.
     pub fn usable_secrets(&self) -> usize {
-        self.keys.len()
+        self.secrets
+            .iter()
+            .filter(|s| matches!(s, SecretSlot::Key(_)))
+            .count()
     }
 
-    /// The current (first usable) key: for tools that sign, never for logs.
+    /// SDS secrets this policy reads per request.
+    pub fn sds_secrets(&self) -> usize {
+        self.secrets.len().saturating_sub(self.usable_secrets())
+    }
+
+    /// The current (first loaded) key: for tools that sign, never for logs.
     pub fn first_key(&self) -> Option<&[u8]> {
-        self.keys.first().map(Vec::as_slice)
+        self.secrets.iter().find_map(|s| match s {
+            SecretSlot::Key(k) => Some(k.as_slice()),
+            SecretSlot::Sds(_) => None,
+        })
+    }
+
+    /// The usable keys for this request, in order: configured ones as they are, SDS ones as
+    /// the host holds them now (an absent or undecodable SDS secret is skipped).
+    pub(crate) fn keys<'a>(&'a self, host: &dyn Host) -> Vec<std::borrow::Cow<'a, [u8]>> {
+        self.secrets
+            .iter()
+            .filter_map(|s| match s {
+                SecretSlot::Key(k) => Some(std::borrow::Cow::Borrowed(k.as_slice())),
+                SecretSlot::Sds(i) => {
+                    let raw = host.sds_secret(*i)?;
+                    let text = std::str::from_utf8(&raw).ok()?;
+                    // A secret file written by an editor ends in a newline the sender never used.
+                    let text = text.trim_end_matches(['\r', '\n']);
+                    let key = self.scheme.key_encoding.decode(text)?;
+                    self.scheme
+                        .key_fits(&key)
+                        .then_some(std::borrow::Cow::Owned(key))
+                }
+            })
+            .collect()
     }
 
     pub fn status(&self, reason: Reason) -> u16 {
@@ -108,6 +154,9 @@ impl Policy {
 pub struct Guard {
     default_deny: bool,
     policies: Vec<Policy>,
+    /// Names of the SDS secrets the policies read, and where they come from.
+    sds: Vec<String>,
+    sds_config: Option<String>,
     counters: Vec<String>,
     notices: Vec<(Level, String)>,
     store: Store,
@@ -285,15 +334,29 @@ impl Guard {
         notices: Vec<(Level, String)>,
         store: Store,
         sweep_interval_ms: u64,
+        sds: (Vec<String>, Option<String>),
     ) -> Guard {
         Guard {
             default_deny,
             policies,
+            sds: sds.0,
+            sds_config: sds.1,
             counters,
             notices,
             store,
             sweep_interval_ms,
         }
+    }
+
+    /// The SDS secrets to subscribe to (native build), in `SecretSlot::Sds` index order.
+    pub fn sds_secrets(&self) -> &[String] {
+        &self.sds
+    }
+
+    /// The `ConfigSource` JSON the SDS secrets come from (`None`: the bootstrap's static
+    /// secrets).
+    pub fn sds_config(&self) -> Option<&str> {
+        self.sds_config.as_deref()
     }
 
     pub fn store(&self) -> &Store {
