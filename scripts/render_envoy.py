@@ -35,6 +35,7 @@ def render(
     etcd_address: str = "127.0.0.1",
     etcd_port: int = 2379,
     max_heap_bytes: int = 1 << 30,
+    build: str = "wasm",
 ) -> str:
     # Normalise the JSON (and fail early on a syntax error) before inlining it; tests that
     # feed Envoy a broken document on purpose pass check_json=False.
@@ -57,7 +58,11 @@ def render(
         "BODY_BUFFER_LIMIT": str(body_buffer_limit(plugin_config)),
         "MAX_HEAP_BYTES": str(max_heap_bytes),
     }
-    return string.Template(template.read_text()).substitute(values)
+    # The filter block first (it has placeholders of its own), then every value.
+    snippet = (ROOT / "envoy" / f"filter-{build}.yaml.tmpl").read_text()
+    snippet = "".join(line for line in snippet.splitlines(keepends=True) if not line.startswith("#"))
+    text = template.read_text().replace("${GUARD_FILTER}\n", snippet)
+    return string.Template(text).substitute(values)
 
 
 # What Envoy may buffer of a body beyond the largest max_body_bytes: one read (32 KiB) and then
@@ -155,6 +160,8 @@ def main() -> int:
     p.add_argument("--tls-port", type=int, default=None)
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
+    p.add_argument("--build", choices=["wasm", "native"], default="wasm",
+                   help="which filter: the wasm module or the native dynamic module")
     p.add_argument("--replicas", action="store_true",
                    help="keep every policy's replay claims in etcd (the template's etcd cluster)")
     p.add_argument("--compose", action="store_true",
@@ -184,6 +191,7 @@ def main() -> int:
         tls_key=a.tls_key,
         etcd_address=a.etcd_address,
         etcd_port=a.etcd_port,
+        build=a.build,
     )
     if a.output == "-":
         sys.stdout.write(text)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # All tests: format + lint (host and wasm32), unit + property tests of the core, then the
-# end-to-end suite against the real Envoy 1.40 and the Flask backend. Non-zero on any failure.
+# end-to-end suite against the real Envoy 1.40 and the Flask backend, once with each build (the
+# wasm module and the native dynamic module). Non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -15,11 +16,15 @@ cargo clippy --quiet --target wasm32-wasip1 -p webhook-guard-filter -p webhook-g
 step "unit and property tests (core, host)"
 cargo test --workspace
 
-step "build the filter and the CLI"
+step "build the filter (wasm and native) and the CLI"
 cargo build --quiet --release --target wasm32-wasip1 -p webhook-guard-filter
+cargo build --quiet --profile native -p webhook-guard-native
 cargo build --quiet --release -p webhook-guard-cli
 wasm=target/wasm32-wasip1/release/webhook_guard.wasm
-echo "$wasm: $(wc -c < "$wasm") bytes"
+native=target/native/libwebhook_guard_native.so
+echo "$wasm: $(wc -c < "$wasm") bytes; $native: $(wc -c < "$native") bytes"
+# A native build whose requests can panic on demand: proves the panic barrier (test_native.py).
+cargo build --quiet --profile native -p webhook-guard-native --features test-panic --target-dir target/panic
 
-step "end-to-end tests (real Envoy 1.40 + Flask on 127.0.0.1)"
+step "end-to-end tests (real Envoy 1.40 + Flask on 127.0.0.1), each build"
 .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider "$@"

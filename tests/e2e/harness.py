@@ -28,6 +28,21 @@ sys.path.insert(0, str(ROOT / "demo"))
 from render_envoy import render  # noqa: E402
 
 WASM = pathlib.Path(os.environ.get("WEBHOOK_GUARD_WASM", ROOT / "target/wasm32-wasip1/release/webhook_guard.wasm"))
+# The native build: Envoy loads lib<name>.so from ENVOY_DYNAMIC_MODULES_SEARCH_PATH.
+NATIVE = pathlib.Path(os.environ.get("WEBHOOK_GUARD_NATIVE", ROOT / "target/native/libwebhook_guard_native.so"))
+# Which build the Envoys this process starts run: "wasm" or "native" (set per test session by
+# conftest.py, which runs the suite against each build).
+BUILD = "wasm"
+
+
+def build_env() -> dict[str, str]:
+    """Environment an Envoy running the current build needs."""
+    return {"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(NATIVE.parent)} if BUILD == "native" else {}
+
+
+def log_levels() -> list[str]:
+    """Where the filter logs: Envoy's `wasm` logger, or `dynamic_modules` for the native build."""
+    return ["--component-log-level", "wasm:debug,dynamic_modules:debug"]
 CLI = ROOT / "target/release/webhook-guard"
 DEMO_CONFIG = ROOT / "envoy" / "webhook-guard.json"
 _base_ids = itertools.count((os.getpid() % 500) * 20 + 1000)
@@ -144,15 +159,16 @@ class Envoy:
             tls_key=tls[1] if tls else None,
             etcd_port=etcd_port,
             max_heap_bytes=max_heap_bytes,
+            build=BUILD,
             **({"template": template} if template else {}),
         ))
         # Only the secrets we pass, so nothing from the developer's shell leaks in.
         clean = {k: v for k, v in os.environ.items() if not k.endswith(("_SECRET", "_SECRET_PREVIOUS"))}
         self.proc = subprocess.Popen(
             [envoy_binary(), "-c", str(self.config_path), "--base-id", str(self.base_id),
-             "--concurrency", str(concurrency), "--log-level", "info", "--component-log-level", "wasm:debug",
+             "--concurrency", str(concurrency), "--log-level", "info", *log_levels(),
              "--file-flush-interval-msec", "100"],
-            env={**clean, **env},
+            env={**clean, **build_env(), **env},
             stdout=self.log_path.open("wb"),
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -186,7 +202,7 @@ class Envoy:
 
     def rejection_logs(self) -> list[dict]:
         lines = []
-        for line in self.log().splitlines():
+        for line in self.log().splitlines():  # the wasm or the dynamic_modules logger
             if '"event":"webhook_rejected"' in line:
                 lines.append(json.loads(line[line.index("{"):]))
         return lines
@@ -219,8 +235,8 @@ class ReloadableEnvoy:
         config.write_text(json.dumps(bootstrap))
         clean = {k: v for k, v in os.environ.items() if not k.endswith(("_SECRET", "_SECRET_PREVIOUS"))}
         self.proc = subprocess.Popen([envoy_binary(), "-c", str(config), "--base-id", str(next(_base_ids)),
-                                      "--concurrency", "2", "--component-log-level", "wasm:debug"],
-                                     env={**clean, **(env or {})}, stdout=self.log_path.open("wb"),
+                                      "--concurrency", "2", *log_levels()],
+                                     env={**clean, **build_env(), **(env or {})}, stdout=self.log_path.open("wb"),
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
@@ -234,7 +250,8 @@ class ReloadableEnvoy:
     def _render(self, plugin_config: dict) -> str:
         return render(envoy_port=self.port, admin_port=self.admin_port, backend_port=self.backend_port,
                       wasm_path=str(WASM), plugin_config=json.dumps(plugin_config),
-                      access_log_path=str(self.workdir / f"access-{self.port}.log"), etcd_port=self.etcd_port)
+                      access_log_path=str(self.workdir / f"access-{self.port}.log"), etcd_port=self.etcd_port,
+                      build=BUILD)
 
     @staticmethod
     def _with_key_values(listener: dict, key_values: dict[str, str] | None) -> dict:

@@ -1,11 +1,12 @@
 """Configuration handling in the real Envoy: refused configs name the field, default deny,
 fail-closed secrets, and the shipped Envoy config validates."""
 import json
+import os
 import subprocess
 
 import pytest
 
-from harness import ROOT, Envoy, Stack, envoy_binary
+from harness import ROOT, Envoy, Stack, build_env, envoy_binary
 
 GOOD = {"name": "gh", "match": {"path_prefix": "/webhooks/github"}, "provider": "github",
         "secrets": [{"env": "GITHUB_WEBHOOK_SECRET"}]}
@@ -33,11 +34,11 @@ def test_envoy_refuses_an_invalid_config_and_says_which_field(tmp_path, config, 
     assert message in log, log[-3000:]
 
 
-def test_shipped_envoy_config_validates(tmp_path):
+def test_shipped_envoy_config_validates(tmp_path, build):
     out = tmp_path / "envoy.yaml"
-    subprocess.run(["python3", str(ROOT / "scripts/render_envoy.py"), "-o", str(out)], check=True)
+    subprocess.run(["python3", str(ROOT / "scripts/render_envoy.py"), "--build", build, "-o", str(out)], check=True)
     res = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(out), "--base-id", "7"],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, env={**os.environ, **build_env()})
     assert res.returncode == 0, res.stdout + res.stderr
     assert "configuration" in (res.stdout + res.stderr) and "OK" in (res.stdout + res.stderr)
 

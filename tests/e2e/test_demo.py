@@ -5,6 +5,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 import requests
 
 from harness import ROOT, free_port, wait_until
@@ -17,6 +18,7 @@ def demo_env():
     return env
 
 
+@pytest.mark.build("wasm")
 def test_demo_table_runs_and_every_scenario_behaves():
     res = subprocess.run([str(ROOT / "scripts/demo.sh")], env=demo_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
@@ -33,6 +35,7 @@ def test_demo_table_runs_and_every_scenario_behaves():
     assert "GITHUB_WEBHOOK_SECRET=demo-github-secret" in out  # demo values are printed
 
 
+@pytest.mark.build("wasm")
 def test_demo_serve_stays_up_until_sigterm_and_cleans_up():
     env = demo_env()
     proc = subprocess.Popen([str(ROOT / "scripts/demo.sh"), "--serve"], env=env, stdout=subprocess.PIPE,
@@ -72,6 +75,7 @@ def _free_pair() -> int:
     raise RuntimeError("no two consecutive free ports")
 
 
+@pytest.mark.build("wasm")
 def test_demo_replicas_mode_admits_each_delivery_once_across_replicas():
     env = demo_env()
     env.update(WEBHOOK_DEMO_ENVOY_PORT=str(_free_pair()), WEBHOOK_DEMO_ADMIN_PORT=str(_free_pair()),

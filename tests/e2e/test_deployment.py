@@ -48,6 +48,7 @@ def published_ports(service: dict) -> dict[str, str | None]:
     return out
 
 
+@pytest.mark.build("wasm")
 def test_docker_compose_config_is_valid():
     if shutil.which("docker-compose") is None:
         pytest.fail("docker-compose is missing: scripts/setup.sh installs it")
@@ -65,6 +66,7 @@ def test_docker_compose_config_is_valid():
     assert backend["environment"]["WEBHOOK_DEMO_BACKEND_ADMIN_PORT"] == "5001"
 
 
+@pytest.mark.build("wasm")
 def test_compose_mounts_the_config_the_e2e_tests_run():
     # One source of truth: the committed compose config is the template rendered for compose.
     assert COMPOSE_OUTPUT.read_text() == render_compose(), "run: python3 scripts/render_envoy.py --compose"
@@ -79,6 +81,7 @@ def test_compose_mounts_the_config_the_e2e_tests_run():
     assert "flask==3.1.3" in (ROOT / "tests/requirements.txt").read_text()
 
 
+@pytest.mark.build("wasm")
 def test_compose_replicas_profile_runs_two_envoys_on_one_etcd():
     res = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "--profile", "replicas", "config"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
@@ -118,6 +121,7 @@ def test_compose_replicas_profile_runs_two_envoys_on_one_etcd():
         == len(plugin["policies"]), check.stdout
 
 
+@pytest.mark.build("wasm")
 def test_compose_and_demo_use_the_same_demo_secrets():
     demo = dict(re.findall(r'^  \[(\w+)\]="([^"]*)"$', (ROOT / "scripts/demo.sh").read_text(), re.M))
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["envoy"]["environment"]
@@ -133,6 +137,7 @@ def check_config(config: dict, tmp_path: pathlib.Path) -> str:
     return res.stdout
 
 
+@pytest.mark.build("wasm")
 def test_istio_manifests_are_complete_and_agree(tmp_path):
     plugin = json.loads((ISTIO / "plugin-config.json").read_text())
     [wasmplugin] = load_all(ISTIO / "wasmplugin.yaml")
@@ -179,6 +184,7 @@ def test_istio_manifests_are_complete_and_agree(tmp_path):
     assert "COPY plugin.wasm" in (ISTIO / "Dockerfile").read_text()
 
 
+@pytest.mark.build("wasm")
 def test_istio_hardening_patch_is_valid_envoy_config(tmp_path):
     """The EnvoyFilter's MERGE into the connection manager, applied to a rendered config, passes
     Envoy's own validation."""
@@ -199,6 +205,7 @@ def test_istio_hardening_patch_is_valid_envoy_config(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
 
 
+@pytest.mark.build("wasm")
 def test_istio_plugin_config_runs_in_the_real_envoy():
     plugin = json.loads((ISTIO / "plugin-config.json").read_text())
     secret = "whsec_istio_test"

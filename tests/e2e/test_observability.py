@@ -29,10 +29,14 @@ def test_counters_per_policy_and_reason(demo, secrets):
     assert delta(before, after, p + "rejected") == 2
     assert delta(before, after, p + "reason.invalid_signature") == 1
     assert delta(before, after, p + "reason.missing_signature") == 1
-    # Prometheus output drops the wasmcustom prefix; stats_tags turn policy and reason into labels.
-    prom = requests.get(demo.envoy.admin + "/stats/prometheus", timeout=5).text
-    assert 'webhook_guard_policy_accepted{webhook_policy="github"}' in prom
-    assert 'webhook_guard_policy_reason{webhook_policy="github",webhook_reason="invalid_signature"}' in prom
+    # stats_tags turn policy and reason into labels and take the namespace out of the name:
+    # both builds export exactly these series.
+    prom = dict(line.rsplit(" ", 1) for line in requests.get(demo.envoy.admin + "/stats/prometheus", timeout=5)
+                .text.splitlines() if line and not line.startswith("#"))
+    assert int(prom['envoy_webhook_guard_policy_accepted{stat_namespace="wasmcustom",webhook_policy="github"}']) \
+        == after[p + "accepted"]
+    assert int(prom['envoy_webhook_guard_policy_reason{stat_namespace="wasmcustom",webhook_policy="github",'
+                    'webhook_reason="invalid_signature"}']) == after[p + "reason.invalid_signature"]
 
 
 def test_rejection_log_line_is_structured_and_secret_free(demo, secrets):

@@ -58,7 +58,7 @@ class Replicas:
 
 
 @pytest.fixture(scope="module")
-def replicas():
+def replicas(build):
     r = Replicas()
     yield r
     r.stop()

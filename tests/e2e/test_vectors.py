@@ -44,7 +44,7 @@ def policy_for(i, v) -> dict:
 
 
 @pytest.fixture(scope="module")
-def vectors_stack():
+def vectors_stack(build):
     config = {"policies": [policy_for(i, v) for i, v in enumerate(VECTORS)]}
     stack = Stack(config, {})
     yield stack
@@ -88,7 +88,7 @@ CATALOG_SCENARIOS = ["accept", "replay", "tampered", "wrong_secret", "missing", 
 
 
 @pytest.fixture(scope="module")
-def catalog_stack():
+def catalog_stack(build):
     secrets = {name: make(f"{name}-secret-{uuid.uuid4().hex[:8]}") for name, (_, _, _, make, _) in CATALOG.items()}
     config = {"policies": [{"name": name, "match": {"path_prefix": f"/webhooks/catalog/{name}"}, "provider": name,
                             "secrets": [{"inline": CATALOG_PUBLIC.get(name, str)(secrets[name])}],

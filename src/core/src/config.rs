@@ -19,8 +19,9 @@ pub struct RawConfig {
     #[serde(default)]
     pub store: RawStore,
     /// Native build: where `{"sds": "name"}` secrets come from, as the JSON of an Envoy
-    /// `ConfigSource` (e.g. `{"path_config_source": {"path": "/etc/envoy/secrets.yaml"}}`, or
-    /// `{"ads": {}}`); absent: secrets defined in the bootstrap's `static_resources.secrets`.
+    /// `ConfigSource`, with `{name}` standing for the secret's name (e.g.
+    /// `{"path_config_source": {"path": "/etc/envoy/secrets/{name}.yaml"}}`: a file holds one
+    /// secret), or `{"ads": {}}`; absent: secrets in the bootstrap's `static_resources.secrets`.
     #[serde(default)]
     pub sds_config: Option<serde_json::Value>,
 }

@@ -607,7 +607,7 @@ fn sds_secrets_per_route_policies_and_sds_config_are_native_only() {
         "sds_config"
     );
     // The native build takes all three.
-    let g = native(json!({"sds_config": {"path_config_source": {"path": "/s.yaml"}},
+    let g = native(json!({"sds_config": {"path_config_source": {"path": "/s/{name}.yaml"}},
         "policies": [
             {"name": "gh", "provider": "github", "secrets": [{"sds": "gh-new"}, {"sds": "gh-old"}]},
             {"name": "gh2", "match": {"path_prefix": "/x"}, "provider": "github", "secrets": [{"sds": "gh-old"}]},
@@ -615,8 +615,8 @@ fn sds_secrets_per_route_policies_and_sds_config_are_native_only() {
     .unwrap();
     assert_eq!(g.sds_secrets(), ["gh-new", "gh-old"]);
     assert_eq!(
-        g.sds_config(),
-        Some(r#"{"path_config_source":{"path":"/s.yaml"}}"#)
+        g.sds_source("gh-new"),
+        r#"{"path_config_source":{"path":"/s/gh-new.yaml"}}"#
     );
     assert_eq!(g.policy(0).unwrap().sds_secrets(), 2);
 }

@@ -359,6 +359,15 @@ impl Guard {
         self.sds_config.as_deref()
     }
 
+    /// The `ConfigSource` JSON for the SDS secret `name`: `sds_config` with every `{name}` in
+    /// it replaced (a file-based source holds one secret per file), or empty for a static
+    /// bootstrap secret. Names are `[A-Za-z0-9._-]`, so they need no JSON escaping.
+    pub fn sds_source(&self, name: &str) -> String {
+        self.sds_config
+            .as_deref()
+            .map_or_else(String::new, |source| source.replace("{name}", name))
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }
