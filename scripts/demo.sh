@@ -7,23 +7,27 @@
 #                            table over it
 #   --replicas N             N (2-4) Envoy replicas sharing one etcd (Debian's etcd-server):
 #                            shows a delivery admitted once whichever replica it reaches
+#   --native                 run the native build (an Envoy dynamic module) instead of the
+#                            wasm one: the same table, the same answers
 # Ports: WEBHOOK_DEMO_ENVOY_PORT (10000), WEBHOOK_DEMO_ADMIN_PORT (9901), WEBHOOK_DEMO_BACKEND_PORT (5000),
 # WEBHOOK_DEMO_BACKEND_ADMIN_PORT (5001: the backend's /events and /admin, never proxied), WEBHOOK_DEMO_TLS_PORT (10443), WEBHOOK_DEMO_ETCD_PORT (2379) and WEBHOOK_DEMO_ETCD_PEER_PORT (2380);
 # replica i (from 0) listens on ENVOY_PORT+i with admin ADMIN_PORT+i.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage="usage: scripts/demo.sh [--serve] [--tls] [--replicas N]"
+usage="usage: scripts/demo.sh [--serve] [--tls] [--replicas N] [--native]"
 mode=table
 tls=""
 replicas=1
+build=wasm
 while [ $# -gt 0 ]; do
   case "$1" in
     --serve) mode=serve ;;
     --tls) tls=yes ;;
+    --native) build=native ;;
     --replicas) replicas=${2:-}; shift ;;
     --replicas=*) replicas=${1#*=} ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "$usage" >&2; exit 2 ;;
   esac
   shift
@@ -47,11 +51,20 @@ export WEBHOOK_DEMO_ETCD_PORT=${WEBHOOK_DEMO_ETCD_PORT:-2379}
 export WEBHOOK_DEMO_ETCD_PEER_PORT=${WEBHOOK_DEMO_ETCD_PEER_PORT:-2380}
 base_id=${WEBHOOK_DEMO_BASE_ID:-$((WEBHOOK_DEMO_ENVOY_PORT % 60000))}
 
-echo "== building the filter (wasm32-wasip1, release) and the webhook-guard CLI"
-cargo build --quiet --release --target wasm32-wasip1 -p webhook-guard-filter
+if [ "$build" = native ]; then
+  echo "== building the filter (native Envoy dynamic module) and the webhook-guard CLI"
+  cargo build --quiet --profile native -p webhook-guard-native
+  module=target/native/libwebhook_guard_native.so
+  echo "   $module ($(wc -c < "$module") bytes)"
+  # Envoy finds libwebhook_guard_native.so here.
+  export ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$PWD/target/native"
+else
+  echo "== building the filter (wasm32-wasip1, release) and the webhook-guard CLI"
+  cargo build --quiet --release --target wasm32-wasip1 -p webhook-guard-filter
+  wasm=target/wasm32-wasip1/release/webhook_guard.wasm
+  echo "   $wasm ($(wc -c < "$wasm") bytes)"
+fi
 cargo build --quiet --release -p webhook-guard-cli
-wasm=target/wasm32-wasip1/release/webhook_guard.wasm
-echo "   $wasm ($(wc -c < "$wasm") bytes)"
 
 # Demo secrets: printed because they are demo values. Set the variables to use your own.
 declare -A demo_secrets=(
@@ -152,9 +165,9 @@ for ((i = 0; i < replicas; i++)); do
   [ "$replicas" -gt 1 ] && echo "== starting Envoy 1.40 replica #$((i + 1)) on 127.0.0.1:$port (admin :$admin)" ||
     echo "== starting Envoy 1.40 on 127.0.0.1:$port (admin :$admin)"
   .venv/bin/python scripts/render_envoy.py --envoy-port "$port" --admin-port "$admin" --access-log "$access_log$suffix" \
-    --plugin-config "$plugin_config" "${tls_args[@]}" -o "$run_dir/envoy$suffix.yaml"
+    --plugin-config "$plugin_config" --build "$build" "${tls_args[@]}" -o "$run_dir/envoy$suffix.yaml"
   "$(.venv/bin/python scripts/envoy_path.py)" -c "$run_dir/envoy$suffix.yaml" --base-id "$((base_id + i))" \
-    --concurrency 2 --log-level warn --component-log-level wasm:info --file-flush-interval-msec 200 \
+    --concurrency 2 --log-level warn --component-log-level wasm:info,dynamic_modules:info --file-flush-interval-msec 200 \
     > "$run_dir/envoy$suffix.log" 2>&1 &
   pids+=($!)
   envoy_urls+=("http://127.0.0.1:$port") admin_urls+=("http://127.0.0.1:$admin")
@@ -233,7 +246,7 @@ fi
 (cd demo && ../.venv/bin/python scenarios.py --envoy "$envoy_url" "${ca_args[@]}") || status=$?
 echo
 echo "== a rejection as Envoy logged it (one JSON line per rejection)"
-grep -m1 '"event":"webhook_rejected"' "$run_dir/envoy.log" | sed 's/.*wasm log [^{]*//' || true
+grep -m1 '"event":"webhook_rejected"' "$run_dir/envoy.log" | sed 's/^[^{]*//' || true
 echo
 echo "== access log lines carry the verdict (%FILTER_STATE(wasm.webhook_verdict:PLAIN)%)"
 sleep 1.2

@@ -35,6 +35,18 @@ def test_demo_table_runs_and_every_scenario_behaves():
     assert "GITHUB_WEBHOOK_SECRET=demo-github-secret" in out  # demo values are printed
 
 
+@pytest.mark.build("native")
+def test_demo_native_table_gives_the_same_answers():
+    res = subprocess.run([str(ROOT / "scripts/demo.sh"), "--native"], env=demo_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    out = res.stdout
+    assert "native Envoy dynamic module" in out and "UNEXPECTED" not in out
+    assert out.count(" ok\n") >= 48 + 6 + 6
+    assert "captured delivery, reset after forwarding x3    409  replayed               once            ok" in out
+    assert '"event":"webhook_rejected"' in out
+
+
 @pytest.mark.build("wasm")
 def test_demo_serve_stays_up_until_sigterm_and_cleans_up():
     env = demo_env()

@@ -19,7 +19,8 @@ from harness import CLI, ROOT, WASM, Stack, envoy_binary, render
 from signers import PRESETS
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from render_envoy import COMPOSE_OUTPUT, COMPOSE_REPLICAS_OUTPUT, render_compose  # noqa: E402
+from render_envoy import (COMPOSE_NATIVE_OUTPUT, COMPOSE_OUTPUT, COMPOSE_REPLICAS_OUTPUT,  # noqa: E402
+                          render_compose)
 
 ISTIO = ROOT / "envoy" / "istio"
 
@@ -86,7 +87,8 @@ def test_compose_replicas_profile_runs_two_envoys_on_one_etcd():
     res = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "--profile", "replicas", "config"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert res.returncode == 0, res.stderr
-    services = yaml.safe_load(res.stdout)["services"]
+    services = {n: s for n, s in yaml.safe_load(res.stdout)["services"].items()
+                if not s.get("profiles") or "replicas" in s["profiles"]}
     assert set(services) == {"envoy", "backend", "etcd", "envoy-replica-1", "envoy-replica-2"}
     ports = set()
     for name in ("envoy-replica-1", "envoy-replica-2"):
@@ -119,6 +121,31 @@ def test_compose_replicas_profile_runs_two_envoys_on_one_etcd():
     assert check.returncode == 0, check.stdout + check.stderr
     assert check.stdout.count("etcd store (cluster etcd, prefix webhook-guard/dedup, timeout 500 ms, on error deny)") \
         == len(plugin["policies"]), check.stdout
+
+
+@pytest.mark.build("wasm")
+def test_compose_native_profile_runs_the_dynamic_module():
+    res = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "--profile", "native", "config"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    services = yaml.safe_load(res.stdout)["services"]
+    native = services["envoy-native"]
+    assert native["image"] == "envoyproxy/envoy:v1.40.0"
+    assert native["environment"]["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] == "/etc/envoy/modules"
+    mounts = set(native["volumes"])
+    assert str(COMPOSE_NATIVE_OUTPUT) + ":/etc/envoy/envoy.yaml:ro" in mounts
+    assert str(ROOT / "target/native/libwebhook_guard_native.so") + \
+        ":/etc/envoy/modules/libwebhook_guard_native.so:ro" in mounts
+    assert published_ports(native) == {"10003": None, "9904": "127.0.0.1"}
+    assert COMPOSE_NATIVE_OUTPUT.read_text() == render_compose(build="native"), \
+        "run: python3 scripts/render_envoy.py --compose"
+    rendered = yaml.safe_load(COMPOSE_NATIVE_OUTPUT.read_text())
+    filters = rendered["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    module = next(f for f in filters["http_filters"] if f["name"] == "webhook_guard")
+    assert module["typed_config"]["dynamic_module_config"]["name"] == "webhook_guard_native"
+    # The same secrets as the wasm service (native reads Envoy's environment).
+    assert {k: v for k, v in native["environment"].items() if k.endswith(("SECRET", "PREVIOUS"))} == \
+        services["envoy"]["environment"]
 
 
 @pytest.mark.build("wasm")
