@@ -247,6 +247,9 @@ extern "C" {
         body_type: u32,
         out: *mut EnvoyBuffer,
     ) -> bool;
+    fn envoy_dynamic_module_callback_http_received_buffered_request_body(
+        filter: FilterEnvoyPtr,
+    ) -> bool;
 
     fn envoy_dynamic_module_callback_http_send_response(
         filter: FilterEnvoyPtr,
@@ -381,8 +384,18 @@ impl<'a> Stream<'a> {
     /// The request body so far: the buffered chunks, then the chunk just received. Slices of
     /// Envoy's own buffers, valid for this hook only.
     pub fn request_body(&self) -> Vec<&'a [u8]> {
+        // SAFETY: `ptr` is this hook's filter pointer.
+        let resumed =
+            unsafe { envoy_dynamic_module_callback_http_received_buffered_request_body(self.ptr) };
+        // An earlier filter (e.g. envoy.filters.http.buffer) buffered the body and resumed: what
+        // we "received" is that very buffer, so reading both would see the body twice.
+        let kinds: &[u32] = if resumed {
+            &[BODY_RECEIVED_REQUEST]
+        } else {
+            &[BODY_BUFFERED_REQUEST, BODY_RECEIVED_REQUEST]
+        };
         let mut chunks = Vec::new();
-        for kind in [BODY_BUFFERED_REQUEST, BODY_RECEIVED_REQUEST] {
+        for &kind in kinds {
             // SAFETY: `ptr` is this hook's filter pointer.
             let n =
                 unsafe { envoy_dynamic_module_callback_http_get_body_chunks_size(self.ptr, kind) };
