@@ -14,6 +14,9 @@ local fixtures = {}
 local n = 0
 -- BENCH_OFFSET: start further into the fixtures (a second run must not replay the first's).
 local i = tonumber(os.getenv("BENCH_OFFSET") or "0")
+-- BENCH_LIMIT: stop after that many deliveries (prefilling a store to a given size).
+local limit = tonumber(os.getenv("BENCH_LIMIT") or "0")
+local sent = 0
 
 wrk.method = "POST"
 wrk.body = body
@@ -34,6 +37,8 @@ end
 
 if n > 0 then
   request = function()
+    sent = sent + 1
+    if limit > 0 and sent >= limit then wrk.thread:stop() end
     i = i + 1
     if i > n then i = 1 end -- wraps into replays; the report flags non-2xx answers
     local f = fixtures[i]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Benchmarks: Envoy 1.40 (one worker) with and without webhook-guard, and the same checks in a
-# Flask middleware, side by side in one run on loopback. Writes docs/benchmarks.md.
+# Benchmarks: Envoy 1.40 (one worker) with and without webhook-guard (the wasm and the native
+# build), and the same checks in a Flask middleware, side by side in one run on loopback.
+# Writes docs/benchmarks.md, bench/results.json and the README's table.
 # Takes a few minutes; options are passed to bench/bench.py (--duration, --sizes, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,4 +15,5 @@ command -v taskset >/dev/null || { echo "bench: taskset (util-linux) is required
 command -v node >/dev/null || echo "bench: node not found; the wasm HMAC throughput row will be empty" >&2
 cargo build --quiet --release --target wasm32-wasip1 -p webhook-guard-filter -p webhook-guard-cli
 cargo build --quiet --release -p webhook-guard-cli
+cargo build --quiet --profile native -p webhook-guard-native
 exec .venv/bin/python bench/bench.py "$@"

@@ -11,7 +11,7 @@ use crate::guard::{
 use crate::host::Host;
 use crate::policy::RouteInfo;
 use crate::reason::Reason;
-use crate::verify::HeaderList;
+use crate::verify::Header;
 use crate::{Rejection, RemoteReply};
 
 /// What the glue does next.
@@ -100,13 +100,13 @@ impl Stream {
     }
 
     /// Request headers. `route` selects the policy; `end_of_stream` means there is no body.
-    pub fn on_request_headers(
+    pub fn on_request_headers<H: Header>(
         &mut self,
         guard: &Guard,
         host: &dyn Host,
         route: &RouteInfo,
         info: RequestInfo,
-        headers: &HeaderList,
+        headers: &[H],
         end_of_stream: bool,
     ) -> Step {
         let policy = match guard.route(host, route) {
@@ -318,6 +318,12 @@ impl Stream {
             Some(task) => self.settle(guard, host, task, None),
             None => Step::Continue,
         }
+    }
+
+    /// Whether the response headers matter to this stream (a forwarded delivery holds a claim
+    /// their status settles). Glue may skip reading them otherwise: each read costs.
+    pub fn awaits_response(&self) -> bool {
+        matches!(self.phase, Phase::Forwarded(_))
     }
 
     /// Response body or trailers: held while a remote claim settles (pausing the headers

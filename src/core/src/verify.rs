@@ -18,7 +18,22 @@ pub const MAX_CANDIDATES: usize = 8;
 const MAX_TIMESTAMP_DIGITS: usize = 19;
 
 /// Request headers as the proxy hands them over: names (any case) and raw value bytes.
-pub type HeaderList = [(String, Vec<u8>)];
+/// One request header as the glue has it: owned pairs (the wasm SDK's), or slices of the
+/// proxy's own buffers (the native build reads them in place, no copies).
+pub trait Header {
+    fn name(&self) -> &str;
+    fn value(&self) -> &[u8];
+}
+
+impl<N: AsRef<str>, V: AsRef<[u8]>> Header for (N, V) {
+    fn name(&self) -> &str {
+        self.0.as_ref()
+    }
+
+    fn value(&self) -> &[u8] {
+        self.1.as_ref()
+    }
+}
 
 pub enum Lookup<'a> {
     Absent,
@@ -27,14 +42,14 @@ pub enum Lookup<'a> {
     Many,
 }
 
-pub fn lookup<'a>(headers: &'a HeaderList, name: &str) -> Lookup<'a> {
+pub fn lookup<'a, H: Header>(headers: &'a [H], name: &str) -> Lookup<'a> {
     let mut found = Lookup::Absent;
-    for (n, v) in headers {
-        if n.eq_ignore_ascii_case(name) {
+    for h in headers {
+        if h.name().eq_ignore_ascii_case(name) {
             if let Lookup::One(_) = found {
                 return Lookup::Many;
             }
-            found = Lookup::One(v.as_slice());
+            found = Lookup::One(h.value());
         }
     }
     found
@@ -72,9 +87,9 @@ pub struct Match {
     pub mac: Vec<u8>,
 }
 
-pub fn extract(
+pub fn extract<H: Header>(
     scheme: &Scheme,
-    headers: &HeaderList,
+    headers: &[H],
     method: &[u8],
     path: &[u8],
 ) -> Result<Extracted, Reason> {
@@ -146,9 +161,9 @@ fn query_param<'a>(path: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     })
 }
 
-fn find_signature<'s, 'h>(
+fn find_signature<'s, 'h, H: Header>(
     scheme: &'s Scheme,
-    headers: &'h HeaderList,
+    headers: &'h [H],
 ) -> Result<(usize, &'s SigSource, &'h [u8]), Reason> {
     for (i, source) in scheme.sources.iter().enumerate() {
         for name in &source.headers {

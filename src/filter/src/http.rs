@@ -161,6 +161,10 @@ impl HttpContext for Http {
         let Some(loaded) = self.loaded.clone() else {
             return Action::Continue;
         };
+        // Nothing held (unmatched, rejected, no replay protection): the status is not needed.
+        if !self.stream.awaits_response() {
+            return Action::Continue;
+        }
         let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
             .ok()
             .flatten()

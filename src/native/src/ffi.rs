@@ -337,7 +337,10 @@ pub struct Stream<'a> {
 
 impl<'a> Stream<'a> {
     /// Every request header (pseudo-headers included), copied: two calls whatever their number.
-    pub fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
+    /// All request headers as slices of Envoy's header map, valid for this hook only. A name
+    /// that is not UTF-8 (Envoy's codecs do not produce one) is kept as an empty name, so it
+    /// can match nothing but still counts.
+    pub fn request_headers(&self) -> Vec<(&'a str, &'a [u8])> {
         // SAFETY: `ptr` is this hook's filter pointer; the size call reads nothing else.
         let n = unsafe {
             envoy_dynamic_module_callback_http_get_headers_size(self.ptr, REQUEST_HEADERS)
@@ -356,29 +359,31 @@ impl<'a> Stream<'a> {
         }
         raw.into_iter()
             .map(|h| {
-                // SAFETY: Envoy filled these with buffers lent for this hook; copied at once.
+                // SAFETY: Envoy filled these with buffers lent for this hook; the slices carry
+                // the hook's lifetime and are dropped before it returns.
                 let (k, v) = unsafe { h.parts() };
-                (String::from_utf8_lossy(k).into_owned(), v.to_vec())
+                (std::str::from_utf8(k).unwrap_or(""), v)
             })
             .collect()
     }
 
-    /// The first value of a response header.
-    pub fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+    /// The response's `:status`, read in place.
+    pub fn response_status(&self) -> Option<u16> {
         let mut out = EnvoyBuffer::EMPTY;
         // SAFETY: `out` is a valid place for one buffer; the count pointer may be null.
         let found = unsafe {
             envoy_dynamic_module_callback_http_get_header(
                 self.ptr,
                 RESPONSE_HEADERS,
-                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::of(b":status"),
                 &mut out,
                 0,
                 std::ptr::null_mut(),
             )
         };
-        // SAFETY: the value is lent for this hook and copied here.
-        found.then(|| unsafe { out.bytes() }.to_vec())
+        // SAFETY: the value is lent for this hook and parsed before it returns.
+        let value = found.then(|| unsafe { out.bytes() })?;
+        std::str::from_utf8(value).ok()?.parse().ok()
     }
 
     /// The request body so far: the buffered chunks, then the chunk just received. Slices of

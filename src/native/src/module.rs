@@ -374,15 +374,15 @@ impl Filter {
         #[allow(clippy::panic)]
         if headers
             .iter()
-            .any(|(n, _)| n == "x-webhook-guard-test-panic")
+            .any(|(n, _)| *n == "x-webhook-guard-test-panic")
         {
             panic!("test-panic: a panic inside the module, on request");
         }
         let pseudo = |name: &str| {
             headers
                 .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| String::from_utf8_lossy(v))
                 .unwrap_or_default()
         };
         let (path, authority, method) = (pseudo(":path"), pseudo(":authority"), pseudo(":method"));
@@ -402,8 +402,8 @@ impl Filter {
         };
         let info = RequestInfo {
             route_name: route_name.clone(),
-            method,
-            path: path.clone(),
+            method: method.into_owned(),
+            path: path.to_string(),
         };
         let host = self.host(stream);
         let step = self.stream.borrow_mut().on_request_headers(
@@ -481,9 +481,10 @@ impl Filter {
     }
 
     pub fn on_response_headers(&self, stream: ffi::Stream<'_>) -> u32 {
-        let status = stream
-            .response_header(":status")
-            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
+        if !self.stream.borrow().awaits_response() {
+            return status::HEADERS_CONTINUE;
+        }
+        let status = stream.response_status();
         let host = self.host(stream);
         let step = self
             .stream

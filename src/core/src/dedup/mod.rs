@@ -5,8 +5,9 @@
 //! fixed set of pre-created shard keys, each holding a compact set of (key hash, expiry, state)
 //! entries, updated with read-then-CAS loops. A delivery is *claimed* (`in_flight`) when it
 //! verifies, *committed* (`done`) when the backend answers 2xx, and *released* (removed) when it
-//! fails, so the provider's retry is admitted. Expired entries are pruned on every write and by
-//! a periodic sweep that one root context at a time performs (elected by a CAS lease).
+//! fails, so the provider's retry is admitted. Expired entries never count as present; they are
+//! pruned by a periodic sweep that one root context at a time performs (elected by a CAS lease),
+//! and by a claim that finds its shard full, so the request path never scans to prune.
 #![deny(clippy::arithmetic_side_effects)]
 
 pub mod key;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use crate::host::{Host, SetError};
 use crate::stats;
 use memory::Memory;
-use shard::{Entry, KeyHash, Shard, State};
+use shard::{Entries, Entry, KeyHash, Shard, State};
 
 /// CAS attempts before giving up with `store_unavailable`.
 pub const MAX_CAS_ATTEMPTS: usize = 64;
@@ -94,9 +95,14 @@ pub struct Claim {
     /// has a later expiry, so a release never removes someone else's claim.
     claim_expiry_ms: u64,
     done_expiry_ms: u64,
-    /// When the claim was made: settling prunes with this clock instead of asking the host
-    /// again (an older clock only prunes less).
-    claimed_at_ms: u64,
+}
+
+/// Whether a shard can take one more entry; only a shard that looks full pays for a prune.
+fn has_room(s: &mut dyn Entries, capacity: usize, now_ms: u64) -> bool {
+    s.len() < capacity || {
+        s.prune(now_ms);
+        s.len() < capacity
+    }
 }
 
 /// Hashing spreads keys unevenly: a shard holds its share plus four standard deviations of
@@ -210,21 +216,17 @@ impl Store {
         Some((p.first.checked_add(i)?, p.per_shard_capacity))
     }
 
-    /// Read-modify-CAS loop on one shard. `change` sees the shard with entries expired at `now`
-    /// already pruned (and how many were), and says whether to write it back.
+    /// Read-modify-CAS loop on one shard (in the native build: a change in place under the
+    /// shard's lock). `change` says whether to write the shard back.
     fn update<T>(
         &self,
         host: &dyn Host,
         shard: usize,
-        now: u64,
-        mut change: impl FnMut(&mut Shard, u64, usize) -> (bool, T),
+        mut change: impl FnMut(&mut dyn Entries) -> (bool, T),
     ) -> Option<T> {
         if let Backing::Memory(memory) = &self.backing {
-            // In place under the shard's lock: pruning is a valid change even when `change`
-            // writes nothing.
             let mut s = memory.shard(shard)?;
-            let pruned = s.prune(now);
-            return Some(change(&mut s, now, pruned).1);
+            return Some(change(&mut *s).1);
         }
         let key = self.shard_keys.get(shard)?;
         for _ in 0..MAX_CAS_ATTEMPTS {
@@ -234,8 +236,7 @@ impl Store {
                 Err(_) => return None,
             };
             let mut s = Shard::from_vec(bytes);
-            let pruned = s.prune(now);
-            let (write, result) = change(&mut s, now, pruned);
+            let (write, result) = change(&mut s);
             if !write {
                 return Some(result);
             }
@@ -261,7 +262,8 @@ impl Store {
         let Some((shard, capacity)) = self.shard_of(policy, &hash) else {
             return ClaimOutcome::Unavailable;
         };
-        let outcome = self.update(host, shard, now_ms, |s, now, _| match s.get(&hash, now) {
+        let now = now_ms;
+        let outcome = self.update(host, shard, |s| match s.get(&hash, now) {
             Some(Entry {
                 state: State::Done, ..
             }) => (false, ClaimOutcome::Done),
@@ -274,8 +276,12 @@ impl Store {
                 let retry_after_s = wait_ms.div_ceil(1000).max(1);
                 (false, ClaimOutcome::InFlight { retry_after_s })
             }
-            None if s.len() >= capacity => (false, ClaimOutcome::Full),
             None => {
+                let stored = s.len();
+                if !has_room(s, capacity, now) {
+                    // Write back only what pruning changed.
+                    return (s.len() < stored, ClaimOutcome::Full);
+                }
                 let claim_expiry_ms = now.saturating_add(claim_timeout_ms);
                 s.put(Entry {
                     hash,
@@ -288,7 +294,6 @@ impl Store {
                     hash,
                     claim_expiry_ms,
                     done_expiry_ms,
-                    claimed_at_ms: now,
                 };
                 (true, ClaimOutcome::Claimed(claim))
             }
@@ -301,7 +306,7 @@ impl Store {
     /// a commit only replaces a claim that was admitted, and refusing it would forget a
     /// delivery. Returns false only if the store could not be written.
     pub fn commit(&self, host: &dyn Host, claim: &Claim) -> bool {
-        self.update(host, claim.shard, claim.claimed_at_ms, |s, _, _| {
+        self.update(host, claim.shard, |s| {
             let expiry_ms = match s.get(&claim.hash, 0) {
                 Some(e) if e.state == State::Done => e.expiry_ms.max(claim.done_expiry_ms),
                 _ => claim.done_expiry_ms,
@@ -319,7 +324,7 @@ impl Store {
     /// The backend failed (or never answered): forget our claim so a retry is admitted.
     /// True when our claim was there and is gone (not when it had lapsed or was replaced).
     pub fn release(&self, host: &dyn Host, claim: &Claim) -> bool {
-        self.update(host, claim.shard, claim.claimed_at_ms, |s, _, _| {
+        self.update(host, claim.shard, |s| {
             let ours = s.get(&claim.hash, 0).is_some_and(|e| {
                 e.state == State::InFlight && e.expiry_ms == claim.claim_expiry_ms
             });
@@ -382,12 +387,12 @@ impl Store {
         let Some((shard, capacity)) = self.shard_of(policy, &hash) else {
             return;
         };
-        let _ = self.update(host, shard, now_ms, |s, now, _| {
-            let known = s.get(&hash, now).map(|e| (e.state, e.expiry_ms));
+        let _ = self.update(host, shard, |s| {
+            let known = s.get(&hash, now_ms).map(|e| (e.state, e.expiry_ms));
             let write = match known {
                 Some((State::Done, e)) if e >= expiry_ms => false,
                 Some(_) => true,
-                None => s.len() < capacity,
+                None => has_room(s, capacity, now_ms),
             };
             if write {
                 s.put(Entry {
@@ -410,7 +415,8 @@ impl Store {
         }
         let (removed, left) = (0..self.shard_keys.len())
             .filter_map(|shard| {
-                self.update(host, shard, now, |s, _, pruned| {
+                self.update(host, shard, |s| {
+                    let pruned = s.prune(now);
                     (pruned > 0, (pruned, s.len()))
                 })
             })

@@ -15,7 +15,7 @@ use crate::policy::RouteInfo;
 use crate::reason::Reason;
 use crate::scheme::{DeliveryId, TimestampSource};
 use crate::stats;
-use crate::verify::{self, lookup, HeaderList, Lookup, Skew};
+use crate::verify::{self, lookup, Header, Lookup, Skew};
 
 impl Guard {
     /// What the upstream's outcome does to the claim: a success commits it, a failure answer
@@ -133,12 +133,12 @@ impl Guard {
     }
 
     /// Header phase: everything that can be decided before the body is read.
-    pub fn begin(
+    pub fn begin<H: Header>(
         &self,
         host: &dyn Host,
         policy_index: usize,
         info: RequestInfo,
-        headers: &HeaderList,
+        headers: &[H],
     ) -> Result<Pending, Rejection> {
         let Some(policy) = self.policies.get(policy_index) else {
             // Only reachable through a glue bug; fail closed.
