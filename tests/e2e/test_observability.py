@@ -39,6 +39,41 @@ def test_counters_per_policy_and_reason(demo, secrets):
                     'webhook_reason="invalid_signature"}']) == after[p + "reason.invalid_signature"]
 
 
+def prometheus(demo) -> dict[str, float]:
+    text = requests.get(demo.envoy.admin + "/stats/prometheus", timeout=5).text
+    return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in text.splitlines()
+                                      if line and not line.startswith("#"))}
+
+
+def test_verdict_latency_histogram_per_policy(demo, secrets):
+    """Each verdict of a policy (accepted or rejected) is one observation of its latency
+    histogram, in microseconds, bucketed with the 150 ms target as a bound."""
+    series = 'envoy_webhook_guard_policy_verdict_latency_us_{}{{stat_namespace="wasmcustom",webhook_policy="stripe"{}}}'
+    count = series.format("count", "")
+
+    def settled() -> dict[str, float]:
+        # Envoy merges histograms into /stats on its flush interval (5 s by default).
+        time.sleep(5.5)
+        return prometheus(demo)
+
+    before = settled().get(count, 0)
+    _, sign, var, _ = PRESETS["stripe"]
+    now = int(time.time())
+    for i in range(3):
+        body = b'{"id": "evt_' + uuid.uuid4().hex.encode() + b'", "type": "t"}'
+        assert demo.post("/webhooks/stripe", body, sign(secrets[var], body, now, "")).status_code == 200
+    forged = sign(secrets[var], b"{}", now, "")
+    assert demo.post("/webhooks/stripe", b'{"x": 1}', forged).status_code == 401
+    prom = settled()
+    assert prom[count] - before == 4
+    # Verdicts on loopback take well under the 150 ms target: every one is in that bucket.
+    assert prom[series.format("bucket", ',le="150000"')] == prom[count]
+    assert prom[series.format("sum", "")] > 0
+    # No etcd here: the store-latency histogram exists but has seen nothing.
+    store = 'envoy_webhook_guard_policy_store_latency_us_count{stat_namespace="wasmcustom",webhook_policy="stripe"}'
+    assert prom.get(store, 0) == 0
+
+
 def test_rejection_log_line_is_structured_and_secret_free(demo, secrets):
     _, sign, var, _ = PRESETS["standard"]
     delivery = "msg_" + uuid.uuid4().hex

@@ -118,7 +118,11 @@ pub fn compile_with(json: &[u8], env: EnvLookup, options: Options) -> Result<Gua
     compile_raw(raw, env, options)
 }
 
-pub const MAX_SHARDS: u64 = 4096;
+pub const MAX_SHARDS: u64 = 16384;
+/// Unset `store.shards`: one shard per this many entries of a policy's share...
+pub const ENTRIES_PER_SHARD: u64 = 32;
+/// ...and at most this many per policy (a sweep visits every shard in one go).
+pub const MAX_AUTO_SHARDS: u64 = 4096;
 pub const MAX_CAPACITY: u64 = 10_000_000;
 pub const MAX_RETENTION_SECONDS: u64 = 30 * 24 * 3600;
 
@@ -134,19 +138,17 @@ fn store_prefix(raw: &RawStore, plugin_name: &str) -> Result<String, ConfigError
 }
 
 fn check_store(raw: &RawStore) -> Result<(), ConfigError> {
-    if raw.shards == 0 || raw.shards > MAX_SHARDS {
+    let shards = raw.shards.unwrap_or(1);
+    if shards == 0 || shards > MAX_SHARDS {
         return Err(err(
             "store.shards",
             format!("must be between 1 and {MAX_SHARDS}"),
         ));
     }
-    if raw.capacity < raw.shards || raw.capacity > MAX_CAPACITY {
+    if raw.capacity < shards || raw.capacity > MAX_CAPACITY {
         return Err(err(
             "store.capacity",
-            format!(
-                "must be between store.shards ({}) and {MAX_CAPACITY}",
-                raw.shards
-            ),
+            format!("must be between store.shards ({shards}) and {MAX_CAPACITY}"),
         ));
     }
     if raw.sweep_interval_seconds == 0 || raw.sweep_interval_seconds > 3600 {
@@ -204,14 +206,20 @@ fn compile_shares(
         if d.capacity == 0 {
             d.capacity = each;
         }
-        // Shards in proportion to the share (at least one), rounded to nearest.
-        let shards = raw
-            .shards
-            .saturating_mul(d.capacity)
-            .saturating_add(raw.capacity / 2)
-            .checked_div(raw.capacity)
-            .unwrap_or(1)
-            .clamp(1, raw.shards);
+        let shards = match raw.shards {
+            // Shards in proportion to the share (at least one), rounded to nearest.
+            Some(total) => total
+                .saturating_mul(d.capacity)
+                .saturating_add(raw.capacity / 2)
+                .checked_div(raw.capacity)
+                .unwrap_or(1)
+                .clamp(1, total),
+            // Small shards: the wasm build copies a whole shard per store read and write.
+            None => d
+                .capacity
+                .div_ceil(ENTRIES_PER_SHARD)
+                .clamp(1, MAX_AUTO_SHARDS),
+        };
         shares.push(Some(Share {
             name: p.name.clone(),
             shards: usize::try_from(shards).map_err(|_| err("store.shards", "too large"))?,

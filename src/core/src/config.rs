@@ -26,7 +26,6 @@ pub struct RawConfig {
     pub sds_config: Option<serde_json::Value>,
 }
 
-pub const DEFAULT_SHARDS: u64 = 1024;
 pub const DEFAULT_CAPACITY: u64 = 100_000;
 pub const DEFAULT_SWEEP_INTERVAL_SECONDS: u64 = 10;
 
@@ -37,8 +36,10 @@ pub struct RawStore {
     /// plugins sharing a `vm_id` never collide.
     #[serde(default)]
     pub key_prefix: Option<String>,
-    #[serde(default = "default_shards")]
-    pub shards: u64,
+    /// Shard keys in all, split among the policies in proportion to their shares. Unset: each
+    /// policy gets one shard per `ENTRIES_PER_SHARD` entries of its share (bounded).
+    #[serde(default)]
+    pub shards: Option<u64>,
     /// Most live entries (in flight or done) across all shards; beyond it: `store_full`.
     #[serde(default = "default_capacity")]
     pub capacity: u64,
@@ -50,15 +51,11 @@ impl Default for RawStore {
     fn default() -> Self {
         RawStore {
             key_prefix: None,
-            shards: DEFAULT_SHARDS,
+            shards: None,
             capacity: DEFAULT_CAPACITY,
             sweep_interval_seconds: DEFAULT_SWEEP_INTERVAL_SECONDS,
         }
     }
-}
-
-fn default_shards() -> u64 {
-    DEFAULT_SHARDS
 }
 
 fn default_capacity() -> u64 {

@@ -41,6 +41,9 @@ pub trait Host {
         self.add(metric, 1);
     }
 
+    /// Records one value in the histogram at `index` of `Guard::counter_names()`.
+    fn record(&self, _metric: usize, _value: u64) {}
+
     /// The downstream client's address (`ip:port`) of the current request, for rejection log
     /// lines; asked only when one is written.
     fn client_address(&self) -> Option<String> {

@@ -95,6 +95,17 @@ impl Host for MemHost {
         self.logs.borrow_mut().push((level, line.to_string()));
     }
 
+    /// A histogram reads back as the number of values recorded (`count`) and their sum under
+    /// `<name>.sum`.
+    fn record(&self, metric: usize, value: u64) {
+        let name = self.names.get(metric).cloned().unwrap_or_default();
+        let mut counts = self.counts.borrow_mut();
+        let n = counts.entry(name.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        let sum = counts.entry(format!("{name}.sum")).or_insert(0);
+        *sum = sum.saturating_add(i64::try_from(value).unwrap_or(i64::MAX));
+    }
+
     fn shared_get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, SetError> {
         if self.broken.get() {
             return Err(SetError::Failed);

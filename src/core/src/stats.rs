@@ -68,9 +68,27 @@ pub fn global_counters() -> Vec<String> {
     .collect()
 }
 
-/// Metric type of `Guard::counter_names()[index]`.
-pub fn is_gauge(index: usize) -> bool {
-    index == STORE_ENTRIES
+/// What a metric of `Guard::counter_names()` is, by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    /// Named `..._us`: values in microseconds (the shipped Envoy configs give them buckets from
+    /// 100 µs to 10 s, with the 150 ms receipt-to-validation target as one bound).
+    Histogram,
+}
+
+pub fn kind(name: &str) -> Kind {
+    if name.ends_with("_us") {
+        Kind::Histogram
+    } else if name.ends_with("store.entries")
+        || name.ends_with(".store_entries")
+        || name.ends_with(".store_capacity")
+    {
+        Kind::Gauge
+    } else {
+        Kind::Counter
+    }
 }
 
 // Offsets inside a policy's block of counters.
@@ -78,7 +96,17 @@ pub const ACCEPTED: usize = 0;
 pub const ACCEPTED_SECONDARY_SECRET: usize = 1;
 pub const REJECTED: usize = 2;
 pub const CHALLENGES: usize = 3;
-const FIRST_REASON: usize = 4;
+/// Histogram: from the filter seeing the request's headers to its verdict (accepted, rejected,
+/// or a handshake answered), µs.
+pub const VERDICT_LATENCY_US: usize = 4;
+/// Histogram: each round trip to the policy's remote store (etcd), µs. Local-store claims do
+/// not wait (they are inside the verdict latency).
+pub const STORE_LATENCY_US: usize = 5;
+/// Gauge: the policy's live entries in the local store, as counted by the last sweep.
+pub const STORE_ENTRIES_OF_POLICY: usize = 6;
+/// Gauge: the policy's share of the local store (its `dedup.capacity`), set at configure time.
+pub const STORE_CAPACITY_OF_POLICY: usize = 7;
+const FIRST_REASON: usize = 8;
 
 /// Reasons a policy can produce (`no_matching_policy` has no policy).
 pub fn policy_reasons() -> impl Iterator<Item = Reason> {
@@ -98,6 +126,10 @@ pub fn policy_counters(policy: &str) -> Vec<String> {
         format!("{base}.accepted_secondary_secret"),
         format!("{base}.rejected"),
         format!("{base}.challenges_answered"),
+        format!("{base}.verdict_latency_us"),
+        format!("{base}.store_latency_us"),
+        format!("{base}.store_entries"),
+        format!("{base}.store_capacity"),
     ];
     // One slot per reason index keeps offsets trivial; the `no_matching_policy` slot is the
     // last one and is simply never defined.
@@ -120,6 +152,26 @@ mod tests {
         }
         assert_eq!(names[ACCEPTED], "webhook_guard.policy.p.accepted");
         assert_eq!(names[REJECTED], "webhook_guard.policy.p.rejected");
+        assert_eq!(
+            names[VERDICT_LATENCY_US],
+            "webhook_guard.policy.p.verdict_latency_us"
+        );
+        assert_eq!(
+            names[STORE_LATENCY_US],
+            "webhook_guard.policy.p.store_latency_us"
+        );
+        let of = |k: Kind| names.iter().filter(|n| kind(n) == k).count();
+        assert_eq!((of(Kind::Histogram), of(Kind::Gauge)), (2, 2));
+        assert_eq!(
+            names[STORE_ENTRIES_OF_POLICY],
+            "webhook_guard.policy.p.store_entries"
+        );
+        assert_eq!(kind(&names[STORE_CAPACITY_OF_POLICY]), Kind::Gauge);
+        let global = global_counters();
+        assert!(global
+            .iter()
+            .enumerate()
+            .all(|(i, n)| (kind(n) == Kind::Gauge) == (i == STORE_ENTRIES)));
         let global = global_counters();
         assert_eq!(global[STORE_ENTRIES], "webhook_guard.store.entries");
         assert_eq!(global[STORE_RELEASED], "webhook_guard.store.released");

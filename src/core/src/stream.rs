@@ -92,6 +92,9 @@ enum Phase {
 #[derive(Debug, Default)]
 pub struct Stream {
     phase: Phase,
+    /// The policy verifying this request and when it started (µs), until the verdict is
+    /// recorded in its latency histogram.
+    timing: Option<(usize, u64)>,
 }
 
 impl Stream {
@@ -115,11 +118,12 @@ impl Stream {
                 host.set_verdict("unmatched");
                 return Step::Continue;
             }
-            Route::Reject(r) => return self.reject(host, r),
+            Route::Reject(r) => return self.reject(guard, host, r),
             Route::Verify(i) => i,
         };
+        self.timing = Some((policy, host.now_us()));
         match guard.begin(host, policy, info, headers) {
-            Err(r) => self.reject(host, r),
+            Err(r) => self.reject(guard, host, r),
             Ok(pending) if end_of_stream => self.finish(guard, host, &pending, &[]),
             Ok(pending) => {
                 // Hold the headers until the whole body is verified.
@@ -141,7 +145,7 @@ impl Stream {
             return BodyStep::Continue;
         };
         if let Err(r) = guard.check_body_size(host, pending, buffered) {
-            let Step::Reply(reply) = self.reject(host, r) else {
+            let Step::Reply(reply) = self.reject(guard, host, r) else {
                 return BodyStep::Pause;
             };
             return BodyStep::Reply(reply);
@@ -171,7 +175,7 @@ impl Stream {
         };
         match body {
             Some(body) => self.finish(guard, host, &pending, body),
-            None => self.reject(host, fail_closed(Reason::InternalError)),
+            None => self.reject(guard, host, fail_closed(Reason::InternalError)),
         }
     }
 
@@ -182,6 +186,7 @@ impl Stream {
             }) => {
                 self.phase = Phase::Decided;
                 host.set_verdict("challenge_answered");
+                self.record_latency(guard, host);
                 Step::Reply(Reply {
                     status: reply.status,
                     headers: vec![("content-type", reply.content_type.to_string())],
@@ -192,23 +197,39 @@ impl Stream {
             Ok(Accepted {
                 remote: Some(task), ..
             }) => self.admit(guard, host, task, None),
-            Ok(Accepted { claim, .. }) => self.forward(host, claim, "accepted"),
-            Err(r) => self.reject(host, r),
+            Ok(Accepted { claim, .. }) => self.forward(guard, host, claim, "accepted"),
+            Err(r) => self.reject(guard, host, r),
         }
     }
 
-    fn forward(&mut self, host: &dyn Host, claim: Option<Hold>, verdict: &str) -> Step {
+    /// The verdict is in: how long it took, once per request (policy histogram).
+    fn record_latency(&mut self, guard: &Guard, host: &dyn Host) {
+        if let Some((policy, started_us)) = self.timing.take() {
+            let took = host.now_us().saturating_sub(started_us);
+            guard.record_verdict_latency(host, policy, took);
+        }
+    }
+
+    fn forward(
+        &mut self,
+        guard: &Guard,
+        host: &dyn Host,
+        claim: Option<Hold>,
+        verdict: &str,
+    ) -> Step {
         self.phase = match claim {
             Some(hold) => Phase::Forwarded(Box::new(hold)),
             None => Phase::Decided,
         };
         host.set_verdict(verdict);
+        self.record_latency(guard, host);
         Step::Continue
     }
 
-    fn reject(&mut self, host: &dyn Host, r: Rejection) -> Step {
+    fn reject(&mut self, guard: &Guard, host: &dyn Host, r: Rejection) -> Step {
         self.phase = Phase::Decided;
         host.set_verdict(r.reason.code());
+        self.record_latency(guard, host);
         Step::Reply(Reply::rejection(r))
     }
 
@@ -225,18 +246,18 @@ impl Stream {
                 self.phase = Phase::Admitting(Box::new(task));
                 Step::Call(call)
             }
-            Drive::Admit(accepted) => self.forward(host, accepted.claim, "accepted"),
+            Drive::Admit(accepted) => self.forward(guard, host, accepted.claim, "accepted"),
             Drive::PassUnprotected => {
                 defer_orphan(guard, host, task);
-                self.forward(host, None, "accepted_unprotected")
+                self.forward(guard, host, None, "accepted_unprotected")
             }
             Drive::Reject(r) => {
                 defer_orphan(guard, host, task);
-                self.reject(host, r)
+                self.reject(guard, host, r)
             }
             // Not an outcome of a claim: fail closed.
             Drive::Settled | Drive::RetryLater => {
-                self.reject(host, fail_closed(Reason::StoreUnavailable))
+                self.reject(guard, host, fail_closed(Reason::StoreUnavailable))
             }
         }
     }

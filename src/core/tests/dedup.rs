@@ -356,6 +356,123 @@ fn init_keeps_existing_entries_across_a_reload() {
     );
 }
 
+#[test]
+fn a_new_shard_count_carries_every_live_entry_over_in_both_backings() {
+    // A reload that changes a policy's capacity (hence its shard count) must not forget the
+    // deliveries it has seen: a replay inside the window would be admitted.
+    for in_memory in [false, true] {
+        let prefix = unique("layout");
+        let host = MemHost::new(&stats::global_counters(), T0);
+        let open = |shards: usize, capacity: usize| {
+            let store = Store::new(&prefix, shards, capacity);
+            if in_memory {
+                store.in_memory()
+            } else {
+                store
+            }
+        };
+        let before = open(3, 60);
+        assert!(
+            before.init(&host).is_empty(),
+            "a first layout moves nothing"
+        );
+        for k in 0..20u8 {
+            let ClaimOutcome::Claimed(c) =
+                before.claim(&host, T0, 0, hash(k), CLAIM_MS, T0 + DONE_MS)
+            else {
+                panic!("claim {k}")
+            };
+            assert!(before.commit(&host, &c));
+        }
+        // One claimed but not settled, one already expired.
+        let ClaimOutcome::Claimed(_) = before.claim(&host, T0, 0, hash(20), CLAIM_MS, T0 + DONE_MS)
+        else {
+            panic!()
+        };
+        let ClaimOutcome::Claimed(_) = before.claim(&host, T0, 0, hash(21), 1, T0 + 1) else {
+            panic!()
+        };
+        host.advance(5);
+        let now = T0 + 5;
+
+        let after = open(7, 200);
+        let lines = after.init(&host);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains("from 3 to 7 shards; 21 live entries moved"),
+            "{}",
+            lines[0]
+        );
+        for k in 0..20u8 {
+            assert_eq!(
+                after.claim(&host, now, 0, hash(k), CLAIM_MS, now + DONE_MS),
+                ClaimOutcome::Done,
+                "key {k}"
+            );
+        }
+        assert!(matches!(
+            after.claim(&host, now, 0, hash(20), CLAIM_MS, now + DONE_MS),
+            ClaimOutcome::InFlight { .. }
+        ));
+        assert!(matches!(
+            after.claim(&host, now, 0, hash(21), CLAIM_MS, now + DONE_MS),
+            ClaimOutcome::Claimed(_)
+        ));
+        // Moved once: the old shards are empty and a second configuration moves nothing.
+        assert!(open(7, 200).init(&host).is_empty());
+        assert_eq!(
+            before
+                .entries(&host)
+                .iter()
+                .filter(|e| e.expiry_ms > now)
+                .count(),
+            0
+        );
+
+        // Back to 3 shards: everything follows again (the old layout's shards were emptied,
+        // so nothing stale comes back).
+        let back = open(3, 60);
+        assert_eq!(back.init(&host).len(), 1);
+        for k in 0..20u8 {
+            assert_eq!(
+                back.claim(&host, now, 0, hash(k), CLAIM_MS, now + DONE_MS),
+                ClaimOutcome::Done,
+                "key {k} back"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_moved_entry_never_downgrades_one_already_in_the_new_layout() {
+    let prefix = unique("merge");
+    let host = MemHost::new(&stats::global_counters(), T0);
+    let old = Store::new(&prefix, 1, 10);
+    old.init(&host);
+    let ClaimOutcome::Claimed(c) = old.claim(&host, T0, 0, hash(1), CLAIM_MS, T0 + DONE_MS) else {
+        panic!()
+    };
+    assert!(old.commit(&host, &c));
+    // Another worker already runs the new layout (its record says 2) and claimed key 1 anew
+    // there, and key 2 is in flight in the old layout only.
+    let new = Store::new(&prefix, 2, 10);
+    use webhook_guard_core::Host;
+    for key in new.keys() {
+        if let Ok(None) = host.shared_get(key) {
+            let _ = host.shared_set(key, &[webhook_guard_core::dedup::shard::VERSION], None);
+        }
+    }
+    let ClaimOutcome::Claimed(_) = new.claim(&host, T0, 0, hash(1), CLAIM_MS, T0 + DONE_MS) else {
+        panic!()
+    };
+    assert_eq!(new.init(&host).len(), 1);
+    assert_eq!(
+        new.claim(&host, T0, 0, hash(1), CLAIM_MS, T0 + DONE_MS),
+        ClaimOutcome::Done,
+        "done beats in flight"
+    );
+}
+
 // ---- through the Guard, as the filter drives it ----
 
 fn github_guard(extra: Value, store: Value) -> Guard {
@@ -376,6 +493,27 @@ fn gh(g: &Guard, host: &MemHost, body: &[u8]) -> Result<Option<Hold>, Rejection>
     let headers = common::github_headers(b"s", body);
     let pending = g.begin(host, 0, common::post("/"), &headers)?;
     g.finish(host, &pending, body).map(|a| a.claim)
+}
+
+#[test]
+fn per_policy_store_gauges_capacity_at_configure_entries_at_each_sweep() {
+    let g = github_guard(
+        json!({"dedup": {"capacity": 500}}),
+        json!({"capacity": 1000}),
+    );
+    let host = MemHost::new(g.counter_names(), T0);
+    g.init_store(&host);
+    assert_eq!(host.count("webhook_guard.policy.gh.store_capacity"), 500);
+    for body in [&b"one"[..], b"two", b"three"] {
+        let claim = gh(&g, &host, body).unwrap().unwrap();
+        g.settle(&host, claim, Upstream::Answered(200));
+    }
+    assert!(g.sweep(&host, 1).is_some());
+    assert_eq!(host.count("webhook_guard.policy.gh.store_entries"), 3);
+    assert_eq!(host.count("webhook_guard.store.entries"), 3);
+    host.advance(25 * 3600 * 1000);
+    assert!(g.sweep(&host, 1).is_some());
+    assert_eq!(host.count("webhook_guard.policy.gh.store_entries"), 0);
 }
 
 #[test]
@@ -596,18 +734,19 @@ fn stripe_retry_resigned_with_a_new_timestamp_is_a_duplicate_by_event_id() {
 fn store_keys_are_prefixed_by_plugin_and_config_checks_dedup_fields() {
     let doc = json!({"policies": [{"name": "gh", "match": {"path_prefix": "/"}, "provider": "github", "secrets": [{"inline": "s"}]}]});
     let g = compile_for_plugin(doc.to_string().as_bytes(), &|_| None, "hooks").unwrap();
+    // Unset `store.shards`: one shard per 32 entries of the policy's share (100 000).
     assert!(g
         .store()
         .keys()
-        .all(|k| k.starts_with("webhook_guard/hooks/v2/")));
+        .all(|k| k.starts_with("webhook_guard/hooks/v3/")));
     assert!(g
         .store()
         .keys()
-        .any(|k| k == "webhook_guard/hooks/v2/gh/shard/1023"));
+        .any(|k| k == "webhook_guard/hooks/v3/gh/3125/shard/3124"));
     assert_eq!(
         g.store().keys().count(),
-        1025,
-        "1024 shards + the sweep lease"
+        3126,
+        "3125 shards + the sweep lease"
     );
     // Capacity is split with headroom for uneven hashing; one shard gets exactly its share.
     assert_eq!(

@@ -669,3 +669,41 @@ fn sds_secrets_are_read_per_request_so_they_rotate_without_a_reload() {
         .iter()
         .any(|(_, l)| l.contains("names policy 'nope'") && l.contains("policies: gh")));
 }
+
+#[test]
+fn each_verdict_is_one_latency_observation_of_its_policy() {
+    use webhook_guard_core::{Step, Stream};
+    let g = guard(github(json!([{"inline": "s"}])), &[]);
+    let host = MemHost::new(g.counter_names(), NOW * 1000);
+    let route = RouteInfo {
+        route_name: Some("r1"),
+        authority: "h",
+        path: "/gh",
+        route_policy: None,
+    };
+    let run = |body: &[u8], sig: &[u8]| {
+        let mut s = Stream::new();
+        let hs = headers(&[("x-hub-signature-256", sig)]);
+        let step = s.on_request_headers(&g, &host, &route, info("/gh"), &hs, false);
+        assert!(matches!(step, Step::Pause));
+        host.advance(3);
+        s.on_request_complete(&g, &host, Some(body))
+    };
+    assert!(matches!(run(b"a", &gh_sig("s", b"a")), Step::Continue));
+    assert!(matches!(run(b"b", &gh_sig("wrong", b"b")), Step::Reply(_)));
+    assert_eq!(host.count("webhook_guard.policy.gh.verdict_latency_us"), 2);
+    // MemHost's clock moves in ms: 3 ms from headers to verdict, each time.
+    assert_eq!(
+        host.count("webhook_guard.policy.gh.verdict_latency_us.sum"),
+        6000
+    );
+    // Requests no policy verifies are not observations.
+    let mut s = Stream::new();
+    let other = RouteInfo {
+        path: "/elsewhere",
+        ..route
+    };
+    let hs = headers(&[]);
+    s.on_request_headers(&g, &host, &other, info("/elsewhere"), &hs, true);
+    assert_eq!(host.count("webhook_guard.policy.gh.verdict_latency_us"), 2);
+}

@@ -1,17 +1,18 @@
 //! Envoy proxy-wasm glue for webhook-guard. It only translates callbacks: every decision is
-//! made by `webhook_guard_core`. Compiled for wasm32 only; empty on the host.
-#![cfg(target_arch = "wasm32")]
+//! made by `webhook_guard_core`. The glue is compiled for wasm32 only; the wire formats are
+//! plain code, built and tested on the host too.
 
+#[cfg(target_arch = "wasm32")]
+mod abi;
+#[cfg(target_arch = "wasm32")]
+mod dispatch;
+#[cfg(target_arch = "wasm32")]
 mod host;
+#[cfg(target_arch = "wasm32")]
 mod http;
+#[cfg(target_arch = "wasm32")]
 mod remote;
+#[cfg(target_arch = "wasm32")]
 mod root;
-
-proxy_wasm::main! {{
-    // Installs the panic hook that logs at Critical: a bug shows in Envoy's log before the
-    // VM dies. Envoy's own `wasm` log level filters what we emit.
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(root::Root::default())
-    });
-}}
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+mod wire;

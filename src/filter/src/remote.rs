@@ -1,45 +1,32 @@
-//! The core's remote-store calls as Envoy HTTP callouts (`dispatch_http_call`).
+//! The core's remote-store calls as Envoy HTTP callouts.
 
-use std::time::Duration;
-
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType, Status};
 use webhook_guard_core::{RemoteCall, RemoteReply};
+
+use crate::abi;
+use crate::wire;
 
 /// etcd replies are a few hundred bytes; anything larger is read truncated and fails to parse.
 const MAX_REPLY_BYTES: usize = 64 * 1024;
 
-/// Sends `call` to its Envoy cluster; the answer comes to `on_http_call_response` with the
-/// returned token.
-pub fn dispatch(call: &RemoteCall) -> Result<u32, Status> {
-    hostcalls::dispatch_http_call(
-        &call.cluster,
-        vec![
-            (":method", "POST"),
-            (":path", call.path),
-            (":authority", call.authority.as_str()),
-            ("content-type", "application/json"),
-        ],
-        Some(&call.body),
-        vec![],
-        Duration::from_millis(call.timeout_ms),
-    )
+/// Sends `call` to its Envoy cluster; the answer comes to the context's call-response hook with
+/// the returned token (`None`: Envoy refused to dispatch it).
+pub fn dispatch(call: &RemoteCall) -> Option<u32> {
+    let headers = wire::serialize([
+        (":method", &b"POST"[..]),
+        (":path", call.path.as_bytes()),
+        (":authority", call.authority.as_bytes()),
+        ("content-type", b"application/json"),
+    ]);
+    let timeout = u32::try_from(call.timeout_ms).unwrap_or(u32::MAX);
+    abi::http_call(&call.cluster, &headers, &call.body, timeout)
 }
 
-/// The callout's answer, read inside `on_http_call_response`. No headers (timeout, reset)
+/// The callout's answer, read inside the call-response hook. No headers (timeout, reset)
 /// gives no status.
 pub fn reply(body_size: usize) -> RemoteReply {
-    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-        .ok()
-        .flatten()
-        .and_then(|s| s.parse::<u16>().ok());
-    let body = hostcalls::get_buffer(
-        BufferType::HttpCallResponseBody,
-        0,
-        body_size.min(MAX_REPLY_BYTES),
-    )
-    .ok()
-    .flatten()
-    .unwrap_or_default();
+    let status = abi::header(abi::CALL_RESPONSE_HEADERS, ":status")
+        .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
+    let body =
+        abi::buffer(abi::CALL_RESPONSE_BODY, 0, body_size.min(MAX_REPLY_BYTES)).unwrap_or_default();
     RemoteReply { status, body }
 }

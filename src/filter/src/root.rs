@@ -6,18 +6,15 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::rc::Rc;
-use std::time::Duration;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType, MetricType};
 use webhook_guard_core::{
     compile_for_plugin, stats, Background, Guard, Host, Level, RemoteReply, RemoteTask,
 };
 
+use crate::abi;
 use crate::host::{log, WasmHost};
-use crate::http::Http;
 use crate::remote;
+use crate::wire;
 
 /// How often leftover remote-store work is picked up.
 const REMOTE_TICK_MS: u64 = 1_000;
@@ -37,21 +34,23 @@ pub struct Root {
     in_flight: HashMap<u32, RemoteTask>,
 }
 
-impl Default for Root {
-    fn default() -> Self {
+impl Root {
+    pub fn new(context_id: u32) -> Root {
         Root {
             loaded: None,
             // WASI random_get behind std's hasher seed: distinct per VM without another crate.
-            sweeper_id: RandomState::new().hash_one(0u8),
+            sweeper_id: RandomState::new().hash_one(context_id),
             last_sweep_ms: 0,
             in_flight: HashMap::new(),
         }
     }
-}
 
-impl Root {
+    pub fn loaded(&self) -> Option<Rc<Loaded>> {
+        self.loaded.clone()
+    }
+
     fn run(&mut self, loaded: &Loaded, mut task: RemoteTask, reply: Option<&RemoteReply>) {
-        let dispatch = |call: &_| remote::dispatch(call).ok();
+        let dispatch = |call: &_| remote::dispatch(call);
         match loaded
             .guard
             .run_background(&loaded.host, &mut task, reply, dispatch)
@@ -64,39 +63,24 @@ impl Root {
             Background::Done => {}
         }
     }
-}
 
-impl Context for Root {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        _headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
+    pub fn call_response(&mut self, token: u32, body_size: usize) {
         let (Some(loaded), Some(task)) = (self.loaded.clone(), self.in_flight.remove(&token))
         else {
             return;
         };
         self.run(&loaded, task, Some(&remote::reply(body_size)));
     }
-}
 
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-            Ok(Some(b)) => b,
-            _ => {
-                log(
-                    Level::Error,
-                    "invalid webhook-guard configuration: the plugin configuration is empty",
-                );
-                return false;
-            }
+    pub fn configure(&mut self, _size: usize) -> bool {
+        let Some(bytes) = abi::buffer(abi::PLUGIN_CONFIGURATION, 0, usize::MAX) else {
+            log(
+                Level::Error,
+                "invalid webhook-guard configuration: the plugin configuration is empty",
+            );
+            return false;
         };
-        let plugin_name = hostcalls::get_property(vec!["plugin_name"])
-            .ok()
-            .flatten()
+        let plugin_name = abi::property(&wire::path(&["plugin_name"]))
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
         let guard = match compile_for_plugin(&bytes, &|name| std::env::var(name).ok(), &plugin_name)
@@ -114,14 +98,13 @@ impl RootContext for Root {
         let metrics = guard
             .counter_names()
             .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let kind = if stats::is_gauge(i) {
-                    MetricType::Gauge
-                } else {
-                    MetricType::Counter
+            .map(|name| {
+                let kind = match stats::kind(name) {
+                    stats::Kind::Gauge => abi::GAUGE,
+                    stats::Kind::Histogram => abi::HISTOGRAM,
+                    stats::Kind::Counter => abi::COUNTER,
                 };
-                hostcalls::define_metric(kind, name).ok()
+                abi::define_metric(kind, name)
             })
             .collect();
         let host = WasmHost::new(metrics);
@@ -132,7 +115,7 @@ impl RootContext for Root {
             } else {
                 guard.sweep_interval_ms()
             };
-            let _ = hostcalls::set_tick_period(Duration::from_millis(period));
+            abi::set_tick_period_ms(u32::try_from(period).unwrap_or(u32::MAX));
         }
         log(
             Level::Info,
@@ -145,7 +128,7 @@ impl RootContext for Root {
         true
     }
 
-    fn on_tick(&mut self) {
+    pub fn tick(&mut self) {
         let Some(loaded) = self.loaded.clone() else {
             return;
         };
@@ -162,14 +145,5 @@ impl RootContext for Root {
         {
             self.run(&loaded, task, None);
         }
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // Must never be None: the SDK panics on None.
-        Some(Box::new(Http::new(self.loaded.clone())))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
     }
 }

@@ -181,6 +181,20 @@ extern "C" {
         label_names_len: usize,
         id_out: *mut usize,
     ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_define_histogram(
+        config: ConfigEnvoyPtr,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_len: usize,
+        id_out: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_record_histogram_value(
+        filter: FilterEnvoyPtr,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_len: usize,
+        value: u64,
+    ) -> u32;
     fn envoy_dynamic_module_callback_http_filter_increment_counter(
         filter: FilterEnvoyPtr,
         id: usize,
@@ -536,6 +550,19 @@ impl<'a> Stream<'a> {
         }
     }
 
+    pub fn record(&self, id: usize, value: u64) {
+        // SAFETY: an unlabelled histogram defined by this filter's config; no label buffers.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_record_histogram_value(
+                self.ptr,
+                id,
+                std::ptr::null(),
+                0,
+                value,
+            );
+        }
+    }
+
     pub fn set_gauge(&self, id: usize, value: u64) {
         // SAFETY: an unlabelled gauge defined by this filter's config; no label buffers.
         unsafe {
@@ -583,6 +610,21 @@ impl ConfigEnv<'_> {
         // SAFETY: the name outlives the call; no label names; `id` is writable.
         let r = unsafe {
             envoy_dynamic_module_callback_http_filter_config_define_counter(
+                self.ptr,
+                ModuleBuffer::of(name.as_bytes()),
+                std::ptr::null(),
+                0,
+                &mut id,
+            )
+        };
+        (r == METRICS_SUCCESS).then_some(id)
+    }
+
+    pub fn define_histogram(&self, name: &str) -> Option<usize> {
+        let mut id = 0usize;
+        // SAFETY: as `define_counter`.
+        let r = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_define_histogram(
                 self.ptr,
                 ModuleBuffer::of(name.as_bytes()),
                 std::ptr::null(),

@@ -69,6 +69,12 @@ impl Host for StreamHost<'_> {
         }
     }
 
+    fn record(&self, index: usize, value: u64) {
+        if let Some(id) = metric(self.config, index) {
+            self.stream.record(id, value);
+        }
+    }
+
     fn log(&self, level_: Level, line: &str) {
         ffi::log(level(level_), line);
     }

@@ -122,13 +122,10 @@ impl Config {
         let metrics = guard
             .counter_names()
             .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                if stats::is_gauge(i) {
-                    env.define_gauge(name)
-                } else {
-                    env.define_counter(name)
-                }
+            .map(|name| match stats::kind(name) {
+                stats::Kind::Gauge => env.define_gauge(name),
+                stats::Kind::Histogram => env.define_histogram(name),
+                stats::Kind::Counter => env.define_counter(name),
             })
             .collect();
         // A secret Envoy cannot subscribe to now is never picked up later: refuse the config.
@@ -157,7 +154,14 @@ impl Config {
             last_sweep_ms: Mutex::new(0),
             ticker: Mutex::new(None),
         });
-        // Validation runs this hook too: no thread there.
+        // Validation runs this hook too: no thread there, and no store to carry over.
+        if !env.is_validation_mode() {
+            let host = ConfigHost {
+                env,
+                config: &config,
+            };
+            config.guard.init_store(&host);
+        }
         if !env.is_validation_mode() && config.guard.uses_store() {
             if let Some(scheduler) = env.scheduler() {
                 *lock(&config.ticker) = Some(Ticker::start(scheduler, tick_ms(&config.guard)));

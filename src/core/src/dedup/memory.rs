@@ -121,6 +121,31 @@ impl Entries for Table {
     }
 }
 
+/// A small process-wide record (a store layout), changed under its lock.
+pub fn with_record<T>(key: &str, f: impl FnOnce(&mut Vec<u8>) -> T) -> T {
+    let slot = registry(&LEASES, key);
+    let mut record = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    f(&mut record)
+}
+
+/// Takes every entry of the shard named `key` and forgets the shard (a layout no longer used).
+pub fn drain(key: &str) -> Vec<Entry> {
+    let slot = {
+        let mut map = SHARDS
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.remove(key)
+    };
+    let Some(slot) = slot else {
+        return Vec::new();
+    };
+    let mut table = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    let entries = table.entries();
+    table.map.clear();
+    entries
+}
+
 /// One configuration's view of the process's shards, resolved once at configure time.
 pub struct Memory {
     shards: Vec<Slot<Table>>,

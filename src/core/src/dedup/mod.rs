@@ -11,6 +11,7 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 pub mod key;
+mod layout;
 pub mod memory;
 pub mod shard;
 
@@ -43,11 +44,15 @@ enum Backing {
     Memory(Arc<Memory>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Partition {
     first: usize,
     shards: usize,
     per_shard_capacity: usize,
+    /// `<prefix>/v3/<share name>`: its shard keys are `<base>/<shards>/shard/<i>` (a new
+    /// layout never reads entries filed under another), and `<base>/layout` records the shard
+    /// count in use so a changed layout can move them (`layout.rs`).
+    base: String,
 }
 
 /// One policy's share of the store.
@@ -70,6 +75,14 @@ impl std::fmt::Debug for Store {
             .field("backing", &self.backing)
             .finish()
     }
+}
+
+/// What a sweep did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sweep {
+    pub removed: usize,
+    /// By policy index: its live entries after the sweep (`None`: no share).
+    pub per_policy: Vec<Option<usize>>,
 }
 
 /// What a claim found.
@@ -156,18 +169,19 @@ impl Store {
                 let share = share.as_ref()?;
                 let shards = share.shards.max(1);
                 let first = shard_keys.len();
-                shard_keys
-                    .extend((0..shards).map(|i| format!("{prefix}/v2/{}/shard/{i}", share.name)));
+                let base = format!("{prefix}/v3/{}", share.name);
+                shard_keys.extend((0..shards).map(|i| layout::shard_key(&base, shards, i)));
                 Some(Partition {
                     first,
                     shards,
                     per_shard_capacity: per_shard_capacity(share.capacity, shards),
+                    base,
                 })
             })
             .collect();
         Store {
             shard_keys,
-            lease_key: format!("{prefix}/v2/sweep-lease"),
+            lease_key: format!("{prefix}/v3/sweep-lease"),
             partitions,
             backing: Backing::Shared,
         }
@@ -194,16 +208,22 @@ impl Store {
     }
 
     /// Creates missing keys with an empty value; existing ones (a config reload under the same
-    /// `vm_id`) keep their entries.
-    pub fn init(&self, host: &dyn Host) {
-        if let Backing::Memory(_) = self.backing {
-            return;
-        }
-        for key in self.keys() {
-            if let Ok(None) = host.shared_get(key) {
-                let _ = host.shared_set(key, &[shard::VERSION], None);
+    /// `vm_id`) keep their entries. Then moves the entries of a policy whose shard count
+    /// changed (a new `capacity` or `shards`) into the new layout: a reload never forgets
+    /// deliveries. Returns one line per policy moved.
+    pub fn init(&self, host: &dyn Host) -> Vec<String> {
+        if let Backing::Shared = self.backing {
+            for key in self.keys() {
+                if let Ok(None) = host.shared_get(key) {
+                    let _ = host.shared_set(key, &[shard::VERSION], None);
+                }
             }
         }
+        self.partitions
+            .iter()
+            .enumerate()
+            .filter_map(|(policy, p)| self.adopt_layout(host, policy, p.as_ref()?))
+            .collect()
     }
 
     /// The shard (index into all keys) holding `hash` of `policy`, and its capacity.
@@ -409,20 +429,40 @@ impl Store {
     /// the number of entries left as the `store.entries` gauge (kept off the request path).
     /// Returns the number of entries removed, or `None` when another root holds the lease.
     pub fn sweep(&self, host: &dyn Host, owner: u64, lease_ms: u64) -> Option<usize> {
+        self.sweep_report(host, owner, lease_ms).map(|s| s.removed)
+    }
+
+    /// `sweep`, also saying how many entries each policy has left.
+    pub fn sweep_report(&self, host: &dyn Host, owner: u64, lease_ms: u64) -> Option<Sweep> {
         let now = host.now_ms();
         if !self.acquire_lease(host, owner, now, lease_ms) {
             return None;
         }
-        let (removed, left) = (0..self.shard_keys.len())
-            .filter_map(|shard| {
+        let shards: Vec<(usize, usize)> = (0..self.shard_keys.len())
+            .map(|shard| {
                 self.update(host, shard, |s| {
                     let pruned = s.prune(now);
                     (pruned > 0, (pruned, s.len()))
                 })
+                .unwrap_or((0, 0))
             })
-            .fold((0usize, 0usize), |(r, l), (pruned, len)| {
-                (r.saturating_add(pruned), l.saturating_add(len))
-            });
+            .collect();
+        let removed = shards.iter().fold(0usize, |r, (p, _)| r.saturating_add(*p));
+        let left = shards.iter().fold(0usize, |l, (_, n)| l.saturating_add(*n));
+        let per_policy = self
+            .partitions
+            .iter()
+            .map(|p| {
+                let p = p.as_ref()?;
+                let end = p.first.checked_add(p.shards)?;
+                Some(
+                    shards
+                        .get(p.first..end)?
+                        .iter()
+                        .fold(0usize, |l, (_, n)| l.saturating_add(*n)),
+                )
+            })
+            .collect();
         host.increment(stats::STORE_SWEEPS);
         if removed > 0 {
             host.add(
@@ -434,7 +474,10 @@ impl Store {
             stats::STORE_ENTRIES,
             u64::try_from(left).unwrap_or(u64::MAX),
         );
-        Some(removed)
+        Some(Sweep {
+            removed,
+            per_policy,
+        })
     }
 
     fn acquire_lease(&self, host: &dyn Host, owner: u64, now: u64, lease_ms: u64) -> bool {

@@ -386,10 +386,21 @@ impl Guard {
         self.policies.iter().any(|p| p.dedup.is_some())
     }
 
-    /// Configure-time: pre-create the store's keys (keeping existing entries).
+    /// Configure-time: pre-create the store's keys (keeping existing entries), and carry
+    /// entries over to a changed layout (logged).
     pub fn init_store(&self, host: &dyn Host) {
         if self.uses_store() {
-            self.store.init(host);
+            for line in self.store.init(host) {
+                host.log(Level::Info, &line);
+            }
+        }
+        for policy in &self.policies {
+            if let Some(d) = &policy.dedup {
+                let gauge = policy
+                    .counter_base
+                    .saturating_add(stats::STORE_CAPACITY_OF_POLICY);
+                host.set_gauge(gauge, d.capacity);
+            }
         }
     }
 
@@ -399,8 +410,18 @@ impl Guard {
             return None;
         }
         // The lease outlives two periods so a slow sweep is not taken over mid-way.
-        self.store
-            .sweep(host, owner, self.sweep_interval_ms.saturating_mul(2))
+        let sweep =
+            self.store
+                .sweep_report(host, owner, self.sweep_interval_ms.saturating_mul(2))?;
+        for (policy, entries) in self.policies.iter().zip(&sweep.per_policy) {
+            if let Some(n) = entries {
+                let gauge = policy
+                    .counter_base
+                    .saturating_add(stats::STORE_ENTRIES_OF_POLICY);
+                host.set_gauge(gauge, u64::try_from(*n).unwrap_or(u64::MAX));
+            }
+        }
+        Some(sweep.removed)
     }
 
     /// Counter names, to be defined by the host in this order (`Host::increment` indexes it).
@@ -420,6 +441,12 @@ impl Guard {
 
     pub fn policy(&self, index: usize) -> Option<&Policy> {
         self.policies.get(index)
+    }
+
+    pub(crate) fn record_verdict_latency(&self, host: &dyn Host, policy: usize, us: u64) {
+        if let Some(p) = self.policies.get(policy) {
+            host.record(p.counter_base.saturating_add(stats::VERDICT_LATENCY_US), us);
+        }
     }
 
     pub(crate) fn count_accepted(&self, host: &dyn Host, policy: &Policy, key_index: usize) {

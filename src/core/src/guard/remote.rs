@@ -217,6 +217,12 @@ impl Guard {
                 host.increment(stats::ETCD_CALLS);
                 let took_us = host.now_us().saturating_sub(task.sent_at_us);
                 host.increment(stats::etcd_latency_bucket(took_us));
+                if let Some(p) = self.policies.get(task.policy) {
+                    host.record(
+                        p.counter_base.saturating_add(stats::STORE_LATENCY_US),
+                        took_us,
+                    );
+                }
                 let granting = EtcdStore::granting(&task.op);
                 let step = store.answer(&mut task.op, reply, now);
                 if granting && !matches!(step, Step::Finished(Outcome::Failed(_))) {
