@@ -162,6 +162,15 @@ pub mod status {
 /// The ABI version this module was written against: Envoy 1.40's.
 const ABI_VERSION: &[u8] = b"v0.2.0\0";
 
+/// The shape of Envoy's `http_filter_config_define_{counter,gauge,histogram}`.
+type DefineMetric = unsafe extern "C" fn(
+    ConfigEnvoyPtr,
+    ModuleBuffer,
+    *const ModuleBuffer,
+    usize,
+    *mut usize,
+) -> u32;
+
 extern "C" {
     fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
     fn envoy_dynamic_module_callback_log_enabled(level: u32) -> bool;
@@ -606,40 +615,34 @@ impl ConfigEnv<'_> {
 
     /// Defines an unlabelled counter (only while the config is being created).
     pub fn define_counter(&self, name: &str) -> Option<usize> {
-        let mut id = 0usize;
-        // SAFETY: the name outlives the call; no label names; `id` is writable.
-        let r = unsafe {
-            envoy_dynamic_module_callback_http_filter_config_define_counter(
-                self.ptr,
-                ModuleBuffer::of(name.as_bytes()),
-                std::ptr::null(),
-                0,
-                &mut id,
-            )
-        };
-        (r == METRICS_SUCCESS).then_some(id)
+        self.define(
+            envoy_dynamic_module_callback_http_filter_config_define_counter,
+            name,
+        )
     }
 
     pub fn define_histogram(&self, name: &str) -> Option<usize> {
-        let mut id = 0usize;
-        // SAFETY: as `define_counter`.
-        let r = unsafe {
-            envoy_dynamic_module_callback_http_filter_config_define_histogram(
-                self.ptr,
-                ModuleBuffer::of(name.as_bytes()),
-                std::ptr::null(),
-                0,
-                &mut id,
-            )
-        };
-        (r == METRICS_SUCCESS).then_some(id)
+        self.define(
+            envoy_dynamic_module_callback_http_filter_config_define_histogram,
+            name,
+        )
     }
 
     pub fn define_gauge(&self, name: &str) -> Option<usize> {
+        self.define(
+            envoy_dynamic_module_callback_http_filter_config_define_gauge,
+            name,
+        )
+    }
+
+    /// One of the three `define_*` callbacks, which share a signature.
+    fn define(&self, callback: DefineMetric, name: &str) -> Option<usize> {
         let mut id = 0usize;
-        // SAFETY: as `define_counter`.
+        // SAFETY: `callback` is one of Envoy's define callbacks, called with this config's
+        // pointer while it is being created; the name outlives the call; no label names; `id`
+        // is writable.
         let r = unsafe {
-            envoy_dynamic_module_callback_http_filter_config_define_gauge(
+            callback(
                 self.ptr,
                 ModuleBuffer::of(name.as_bytes()),
                 std::ptr::null(),
