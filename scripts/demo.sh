@@ -229,6 +229,16 @@ TXT
   exit 1
 fi
 
+# The three metrics a payment team watches (seed 002), for the run just made, from the counters and
+# the verdict histogram of every Envoy (docs/operations.md has the recording rules and alerts).
+key_metrics() {
+  echo
+  echo "== key metrics of this run (scripts/webhook_metrics.py; Prometheus rules: deploy/prometheus/)"
+  local args=()
+  for admin in "$@"; do args+=(--admin "$admin"); done
+  .venv/bin/python scripts/webhook_metrics.py "${args[@]}" || true
+}
+
 echo "== scenarios"
 echo
 status=0
@@ -239,6 +249,7 @@ if [ "$replicas" -gt 1 ]; then
   for ((i = 0; i < replicas; i++)); do replica_args+=(--envoy "${envoy_urls[i]}" --admin "${admin_urls[i]}"); done
   (cd demo && ../.venv/bin/python replicas.py "${replica_args[@]}" --etcd-pid "$etcd_pid" \
     --backend "http://127.0.0.1:$WEBHOOK_DEMO_BACKEND_ADMIN_PORT") || status=$?
+  key_metrics "${admin_urls[@]}"
   echo
   echo "== stopping"
   exit "$status"
@@ -251,6 +262,7 @@ echo
 echo "== access log lines carry the verdict (%FILTER_STATE(wasm.webhook_verdict:PLAIN)%)"
 sleep 1.2
 head -n 3 "$access_log" || true
+key_metrics "${admin_urls[@]}"
 echo
 echo "== stopping"
 exit "$status"

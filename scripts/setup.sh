@@ -10,7 +10,8 @@ if ! grep -qx wasm32-wasip1 <<<"$(rustup target list --installed)"; then
 fi
 
 # Debian packages: docker-compose validates docker-compose.yml (no engine is needed); etcd-server
-# is the shared replay store of the two-replica tests and demo.
+# is the shared replay store of the two-replica tests and demo; prometheus ships promtool (checks
+# and unit-tests deploy/prometheus/) and the server the scrape test runs (never as a service).
 apt_install() {
   local sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
   echo "setup: installing $* (Debian packages)"
@@ -20,6 +21,7 @@ apt_install() {
 }
 command -v docker-compose >/dev/null || apt_install docker-compose
 command -v etcd >/dev/null || apt_install etcd-server
+command -v promtool >/dev/null || apt_install --no-install-recommends prometheus
 
 req=tests/requirements.txt
 stamp=.venv/.requirements.sha256

@@ -13,6 +13,10 @@ cargo fmt --all -- --check
 cargo clippy --quiet --all-targets -- -D warnings
 cargo clippy --quiet --target wasm32-wasip1 -p webhook-guard-filter -p webhook-guard-core -- -D warnings
 
+step "Prometheus rules: syntax and unit tests (deploy/prometheus/)"
+(cd deploy/prometheus && promtool check rules webhook-guard.rules.yml &&
+  promtool test rules webhook-guard.rules.test.yml webhook-guard.rules.rotation.test.yml)
+
 step "unit and property tests (core, host)"
 cargo test --workspace
 

@@ -33,6 +33,10 @@ def test_demo_table_runs_and_every_scenario_behaves():
     assert "captured delivery, reset after forwarding x3    409  replayed               once            ok" in out
     assert "timestamp_out_of_window" in out and '"event":"webhook_rejected"' in out
     assert "GITHUB_WEBHOOK_SECRET=demo-github-secret" in out  # demo values are printed
+    # The seed's three metrics for the run: every row has a success rate and a latency bound.
+    summary = out.split("== key metrics of this run", 1)[1]
+    assert "signature success" in summary and "replays rejected" in summary and "under 150 ms" in summary
+    assert "   all " in summary and "<= " in summary and "replay protection: 0 of" in summary
 
 
 @pytest.mark.build("native")
@@ -102,6 +106,7 @@ def test_demo_replicas_mode_admits_each_delivery_once_across_replicas():
     assert "#2       retry, other replica            200  forwarded                  2 times" in out
     assert "#2       etcd not answering              503  store_unavailable" in out
     assert "webhook_guard.etcd.calls" in out
+    assert "== key metrics of this run" in out and "replay protection: " in out
     # Bad combinations are refused before anything starts.
     bad = subprocess.run([str(ROOT / "scripts/demo.sh"), "--replicas", "9"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "--replicas takes 1 to 4" in bad.stderr
