@@ -1,11 +1,26 @@
 """The metric names a PromQL expression (or a Grafana panel's) reads: enough of a lexer to tell
-metric names from functions, keywords, labels, strings, durations and numbers."""
+metric names from functions, keywords, labels, strings, durations and numbers; the rules file's
+recorded and raw names; and EXPORTED, the raw names Envoy exports."""
 from __future__ import annotations
 
 import pathlib
 import re
 
 import yaml
+
+# What /stats/prometheus exports (both builds, with the stats_tags of envoy/envoy.yaml.tmpl):
+# the names docs/operations.md, the rules and the dashboard rely on. test_prometheus.py checks a
+# real Envoy exports each of them; test_dashboard.py that the dashboard reads no other raw name.
+EXPORTED = {f"envoy_webhook_guard_{n}" for n in [
+    "policy_accepted", "policy_accepted_secondary_secret", "policy_rejected", "policy_challenges_answered",
+    "policy_reason", "policy_store_entries", "policy_store_capacity",
+    *(f"policy_{h}_latency_us_{s}" for h in ("verdict", "store") for s in ("bucket", "sum", "count")),
+    "unmatched_passed", "unmatched_denied", "store_entries", "store_cas_retries", "store_sweeps", "store_swept",
+    "store_released", "store_commit_failed", "store_unknown_outcome", "etcd_calls", "etcd_errors",
+    "etcd_failed_open", "etcd_cache_hits", "etcd_leases_granted",
+    *(f"etcd_latency_{b}" for b in ("under_1ms", "under_5ms", "under_25ms", "under_100ms", "under_500ms",
+                                    "over_500ms")),
+]}
 
 KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
             "offset", "inf", "nan"}
