@@ -9,6 +9,7 @@
 //! (one VM entry per returned buffer); we take ownership of it as a `Vec<u8>`.
 #![allow(unsafe_code)]
 
+use std::cell::Cell;
 use std::ptr::{null, null_mut};
 
 pub const OK: u32 = 0;
@@ -145,20 +146,54 @@ pub fn log(level: u32, line: &str) {
     let _ = unsafe { proxy_log(level, line.as_ptr(), line.len()) };
 }
 
+thread_local! {
+    /// The host clock, read at most once per callback: the microseconds between two reads in
+    /// one callback mean nothing to a window of seconds or to the latency histogram (first
+    /// bound 100 µs), and each read is a host call.
+    static CLOCK: Cell<Option<u64>> = const { Cell::new(None) };
+    /// Envoy's wasm log level, read when a configuration loads and on every tick rather than
+    /// per rejection (a host call each): a level changed through the admin port applies from
+    /// the next tick.
+    static LOG_LEVEL: Cell<Option<u32>> = const { Cell::new(None) };
+}
+
+/// A callback starts: forget the previous callback's clock reading.
+fn enter(name: &'static str) {
+    count::entry(name);
+    CLOCK.set(None);
+}
+
 /// Envoy's level for wasm logs (trace 0 .. critical 5, off 6). Read as a plain integer: the
 /// SDK's enum has no "off", so reading it there was undefined behaviour.
-pub fn log_level() -> Option<u32> {
+fn read_log_level() -> Option<u32> {
     let mut level = 0u32;
     count::hostcall("proxy_get_log_level");
     // SAFETY: the host writes one u32 through a valid pointer.
     (unsafe { proxy_get_log_level(&mut level) } == OK).then_some(level)
 }
 
+pub fn refresh_log_level() {
+    LOG_LEVEL.set(read_log_level());
+}
+
+/// The level as of the last configuration or tick (read now if never read).
+pub fn log_level() -> Option<u32> {
+    if LOG_LEVEL.get().is_none() {
+        refresh_log_level();
+    }
+    LOG_LEVEL.get()
+}
+
 pub fn now_nanos() -> Option<u64> {
+    if let Some(nanos) = CLOCK.get() {
+        return Some(nanos);
+    }
     let mut nanos = 0u64;
     count::hostcall("proxy_get_current_time_nanoseconds");
     // SAFETY: the host writes one u64 through a valid pointer.
-    (unsafe { proxy_get_current_time_nanoseconds(&mut nanos) } == OK).then_some(nanos)
+    let read = (unsafe { proxy_get_current_time_nanoseconds(&mut nanos) } == OK).then_some(nanos);
+    CLOCK.set(read);
+    read
 }
 
 pub fn set_tick_period_ms(period: u32) {
@@ -343,19 +378,21 @@ pub extern "C" fn _initialize() {
 
 #[no_mangle]
 pub extern "C" fn proxy_on_context_create(context_id: u32, parent_id: u32) {
-    count::entry("context_create");
+    enter("context_create");
     crate::dispatch::context_create(context_id, parent_id);
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
-    count::entry("configure");
+    enter("configure");
+    refresh_log_level();
     u32::from(crate::dispatch::configure(root_id, size))
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_tick(root_id: u32) {
-    count::entry("tick");
+    enter("tick");
+    refresh_log_level();
     crate::dispatch::tick(root_id);
 }
 
@@ -367,49 +404,49 @@ pub extern "C" fn proxy_on_http_call_response(
     body_size: usize,
     _trailers: usize,
 ) {
-    count::entry("http_call_response");
+    enter("http_call_response");
     crate::dispatch::call_response(context_id, token, body_size);
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, eos: u32) -> u32 {
-    count::entry("request_headers");
+    enter("request_headers");
     crate::dispatch::request_headers(context_id, eos != 0)
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_request_body(context_id: u32, size: usize, eos: u32) -> u32 {
-    count::entry("request_body");
+    enter("request_body");
     crate::dispatch::request_body(context_id, size, eos != 0)
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_request_trailers(context_id: u32, _trailers: usize) -> u32 {
-    count::entry("request_trailers");
+    enter("request_trailers");
     crate::dispatch::request_trailers(context_id)
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_response_headers(context_id: u32, _headers: usize, _eos: u32) -> u32 {
-    count::entry("response_headers");
+    enter("response_headers");
     crate::dispatch::response_headers(context_id)
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_response_body(context_id: u32, _size: usize, _eos: u32) -> u32 {
-    count::entry("response_body");
+    enter("response_body");
     crate::dispatch::response_data(context_id)
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_response_trailers(context_id: u32, _trailers: usize) -> u32 {
-    count::entry("response_trailers");
+    enter("response_trailers");
     crate::dispatch::response_data(context_id)
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_log(context_id: u32) {
-    count::entry("log");
+    enter("log");
     crate::dispatch::log(context_id);
 }
 
