@@ -420,8 +420,12 @@ def measure_rows(rows: dict[str, Row], a) -> dict[str, dict]:
         if a.warmup:
             run_wrk(r.url, a.warmup, r.warm_env)
     runs: dict[str, list] = {name: [] for name in rows}
+    # Every row is compared with the baseline: it runs at the start and at the end of each round,
+    # so one noisy phase cannot set the reference for a whole run.
+    order = [*rows, "baseline"] if "baseline" in rows else list(rows)
     for k in range(a.repeat):
-        for name, r in rows.items():
+        for name in order:
+            r = rows[name]
             cpu0 = r.server.cpu_seconds()
             out = run_wrk(r.url, a.duration, {**r.env, "BENCH_OFFSET": str(k * r.per_run)})
             cpu = r.server.cpu_seconds() - cpu0
@@ -755,7 +759,8 @@ def report(res: dict, a, date: str | None = None) -> str:
         f"{duration:g} s runs after a {warmup:g} s warm-up) pinned to CPU 1, loopback only. All of a "
         f"body size's servers run at once and its rows are measured in turns, {repeat} rounds, each "
         "row keeping its run with the least CPU per request (noise on a shared VM comes in phases; "
-        "in turns, a phase touches every row alike). Every Envoy "
+        "in turns, a phase touches every row alike; the baseline, every row's reference, runs at the "
+        "start and at the end of each round). Every Envoy "
         "runs the buffer filter (so the body is really read) and a `direct_response` route. "
         "`unmatched` has the filter in the chain but no policy matching (its fixed cost); "
         "`accepted` sends unique pre-signed Standard Webhooks deliveries (each one verified, claimed "
