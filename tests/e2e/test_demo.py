@@ -46,6 +46,7 @@ def test_demo_native_table_gives_the_same_answers():
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     out = res.stdout
     assert "native Envoy dynamic module" in out and "UNEXPECTED" not in out
+    assert "== key metrics of this run" in out and "replay protection: 0 of" in out
     assert out.count(" ok\n") >= 48 + 6 + 6
     assert "captured delivery, reset after forwarding x3    409  replayed               once            ok" in out
     assert '"event":"webhook_rejected"' in out
