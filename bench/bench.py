@@ -294,7 +294,6 @@ def bench_store(work: pathlib.Path, a, ts: str, build: str) -> dict:
         return server, url
 
     many_server, many_url = prepared()
-    rss_empty = many_server.rss_mib()
     few = snapshot(many_server)
     fill_to(many_url, small, small + n)
     many = snapshot(many_server)
@@ -316,7 +315,7 @@ def bench_store(work: pathlib.Path, a, ts: str, build: str) -> dict:
     few_server.stop()
     many_server.stop()
     capacity = PLUGIN["store"]["capacity"]
-    store = {"rss_empty_mib": rss_empty, "few": few, "many": many, "shards": min(-(-capacity // 32), 4096),
+    store = {"few": few, "many": many, "shards": min(-(-capacity // 32), 4096),
              "bytes_per_entry": (many["rss_mib"] - few["rss_mib"]) * 2**20 / max(many["entries"] - few["entries"], 1),
              "cpu_ratio_accepted": many["accepted"]["cpu_us_per_req"] / max(few["accepted"]["cpu_us_per_req"], 1e-9),
              "cpu_ratio_replay": many["replay"]["cpu_us_per_req"] / max(few["replay"]["cpu_us_per_req"], 1e-9)}

@@ -31,8 +31,7 @@ def test_counters_per_policy_and_reason(demo, secrets):
     assert delta(before, after, p + "reason.missing_signature") == 1
     # stats_tags turn policy and reason into labels and take the namespace out of the name:
     # both builds export exactly these series.
-    prom = dict(line.rsplit(" ", 1) for line in requests.get(demo.envoy.admin + "/stats/prometheus", timeout=5)
-                .text.splitlines() if line and not line.startswith("#"))
+    prom = prometheus(demo)
     assert int(prom['envoy_webhook_guard_policy_accepted{stat_namespace="wasmcustom",webhook_policy="github"}']) \
         == after[p + "accepted"]
     assert int(prom['envoy_webhook_guard_policy_reason{stat_namespace="wasmcustom",webhook_policy="github",'
