@@ -136,7 +136,7 @@ class Envoy:
     def __init__(self, workdir: pathlib.Path, backend_port: int, plugin_config: dict | str, env: dict[str, str],
                  concurrency: int = 2, wait: bool = True, check_json: bool = True,
                  tls: tuple[str, str] | None = None, etcd_port: int = 2379, max_heap_bytes: int = 1 << 30,
-                 template: pathlib.Path | None = None):
+                 template: pathlib.Path | None = None, component_log_level: str | None = None):
         self.workdir = workdir
         self.port = free_port()
         self.admin_port = free_port()
@@ -166,7 +166,8 @@ class Envoy:
         clean = {k: v for k, v in os.environ.items() if not k.endswith(("_SECRET", "_SECRET_PREVIOUS"))}
         self.proc = subprocess.Popen(
             [envoy_binary(), "-c", str(self.config_path), "--base-id", str(self.base_id),
-             "--concurrency", str(concurrency), "--log-level", "info", *log_levels(),
+             "--concurrency", str(concurrency), "--log-level", "info",
+             *(["--component-log-level", component_log_level] if component_log_level else log_levels()),
              "--file-flush-interval-msec", "100"],
             env={**clean, **build_env(), **env},
             stdout=self.log_path.open("wb"),
@@ -394,12 +395,13 @@ class Stack:
     """Backend + Envoy; `post` sends through Envoy."""
 
     def __init__(self, plugin_config: dict | str, env: dict[str, str], concurrency: int = 2,
-                 tls: tuple[str, str] | None = None):
+                 tls: tuple[str, str] | None = None, component_log_level: str | None = None):
         self.tmp = tempfile.TemporaryDirectory(prefix="webhook-guard-e2e-")
         self.workdir = pathlib.Path(self.tmp.name)
         self.backend = Backend(self.workdir)
         try:
-            self.envoy = Envoy(self.workdir, self.backend.port, plugin_config, env, concurrency, tls=tls)
+            self.envoy = Envoy(self.workdir, self.backend.port, plugin_config, env, concurrency, tls=tls,
+                               component_log_level=component_log_level)
         except Exception:
             self.backend.stop()
             raise

@@ -2,11 +2,13 @@
 real Envoy running the demo configuration."""
 import hashlib
 import hmac
+import json
 import time
 import uuid
 
 import requests
 
+from harness import DEMO_CONFIG, Stack
 from signers import PRESETS
 
 
@@ -165,3 +167,33 @@ def test_path_tricks_cannot_slip_past_a_policy(demo):
         conn.close()
         assert resp.status == 400, (path, body)
         assert b'"policy":"github"' in body, (path, body)
+
+
+def test_a_log_level_changed_at_runtime_applies_from_the_next_tick(secrets):
+    """The wasm build reads Envoy's log level on each tick, not per rejection: a level lowered
+    or raised through the admin port's /logging governs rejection lines from the next tick.
+    Envoy starts with rejection lines off: the level the filter read at configuration must not stick."""
+    config = json.loads(DEMO_CONFIG.read_text())
+    config["store"] = {**config.get("store", {}), "sweep_interval_seconds": 1}
+    stack = Stack(config, secrets, component_log_level="wasm:warning,dynamic_modules:warning")
+    try:
+        def rejections() -> int:
+            time.sleep(0.5)  # the log file is flushed every 100 ms
+            return stack.envoy.log().count('"event":"webhook_rejected"')
+
+        def set_level(level: str) -> None:
+            for logger in ("wasm", "dynamic_modules"):  # one logger per request
+                resp = requests.post(f"{stack.envoy.admin}/logging?{logger}={level}", timeout=5)
+                assert resp.status_code == 200, resp.text
+            time.sleep(2.5)  # past the next tick of every worker
+
+        assert stack.post("/webhooks/github", b"{}").status_code == 400
+        assert rejections() == 0
+        set_level("info")
+        assert stack.post("/webhooks/github", b"{}").status_code == 400
+        assert rejections() == 1
+        set_level("warning")
+        assert stack.post("/webhooks/github", b"{}").status_code == 400
+        assert rejections() == 1
+    finally:
+        stack.stop()
