@@ -37,6 +37,8 @@ _SHOWN_HEADERS = (
     "X-Shopify-Topic",
     "Webhook-Id",
     "X-Webhook-Id",
+    # What the backend was told the body is (a decrypted payload's type, not the envelope's).
+    "Content-Type",
 )
 
 

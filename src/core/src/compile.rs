@@ -5,14 +5,16 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::config::{
-    DefaultAction, KeyEncoding, OnDuplicate, OnStoreError, OnUnknownOutcome, Provider, RawConfig,
-    RawCustom, RawDedup, RawDedupKey, RawPolicy, RawPolicyStore, RawSecret, RawStore,
-    DEFAULT_ETCD_PREFIX, DEFAULT_UNTIMED_RETENTION_SECONDS,
+    DecryptCipher, DefaultAction, KeyEncoding, OnDuplicate, OnStoreError, OnUnknownOutcome,
+    Provider, RawConfig, RawCustom, RawDecrypt, RawDedup, RawDedupKey, RawPolicy, RawPolicyStore,
+    RawSecret, RawStore, DEFAULT_CIPHERTEXT_FIELD, DEFAULT_ETCD_PREFIX, DEFAULT_NONCE_FIELD,
+    DEFAULT_UNTIMED_RETENTION_SECONDS,
 };
+use crate::decrypt::{Cipher, NonceSource};
 use crate::dedup::key::KeySource;
 use crate::dedup::{Share, Store};
 use crate::etcd::EtcdStore;
-use crate::guard::{Challenge, DedupPolicy, Guard, Policy, Retention, SecretSlot};
+use crate::guard::{Challenge, Decrypt, DedupPolicy, Guard, Policy, Retention, SecretSlot};
 use crate::host::Level;
 use crate::policy::{is_header_name, is_policy_name, Matcher};
 use crate::reason::Reason;
@@ -491,7 +493,6 @@ struct Context<'a, 'e> {
 }
 
 fn compile_policy(at: &str, p: RawPolicy, cx: &mut Context) -> Result<Policy, ConfigError> {
-    let env = cx.env;
     if !is_policy_name(&p.name) {
         return Err(err(
             format!("{at}.name"),
@@ -596,71 +597,20 @@ fn compile_policy(at: &str, p: RawPolicy, cx: &mut Context) -> Result<Policy, Co
         ));
     }
     let configured = p.secrets.len();
-    let mut keys = Vec::with_capacity(configured);
-    let mut unusable = Vec::new();
-    for (j, secret) in p.secrets.iter().enumerate() {
-        let sat = format!("{at}.secrets[{j}]");
-        match secret {
-            RawSecret::Inline(text) => {
-                let key = scheme
-                    .key_encoding
-                    .decode(text)
-                    .filter(|k| scheme.key_fits(k))
-                    .ok_or_else(|| err(&sat, bad_key_message(scheme.key_encoding)))?;
-                keys.push(SecretSlot::Key(key));
-            }
-            RawSecret::Sds(name) => {
-                if cx.build == Build::Wasm {
-                    return Err(err(format!("{sat}.sds"), NATIVE_ONLY));
-                }
-                if name.is_empty()
-                    || name.len() > 255
-                    || !name.bytes().all(|b| b.is_ascii_graphic())
-                {
-                    return Err(err(
-                        format!("{sat}.sds"),
-                        "must name an Envoy generic secret (1 to 255 visible ASCII characters)",
-                    ));
-                }
-                let index = match cx.sds.iter().position(|n| n == name) {
-                    Some(i) => i,
-                    None => {
-                        cx.sds.push(name.clone());
-                        cx.sds.len().saturating_sub(1)
-                    }
-                };
-                keys.push(SecretSlot::Sds(index));
-            }
-            RawSecret::Env(name) => {
-                if name.is_empty() {
-                    return Err(err(
-                        format!("{sat}.env"),
-                        "environment variable name is empty",
-                    ));
-                }
-                // A missing env secret is not a config error (the config may be shared across
-                // deployments) but requests then fail closed with `secret_unavailable`.
-                match env(name).filter(|v| !v.is_empty()) {
-                    None => unusable.push(format!(
-                        "policy '{}': environment variable {name} is unset or empty (is it in vm_config.environment_variables.host_env_keys?)",
-                        p.name
-                    )),
-                    Some(text) => match scheme
-                        .key_encoding
-                        .decode(&text)
-                        .filter(|k| scheme.key_fits(k))
-                    {
-                        Some(key) => keys.push(SecretSlot::Key(key)),
-                        None => unusable.push(format!(
-                            "policy '{}': environment variable {name}: {}",
-                            p.name,
-                            bad_key_message(scheme.key_encoding)
-                        )),
-                    },
-                }
-            }
-        }
-    }
+    let decode_secret = |text: &str| {
+        scheme
+            .key_encoding
+            .decode(text)
+            .filter(|k| scheme.key_fits(k))
+    };
+    let (keys, unusable) = load_secrets(
+        &format!("{at}.secrets"),
+        &p.name,
+        &p.secrets,
+        &decode_secret,
+        bad_key_message(scheme.key_encoding),
+        cx,
+    )?;
     // An unset rotation slot is routine (info); a policy left with no key is not (warn).
     let level = if keys.is_empty() {
         Level::Warn
@@ -732,10 +682,13 @@ fn compile_policy(at: &str, p: RawPolicy, cx: &mut Context) -> Result<Policy, Co
         (None, None) => {}
     }
 
+    let decrypt = compile_decrypt(at, &p.name, p.decrypt.as_ref(), p.provider, &keys, cx)?;
+
     let counter_base = cx.counters.len();
     cx.counters.extend(stats::policy_counters(&p.name));
     Ok(Policy {
         dedup,
+        decrypt,
         challenge,
         name: p.name,
         matcher,
@@ -748,6 +701,217 @@ fn compile_policy(at: &str, p: RawPolicy, cx: &mut Context) -> Result<Policy, Co
         statuses,
         counter_base,
     })
+}
+
+const BAD_AES_KEY: &str =
+    "must be a 32-byte AES-256 key: base64 (default) or hex (key_encoding: \"hex\")";
+
+/// A policy's `decrypt`. `signing` are the policy's own secrets (Lark decrypts with them).
+fn compile_decrypt(
+    at: &str,
+    policy: &str,
+    raw: Option<&RawDecrypt>,
+    provider: Provider,
+    signing: &[SecretSlot],
+    cx: &mut Context,
+) -> Result<Option<Decrypt>, ConfigError> {
+    let Some(d) = raw else {
+        return Ok(None);
+    };
+    let at = format!("{at}.decrypt");
+    let content_type = d
+        .content_type
+        .clone()
+        .unwrap_or_else(|| "application/json".to_string());
+    if content_type.is_empty()
+        || content_type.len() > 128
+        || !content_type
+            .bytes()
+            .all(|b| b == b' ' || b.is_ascii_graphic())
+    {
+        return Err(err(
+            format!("{at}.content_type"),
+            "must be 1 to 128 printable ASCII characters",
+        ));
+    }
+    let field = |name: &str, value: &Option<String>, default: &str| {
+        let v = value.clone().unwrap_or_else(|| default.to_string());
+        if v.is_empty() || v.len() > 64 {
+            return Err(err(format!("{at}.{name}"), "must be 1 to 64 characters"));
+        }
+        Ok(v)
+    };
+    match d.cipher {
+        DecryptCipher::Aes256Gcm => {
+            if d.keys.is_empty() || d.keys.len() > MAX_SECRETS {
+                return Err(err(
+                    format!("{at}.keys"),
+                    format!("must list 1 to {MAX_SECRETS} keys"),
+                ));
+            }
+            let nonce = match (&d.nonce_field, &d.nonce_header) {
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        format!("{at}.nonce_header"),
+                        "set nonce_field or nonce_header, not both",
+                    ))
+                }
+                (None, Some(h)) => NonceSource::Header(header(&at, "nonce_header", h)?),
+                (f, None) => NonceSource::Field(field("nonce_field", f, DEFAULT_NONCE_FIELD)?),
+            };
+            let ciphertext_field = field(
+                "ciphertext_field",
+                &d.ciphertext_field,
+                DEFAULT_CIPHERTEXT_FIELD,
+            )?;
+            if nonce == NonceSource::Field(ciphertext_field.clone()) {
+                return Err(err(
+                    format!("{at}.nonce_field"),
+                    "must differ from ciphertext_field",
+                ));
+            }
+            let key_encoding = d.key_encoding.unwrap_or(KeyEncoding::Base64);
+            if !matches!(key_encoding, KeyEncoding::Base64 | KeyEncoding::Hex) {
+                return Err(err(format!("{at}.key_encoding"), "must be base64 or hex"));
+            }
+            let cipher = Cipher::AesGcm {
+                ciphertext_field,
+                nonce,
+            };
+            let decode = |text: &str| cipher.derive_key(key_encoding, text);
+            let (keys, unusable) = load_secrets(
+                &format!("{at}.keys"),
+                policy,
+                &d.keys,
+                &decode,
+                BAD_AES_KEY,
+                cx,
+            )?;
+            let level = if keys.is_empty() {
+                Level::Warn
+            } else {
+                Level::Info
+            };
+            cx.warnings.extend(unusable.into_iter().map(|m| (level, m)));
+            if keys.is_empty() {
+                cx.warnings.push((
+                    Level::Warn,
+                    format!("policy '{policy}': no usable decryption key; its requests are rejected with secret_unavailable"),
+                ));
+            }
+            Ok(Some(Decrypt {
+                cipher,
+                keys,
+                key_encoding,
+                content_type,
+            }))
+        }
+        DecryptCipher::Lark => {
+            if provider.name() != "lark" {
+                return Err(err(
+                    format!("{at}.cipher"),
+                    "'lark' decrypts Lark/Feishu events: it needs provider 'lark'",
+                ));
+            }
+            if !d.keys.is_empty()
+                || d.key_encoding.is_some()
+                || d.ciphertext_field.is_some()
+                || d.nonce_field.is_some()
+                || d.nonce_header.is_some()
+            {
+                return Err(err(
+                    &at,
+                    "'lark' decrypts with the policy's secrets (its Encrypt Key): keys, key_encoding and the field options do not apply",
+                ));
+            }
+            let cipher = Cipher::Lark;
+            // The same slots in the same order, so the key that verified is the one that opens.
+            let keys = signing
+                .iter()
+                .map(|s| match s {
+                    SecretSlot::Key(k) => SecretSlot::Key(
+                        std::str::from_utf8(k)
+                            .ok()
+                            .and_then(|t| cipher.derive_key(KeyEncoding::Utf8, t))
+                            .unwrap_or_default(),
+                    ),
+                    SecretSlot::Sds(i) => SecretSlot::Sds(*i),
+                })
+                .collect();
+            Ok(Some(Decrypt {
+                cipher,
+                keys,
+                key_encoding: KeyEncoding::Utf8,
+                content_type,
+            }))
+        }
+    }
+}
+
+/// Loads a list of secrets in order: inline ones decoded now (a bad one is a config error),
+/// SDS ones as slots read per request, env ones decoded now (an unset or bad one is skipped
+/// with a notice: the config may be shared across deployments, and requests then fail closed).
+fn load_secrets(
+    at: &str,
+    policy: &str,
+    secrets: &[RawSecret],
+    decode: &dyn Fn(&str) -> Option<Vec<u8>>,
+    bad_key: &str,
+    cx: &mut Context,
+) -> Result<(Vec<SecretSlot>, Vec<String>), ConfigError> {
+    let mut keys = Vec::with_capacity(secrets.len());
+    let mut unusable = Vec::new();
+    for (j, secret) in secrets.iter().enumerate() {
+        let sat = format!("{at}[{j}]");
+        match secret {
+            RawSecret::Inline(text) => {
+                let key = decode(text).ok_or_else(|| err(&sat, bad_key))?;
+                keys.push(SecretSlot::Key(key));
+            }
+            RawSecret::Sds(name) => {
+                if cx.build == Build::Wasm {
+                    return Err(err(format!("{sat}.sds"), NATIVE_ONLY));
+                }
+                if name.is_empty()
+                    || name.len() > 255
+                    || !name.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    return Err(err(
+                        format!("{sat}.sds"),
+                        "must name an Envoy generic secret (1 to 255 visible ASCII characters)",
+                    ));
+                }
+                let index = match cx.sds.iter().position(|n| n == name) {
+                    Some(i) => i,
+                    None => {
+                        cx.sds.push(name.clone());
+                        cx.sds.len().saturating_sub(1)
+                    }
+                };
+                keys.push(SecretSlot::Sds(index));
+            }
+            RawSecret::Env(name) => {
+                if name.is_empty() {
+                    return Err(err(
+                        format!("{sat}.env"),
+                        "environment variable name is empty",
+                    ));
+                }
+                match (cx.env)(name).filter(|v| !v.is_empty()) {
+                    None => unusable.push(format!(
+                        "policy '{policy}': environment variable {name} is unset or empty (is it in vm_config.environment_variables.host_env_keys?)"
+                    )),
+                    Some(text) => match decode(&text) {
+                        Some(key) => keys.push(SecretSlot::Key(key)),
+                        None => unusable.push(format!(
+                            "policy '{policy}': environment variable {name}: {bad_key}"
+                        )),
+                    },
+                }
+            }
+        }
+    }
+    Ok((keys, unusable))
 }
 
 /// Methods a policy verifies: `POST` unless configured. Upper-cased; a request's method must

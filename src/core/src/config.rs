@@ -121,6 +121,47 @@ pub struct RawPolicy {
     /// answered 405 `method_not_allowed` before the body is read.
     #[serde(default)]
     pub methods: Option<Vec<String>>,
+    /// Open an encrypted payload once the delivery is verified and forward the plaintext.
+    #[serde(default)]
+    pub decrypt: Option<RawDecrypt>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecryptCipher {
+    /// `{"encrypted": b64(ciphertext || tag), "nonce": b64(12 bytes)}`, AES-256-GCM.
+    #[serde(rename = "aes-256-gcm")]
+    Aes256Gcm,
+    /// Lark/Feishu: `{"encrypt": b64(iv || AES-256-CBC)}`, key = SHA-256(encrypt key).
+    Lark,
+}
+
+pub const DEFAULT_CIPHERTEXT_FIELD: &str = "encrypted";
+pub const DEFAULT_NONCE_FIELD: &str = "nonce";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDecrypt {
+    pub cipher: DecryptCipher,
+    /// Ordered like `secrets`: the first is the current key, the others are tried during
+    /// rotation. `aes-256-gcm` only; `lark` decrypts with the policy's own secrets.
+    #[serde(default)]
+    pub keys: Vec<RawSecret>,
+    /// How key text becomes the 32 key bytes (`aes-256-gcm`): `base64` (default) or `hex`.
+    #[serde(default)]
+    pub key_encoding: Option<KeyEncoding>,
+    /// Envelope field holding the ciphertext (`aes-256-gcm`; default `encrypted`).
+    #[serde(default)]
+    pub ciphertext_field: Option<String>,
+    /// Envelope field holding the nonce (default `nonce`); exclusive with `nonce_header`.
+    #[serde(default)]
+    pub nonce_field: Option<String>,
+    /// Take the nonce from this request header instead of the envelope.
+    #[serde(default)]
+    pub nonce_header: Option<String>,
+    /// Content type of the forwarded plaintext (default `application/json`).
+    #[serde(default)]
+    pub content_type: Option<String>,
 }
 
 pub const DEFAULT_ETCD_TIMEOUT_MS: u64 = 500;

@@ -5,6 +5,7 @@
 pub mod codec;
 pub mod compile;
 pub mod config;
+pub mod decrypt;
 pub mod dedup;
 pub mod etcd;
 pub mod form;
@@ -27,8 +28,8 @@ pub use compile::{compile, compile_for_plugin, compile_with, Build, ConfigError,
 pub use dedup::Claim;
 pub use etcd::wire::Reply as RemoteReply;
 pub use guard::{
-    Accepted, Background, Drive, Guard, Hold, LocalReply, Pending, Rejection, RemoteCall,
-    RemoteTask, RequestInfo, Route, Upstream,
+    Accepted, Background, Drive, Guard, Hold, LocalReply, Pending, Plaintext, Rejection,
+    RemoteCall, RemoteTask, RequestInfo, Route, Upstream,
 };
 pub use host::{Host, Level, SetError};
 pub use policy::RouteInfo;

@@ -23,13 +23,19 @@ pub enum Reason {
     /// The filter could not run as it should (no configuration, the body unreadable, a caught
     /// panic in the native build): nothing unverified passes.
     InternalError,
+    /// The signed body is not the envelope the policy's `decrypt` expects (not JSON, a field
+    /// missing, bad base64, a nonce or IV of the wrong size): the sender's format is wrong.
+    MalformedPayload,
+    /// A well-formed, authentic envelope that no configured decryption key opens: the
+    /// sender encrypts with a key this proxy does not hold.
+    DecryptionFailed,
     /// Keep last: it is the one reason without a policy (see `stats::policy_counters`).
     NoMatchingPolicy,
 }
 
 impl Reason {
     /// Every reason, in a fixed order (used to pre-define one counter per reason).
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 18] = [
         Reason::MissingSignature,
         Reason::MissingTimestamp,
         Reason::MissingHeader,
@@ -45,6 +51,8 @@ impl Reason {
         Reason::StoreUnavailable,
         Reason::MethodNotAllowed,
         Reason::InternalError,
+        Reason::MalformedPayload,
+        Reason::DecryptionFailed,
         Reason::NoMatchingPolicy,
     ];
 
@@ -65,6 +73,8 @@ impl Reason {
             Reason::StoreUnavailable => "store_unavailable",
             Reason::MethodNotAllowed => "method_not_allowed",
             Reason::InternalError => "internal_error",
+            Reason::MalformedPayload => "malformed_payload",
+            Reason::DecryptionFailed => "decryption_failed",
             Reason::NoMatchingPolicy => "no_matching_policy",
         }
     }
@@ -75,7 +85,9 @@ impl Reason {
             | Reason::MissingTimestamp
             | Reason::MissingHeader
             | Reason::MalformedSignature
-            | Reason::MalformedTimestamp => 400,
+            | Reason::MalformedTimestamp
+            | Reason::MalformedPayload
+            | Reason::DecryptionFailed => 400,
             Reason::InvalidSignature | Reason::TimestampOutOfWindow => 401,
             Reason::NoMatchingPolicy => 403,
             Reason::MethodNotAllowed => 405,
@@ -117,6 +129,8 @@ impl Reason {
             Reason::StoreUnavailable => "the replay store could not be updated (fail closed)",
             Reason::MethodNotAllowed => "the policy does not verify requests with this method",
             Reason::InternalError => "the filter could not run as it should (fail closed)",
+            Reason::MalformedPayload => "the signed body is not the encrypted envelope expected",
+            Reason::DecryptionFailed => "no configured decryption key opens the payload",
             Reason::NoMatchingPolicy => "no policy matches and the default is deny",
         }
     }
@@ -153,6 +167,8 @@ mod tests {
         assert_eq!(Reason::InFlight.default_status(), 409);
         assert_eq!(Reason::StoreFull.default_status(), 503);
         assert_eq!(Reason::MethodNotAllowed.default_status(), 405);
+        assert_eq!(Reason::DecryptionFailed.default_status(), 400);
+        assert_eq!(Reason::MalformedPayload.default_status(), 400);
         assert_eq!(Reason::ALL.last(), Some(&Reason::NoMatchingPolicy));
     }
 }

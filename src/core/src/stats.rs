@@ -106,7 +106,9 @@ pub const STORE_LATENCY_US: usize = 5;
 pub const STORE_ENTRIES_OF_POLICY: usize = 6;
 /// Gauge: the policy's share of the local store (its `dedup.capacity`), set at configure time.
 pub const STORE_CAPACITY_OF_POLICY: usize = 7;
-const FIRST_REASON: usize = 8;
+/// Payloads opened with a decryption key other than the first listed (rotation under way).
+pub const DECRYPTED_SECONDARY_KEY: usize = 8;
+const FIRST_REASON: usize = 9;
 
 /// Reasons a policy can produce (`no_matching_policy` has no policy).
 pub fn policy_reasons() -> impl Iterator<Item = Reason> {
@@ -130,6 +132,7 @@ pub fn policy_counters(policy: &str) -> Vec<String> {
         format!("{base}.store_latency_us"),
         format!("{base}.store_entries"),
         format!("{base}.store_capacity"),
+        format!("{base}.decrypted_secondary_key"),
     ];
     // One slot per reason index keeps offsets trivial; the `no_matching_policy` slot is the
     // last one and is simply never defined.

@@ -6,7 +6,8 @@
 //! -> [commit/release call] -> end. A stream that ends early hands what is left to `Host::defer`.
 
 use crate::guard::{
-    Accepted, Drive, Guard, Hold, Pending, RemoteCall, RemoteTask, RequestInfo, Route, Upstream,
+    Accepted, Drive, Guard, Hold, Pending, Plaintext, RemoteCall, RemoteTask, RequestInfo, Route,
+    Upstream,
 };
 use crate::host::Host;
 use crate::policy::RouteInfo;
@@ -95,6 +96,8 @@ pub struct Stream {
     /// The policy verifying this request and when it started (µs), until the verdict is
     /// recorded in its latency histogram.
     timing: Option<(usize, u64)>,
+    /// A decrypted payload waiting to replace the request's body when it is forwarded.
+    plaintext: Option<Plaintext>,
 }
 
 impl Stream {
@@ -157,6 +160,13 @@ impl Stream {
         }
     }
 
+    /// The decrypted payload to forward instead of the body. The glue takes it when a request
+    /// step says `Continue` and, before the request goes on, replaces the body with it and
+    /// sets `content-length` and `content-type` to match.
+    pub fn take_plaintext(&mut self) -> Option<Plaintext> {
+        self.plaintext.take()
+    }
+
     /// Whether the stream waits for its body (request trailers end an HTTP/2 body without
     /// an end-of-stream data frame: read the body then).
     pub fn wants_body(&self) -> bool {
@@ -195,9 +205,19 @@ impl Stream {
                 })
             }
             Ok(Accepted {
-                remote: Some(task), ..
-            }) => self.admit(guard, host, task, None),
-            Ok(Accepted { claim, .. }) => self.forward(guard, host, claim, "accepted"),
+                remote: Some(task),
+                plaintext,
+                ..
+            }) => {
+                self.plaintext = plaintext;
+                self.admit(guard, host, task, None)
+            }
+            Ok(Accepted {
+                claim, plaintext, ..
+            }) => {
+                self.plaintext = plaintext;
+                self.forward(guard, host, claim, "accepted")
+            }
             Err(r) => self.reject(guard, host, r),
         }
     }
@@ -228,6 +248,7 @@ impl Stream {
 
     fn reject(&mut self, guard: &Guard, host: &dyn Host, r: Rejection) -> Step {
         self.phase = Phase::Decided;
+        self.plaintext = None;
         host.set_verdict(r.reason.code());
         self.record_latency(guard, host);
         Step::Reply(Reply::rejection(r))

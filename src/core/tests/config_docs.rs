@@ -110,6 +110,14 @@ fn every_config_field_and_variant_is_documented() {
             json!({"policies": [with(policy(), &["store"], json!({"type": "etcd", "cluster": "c", "on_error": "zz_unknown"}))]}),
         ),
         (
+            "decrypt",
+            json!({"policies": [with(policy(), &["decrypt"], json!({"cipher": "aes-256-gcm", "zz_unknown": 1}))]}),
+        ),
+        (
+            "decrypt cipher",
+            json!({"policies": [with(policy(), &["decrypt"], json!({"cipher": "zz_unknown"}))]}),
+        ),
+        (
             "default",
             json!({"policies": [policy()], "default": "zz_unknown"}),
         ),

@@ -48,7 +48,21 @@ extern "C" {
         data: *mut *mut u8,
         size: *mut usize,
     ) -> u32;
+    fn proxy_set_buffer_bytes(
+        kind: u32,
+        start: usize,
+        length: usize,
+        data: *const u8,
+        size: usize,
+    ) -> u32;
     fn proxy_get_header_map_pairs(map: u32, data: *mut *mut u8, size: *mut usize) -> u32;
+    fn proxy_replace_header_map_value(
+        map: u32,
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_get_header_map_value(
         map: u32,
         key: *const u8,
@@ -209,6 +223,23 @@ pub fn buffer(kind: u32, start: usize, max: usize) -> Option<Vec<u8>> {
     })
     .ok()
     .flatten()
+}
+
+/// Replaces bytes `start..start + length` of a buffer with `data` (Envoy: `start` 0 drains
+/// `length` bytes and prepends `data`).
+pub fn set_buffer(kind: u32, start: usize, length: usize, data: &[u8]) -> bool {
+    count::hostcall("proxy_set_buffer_bytes");
+    // SAFETY: `data` is read during the call.
+    (unsafe { proxy_set_buffer_bytes(kind, start, length, data.as_ptr(), data.len()) }) == OK
+}
+
+/// Sets header `name` to `value` (added when absent).
+pub fn replace_header(map: u32, name: &str, value: &[u8]) -> bool {
+    count::hostcall("proxy_replace_header_map_value");
+    // SAFETY: both buffers are read during the call.
+    (unsafe {
+        proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len())
+    }) == OK
 }
 
 /// All of a header map, serialized (parse with `wire::pairs`).

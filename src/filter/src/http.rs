@@ -16,6 +16,8 @@ use crate::wire;
 pub struct Http {
     loaded: Rc<Loaded>,
     stream: Stream,
+    /// The body's size when it was read (a decrypted payload replaces exactly that much).
+    body_size: usize,
 }
 
 /// A local reply; the stream stops here.
@@ -36,6 +38,7 @@ impl Http {
         Http {
             loaded,
             stream: Stream::new(),
+            body_size: 0,
         }
     }
 
@@ -63,6 +66,30 @@ impl Http {
         send(&internal_error())
     }
 
+    /// A decrypted payload replaces the body before the request goes on: the whole buffered
+    /// body is swapped, and `content-length` / `content-type` follow it (the headers are still
+    /// held, so the upstream sees the new ones). A swap Envoy refuses fails closed.
+    fn forward(&mut self, verdict: u32) -> u32 {
+        if verdict != abi::CONTINUE {
+            return verdict;
+        }
+        let Some(plaintext) = self.stream.take_plaintext() else {
+            return verdict;
+        };
+        let length = plaintext.body.len().to_string();
+        if abi::set_buffer(abi::REQUEST_BODY, 0, self.body_size, &plaintext.body)
+            && abi::replace_header(abi::REQUEST_HEADERS, "content-length", length.as_bytes())
+            && abi::replace_header(
+                abi::REQUEST_HEADERS,
+                "content-type",
+                plaintext.content_type.as_bytes(),
+            )
+        {
+            return verdict;
+        }
+        send(&internal_error())
+    }
+
     fn finish_body(&mut self, buffered: usize) -> u32 {
         let loaded = Rc::clone(&self.loaded);
         // The body is gone: nothing can be verified, so nothing passes (the core says so).
@@ -72,10 +99,12 @@ impl Http {
             None if buffered == 0 => Some(Vec::new()),
             None => None,
         };
+        self.body_size = body.as_ref().map_or(0, Vec::len);
         let step = self
             .stream
             .on_request_complete(&loaded.guard, &loaded.host, body.as_deref());
-        self.act(step)
+        let verdict = self.act(step);
+        self.forward(verdict)
     }
 
     pub fn request_headers(&mut self, end_of_stream: bool) -> u32 {
@@ -168,7 +197,11 @@ impl Http {
         let (direction, step) = self
             .stream
             .on_call_reply(&loaded.guard, &loaded.host, &reply);
-        if self.act(step) == abi::CONTINUE {
+        let mut verdict = self.act(step);
+        if direction == Direction::Request {
+            verdict = self.forward(verdict);
+        }
+        if verdict == abi::CONTINUE {
             let _ = abi::continue_stream(match direction {
                 Direction::Request => abi::HTTP_REQUEST,
                 Direction::Response => abi::HTTP_RESPONSE,

@@ -273,6 +273,22 @@ extern "C" {
     fn envoy_dynamic_module_callback_http_received_buffered_request_body(
         filter: FilterEnvoyPtr,
     ) -> bool;
+    fn envoy_dynamic_module_callback_http_drain_body(
+        filter: FilterEnvoyPtr,
+        body_type: u32,
+        bytes: usize,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_append_body(
+        filter: FilterEnvoyPtr,
+        body_type: u32,
+        data: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_set_header(
+        filter: FilterEnvoyPtr,
+        header_type: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
 
     fn envoy_dynamic_module_callback_http_send_response(
         filter: FilterEnvoyPtr,
@@ -440,6 +456,47 @@ impl<'a> Stream<'a> {
             }
         }
         chunks
+    }
+
+    /// Replaces the whole request body with `body`: every buffered and received byte is
+    /// drained, then `body` is appended where the rest of the chain will read it (the chunk
+    /// being delivered, or the buffer when the body was held across a callout). Slices that
+    /// `request_body` returned point into the buffers drained here: callers drop them first
+    /// (module.rs does, explicitly), and never read one after this call.
+    pub fn replace_request_body(&self, body: &[u8]) -> bool {
+        for kind in [BODY_BUFFERED_REQUEST, BODY_RECEIVED_REQUEST] {
+            // SAFETY: `ptr` is this hook's filter pointer; draining an absent buffer is refused
+            // (false), and a count beyond the size drains it all. No slice of these buffers is
+            // read after this (see above).
+            let _ = unsafe {
+                envoy_dynamic_module_callback_http_drain_body(self.ptr, kind, usize::MAX)
+            };
+        }
+        // SAFETY: `body` outlives the call (Envoy copies it); `ptr` is this hook's filter.
+        unsafe {
+            envoy_dynamic_module_callback_http_append_body(
+                self.ptr,
+                BODY_RECEIVED_REQUEST,
+                ModuleBuffer::of(body),
+            ) || envoy_dynamic_module_callback_http_append_body(
+                self.ptr,
+                BODY_BUFFERED_REQUEST,
+                ModuleBuffer::of(body),
+            )
+        }
+    }
+
+    /// Sets request header `name` to `value` (replacing every value it had).
+    pub fn set_request_header(&self, name: &str, value: &[u8]) -> bool {
+        // SAFETY: both buffers outlive the call (Envoy copies them); `ptr` is this hook's.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.ptr,
+                REQUEST_HEADERS,
+                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::of(value),
+            )
+        }
     }
 
     pub fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8], details: &str) {

@@ -444,7 +444,10 @@ impl Filter {
                 status::BODY_STOP_AND_BUFFER
             }
             BodyStep::Read => {
-                if self.complete(stream, &chunks) {
+                let verdict = self.complete(stream, &chunks);
+                // The slices point into the buffers a decrypted payload replaces.
+                drop(chunks);
+                if verdict && self.forward_plaintext(stream) {
                     status::BODY_CONTINUE
                 } else {
                     status::BODY_STOP_AND_BUFFER
@@ -458,11 +461,32 @@ impl Filter {
         if !self.stream.borrow().wants_body() {
             return status::TRAILERS_CONTINUE;
         }
-        if self.complete(stream, &stream.request_body()) {
+        let chunks = stream.request_body();
+        let verdict = self.complete(stream, &chunks);
+        drop(chunks);
+        if verdict && self.forward_plaintext(stream) {
             status::TRAILERS_CONTINUE
         } else {
             status::TRAILERS_STOP
         }
+    }
+
+    /// A decrypted payload replaces the body before the request goes on, with
+    /// `content-length` and `content-type` to match (the headers are still held). A swap
+    /// Envoy refuses fails closed. `false`: a reply was sent instead.
+    fn forward_plaintext(&self, stream: ffi::Stream<'_>) -> bool {
+        let Some(plaintext) = self.stream.borrow_mut().take_plaintext() else {
+            return true;
+        };
+        let length = plaintext.body.len().to_string();
+        if stream.replace_request_body(&plaintext.body)
+            && stream.set_request_header("content-length", length.as_bytes())
+            && stream.set_request_header("content-type", plaintext.content_type.as_bytes())
+        {
+            return true;
+        }
+        send(stream, &internal_error());
+        false
     }
 
     /// The whole body arrived: verify it. One chunk is read where it lies; several are joined.
@@ -518,7 +542,11 @@ impl Filter {
                 .on_call_reply(&self.config.guard, &host, &remote_reply(reply));
         if self.act(stream, step) {
             match direction {
-                Direction::Request => stream.continue_request(),
+                Direction::Request => {
+                    if self.forward_plaintext(stream) {
+                        stream.continue_request();
+                    }
+                }
                 Direction::Response => stream.continue_response(),
             }
         }

@@ -7,8 +7,9 @@ use super::reply::{
 };
 use super::{
     done_lifetime_ms, Accepted, Challenge, DedupPolicy, Guard, Held, Hold, LocalReply, Pending,
-    Policy, Rejection, RequestInfo, Retention, Route, Upstream,
+    Plaintext, Policy, Rejection, RequestInfo, Retention, Route, Upstream,
 };
+use crate::decrypt::{Cipher, Failure, NonceSource};
 use crate::dedup::{self, ClaimOutcome};
 use crate::host::{Host, Level};
 use crate::policy::RouteInfo;
@@ -172,6 +173,22 @@ impl Guard {
         if policy.first_key().is_none() && policy.keys(host).is_empty() {
             return Err(fail(Reason::SecretUnavailable, None));
         }
+        let mut nonce_header = None;
+        if let Some(d) = &policy.decrypt {
+            if d.first_key().is_none() && d.keys(host).is_empty() {
+                return Err(fail(Reason::SecretUnavailable, Some("decrypt")));
+            }
+            if let Cipher::AesGcm {
+                nonce: NonceSource::Header(name),
+                ..
+            } = &d.cipher
+            {
+                // Absent or repeated: judged with the body (after the signature), not here.
+                if let Lookup::One(v) = lookup(headers, name) {
+                    nonce_header = Some(v.to_vec());
+                }
+            }
+        }
         if let Lookup::One(v) = lookup(headers, "content-length") {
             let declared = std::str::from_utf8(v)
                 .ok()
@@ -198,6 +215,7 @@ impl Guard {
             info,
             delivery_id,
             challenge_header,
+            nonce_header,
         })
     }
 
@@ -279,6 +297,7 @@ impl Guard {
                 claim: None,
                 reply: Some(reply),
                 remote: None,
+                plaintext: None,
             });
         }
         let mut accepted = Accepted {
@@ -287,6 +306,7 @@ impl Guard {
             claim: None,
             reply: None,
             remote: None,
+            plaintext: None,
         };
         if let Some(dedup) = &policy.dedup {
             let mac = verify::canonical_mac(&policy.scheme, &pending.extracted, key, body, matched);
@@ -295,14 +315,74 @@ impl Guard {
             )? {
                 Claimed::Held(hold) => accepted.claim = Some(hold),
                 Claimed::Ask(task) => {
-                    // Counted as accepted once the remote store admits it.
+                    // Opened before the remote claim is asked for: a payload that cannot be
+                    // opened never holds a claim. Counted as accepted once the store admits it.
+                    accepted.plaintext = self.open(host, policy, pending, body, key_index)?;
                     accepted.remote = Some(task);
                     return Ok(accepted);
                 }
             }
         }
+        // Opened once the replay check passed; a payload that cannot be opened gives its
+        // claim back (it was never delivered, so the sender's fixed retry is admitted).
+        match self.open(host, policy, pending, body, key_index) {
+            Ok(plaintext) => accepted.plaintext = plaintext,
+            Err(r) => {
+                if let Some(Hold {
+                    claim: Held::Local(claim),
+                    ..
+                }) = accepted.claim.take()
+                {
+                    self.store.release(host, &claim);
+                }
+                return Err(r);
+            }
+        }
         self.count_accepted(host, policy, key_index);
         Ok(accepted)
+    }
+
+    /// The policy's `decrypt`, on a verified delivery: the plaintext to forward instead.
+    fn open(
+        &self,
+        host: &dyn Host,
+        policy: &Policy,
+        pending: &Pending,
+        body: &[u8],
+        signing_key: usize,
+    ) -> Result<Option<Plaintext>, Rejection> {
+        let Some(d) = &policy.decrypt else {
+            return Ok(None);
+        };
+        let keys = d.keys(host);
+        // Lark signs with its encrypt key: only the key that verified can open (CBC does not
+        // authenticate, so trying the others could "open" garbage).
+        let only = matches!(d.cipher, Cipher::Lark).then_some(signing_key);
+        match d
+            .cipher
+            .open(&keys, body, pending.nonce_header.as_deref(), only)
+        {
+            Ok(opened) => {
+                if opened.key_index > 0 {
+                    host.increment(
+                        policy
+                            .counter_base
+                            .saturating_add(stats::DECRYPTED_SECONDARY_KEY),
+                    );
+                }
+                Ok(Some(Plaintext {
+                    body: opened.plaintext,
+                    content_type: d.content_type.clone(),
+                }))
+            }
+            Err(failure) => {
+                let (reason, detail) = match failure {
+                    Failure::Malformed(part) => (Reason::MalformedPayload, part),
+                    Failure::NoKey => (Reason::DecryptionFailed, "no key opens it"),
+                };
+                Err(self.reject_with_body(host, pending, policy, body, reason, Some(detail)))
+            }
+        }
     }
 
     /// The answer to a verified handshake, when the policy answers them and this is one.

@@ -12,6 +12,10 @@ mod reply;
 
 pub use remote::{Background, Drive, RemoteCall, RemoteTask};
 
+use std::borrow::Cow;
+
+use crate::config::KeyEncoding;
+use crate::decrypt::Cipher;
 use crate::dedup::key::KeySource;
 use crate::dedup::{Claim, Store};
 use crate::etcd::EtcdStore;
@@ -67,9 +71,89 @@ pub enum Challenge {
     TwitchCallbackVerification,
 }
 
+/// A policy's `decrypt`: how verified payloads are opened before they are forwarded.
+pub struct Decrypt {
+    pub cipher: Cipher,
+    /// In order of preference (rotation). Lark: derived from the policy's own secrets, in the
+    /// same order, so the key that verified the signature is the one that decrypts.
+    pub(crate) keys: Vec<SecretSlot>,
+    pub key_encoding: KeyEncoding,
+    pub content_type: String,
+}
+
+// Keys are secret: never in debug output.
+impl std::fmt::Debug for Decrypt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decrypt")
+            .field("cipher", &self.cipher)
+            .field("keys", &format_args!("[{} REDACTED]", self.keys.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Decrypt {
+    /// The usable keys for this request, in order (SDS ones as the host holds them now).
+    pub(crate) fn keys<'a>(&'a self, host: &dyn Host) -> Vec<Cow<'a, [u8]>> {
+        resolve(&self.keys, host, &|text| {
+            self.cipher.derive_key(self.key_encoding, text)
+        })
+    }
+
+    /// The current key: for tools that encrypt, never for logs.
+    pub fn first_key(&self) -> Option<&[u8]> {
+        first(&self.keys)
+    }
+}
+
+/// A verified payload's plaintext, forwarded in place of the envelope.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Plaintext {
+    pub body: Vec<u8>,
+    pub content_type: String,
+}
+
+// The sender's payload is confidential: never in debug output.
+impl std::fmt::Debug for Plaintext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plaintext")
+            .field("bytes", &self.body.len())
+            .field("content_type", &self.content_type)
+            .finish()
+    }
+}
+
+fn first(slots: &[SecretSlot]) -> Option<&[u8]> {
+    slots.iter().find_map(|s| match s {
+        SecretSlot::Key(k) => Some(k.as_slice()),
+        SecretSlot::Sds(_) => None,
+    })
+}
+
+/// Configured keys as they are, SDS ones as the host holds them now (an absent or
+/// undecodable SDS secret is skipped).
+fn resolve<'a>(
+    slots: &'a [SecretSlot],
+    host: &dyn Host,
+    decode: &dyn Fn(&str) -> Option<Vec<u8>>,
+) -> Vec<Cow<'a, [u8]>> {
+    slots
+        .iter()
+        .filter_map(|s| match s {
+            SecretSlot::Key(k) => Some(Cow::Borrowed(k.as_slice())),
+            SecretSlot::Sds(i) => {
+                let raw = host.sds_secret(*i)?;
+                let text = std::str::from_utf8(&raw).ok()?;
+                // A secret file written by an editor ends in a newline the sender never used.
+                decode(text.trim_end_matches(['\r', '\n'])).map(Cow::Owned)
+            }
+        })
+        .collect()
+}
+
 pub struct Policy {
     pub name: String,
     pub dedup: Option<DedupPolicy>,
+    pub decrypt: Option<Decrypt>,
     pub challenge: Option<Challenge>,
     pub(crate) matcher: Matcher,
     pub scheme: Scheme,
@@ -114,31 +198,18 @@ impl Policy {
 
     /// The current (first loaded) key: for tools that sign, never for logs.
     pub fn first_key(&self) -> Option<&[u8]> {
-        self.secrets.iter().find_map(|s| match s {
-            SecretSlot::Key(k) => Some(k.as_slice()),
-            SecretSlot::Sds(_) => None,
-        })
+        first(&self.secrets)
     }
 
     /// The usable keys for this request, in order: configured ones as they are, SDS ones as
     /// the host holds them now (an absent or undecodable SDS secret is skipped).
-    pub(crate) fn keys<'a>(&'a self, host: &dyn Host) -> Vec<std::borrow::Cow<'a, [u8]>> {
-        self.secrets
-            .iter()
-            .filter_map(|s| match s {
-                SecretSlot::Key(k) => Some(std::borrow::Cow::Borrowed(k.as_slice())),
-                SecretSlot::Sds(i) => {
-                    let raw = host.sds_secret(*i)?;
-                    let text = std::str::from_utf8(&raw).ok()?;
-                    // A secret file written by an editor ends in a newline the sender never used.
-                    let text = text.trim_end_matches(['\r', '\n']);
-                    let key = self.scheme.key_encoding.decode(text)?;
-                    self.scheme
-                        .key_fits(&key)
-                        .then_some(std::borrow::Cow::Owned(key))
-                }
-            })
-            .collect()
+    pub(crate) fn keys<'a>(&'a self, host: &dyn Host) -> Vec<Cow<'a, [u8]>> {
+        resolve(&self.secrets, host, &|text| {
+            self.scheme
+                .key_encoding
+                .decode(text)
+                .filter(|k| self.scheme.key_fits(k))
+        })
     }
 
     pub fn status(&self, reason: Reason) -> u16 {
@@ -201,6 +272,8 @@ pub struct Pending {
     delivery_id: Option<String>,
     /// Twitch marks its handshake in a header (read before the headers are gone).
     challenge_header: bool,
+    /// The decryption nonce, when the policy takes it from a header.
+    nonce_header: Option<Vec<u8>>,
 }
 
 impl Pending {
@@ -221,6 +294,8 @@ pub struct Accepted {
     pub remote: Option<RemoteTask>,
     /// A verified handshake the filter answers itself instead of forwarding.
     pub reply: Option<LocalReply>,
+    /// The decrypted payload, forwarded instead of the request's body.
+    pub plaintext: Option<Plaintext>,
 }
 
 /// A dedup claim held while the upstream handles the delivery: settle it with

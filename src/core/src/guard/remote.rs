@@ -329,6 +329,7 @@ impl Guard {
                     }),
                     reply: None,
                     remote: None,
+                    plaintext: None,
                 }));
             }
             Outcome::Done { expiry_ms } => {
