@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import os
+import subprocess
 import time
 import uuid
 
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import requests
 
-from harness import Backend, Envoy, Etcd, Stack
+from harness import CLI, Backend, Envoy, Etcd, Stack
 from test_http2 import h2_post
 
 SIGNING = "envelope-signing-" + uuid.uuid4().hex
@@ -208,3 +209,22 @@ def test_with_the_etcd_store_the_plaintext_is_forwarded_after_the_remote_claim(b
             envoy.stop()
         backend.stop()
         etcd.stop()
+
+
+def test_the_cli_encrypts_and_signs_what_the_filter_opens(stack, tmp_path):
+    config = tmp_path / "plugin.json"
+    config.write_text(json.dumps({"policies": [policy("enc", PATH), policy(
+        "enc-header", NONCE_PATH, nonce_header="X-Encryption-Nonce", ciphertext_field="data")]}))
+    for name, path in [("enc", PATH), ("enc-header", NONCE_PATH)]:
+        plaintext = payload(2000)
+        (tmp_path / "plain.json").write_bytes(plaintext)
+        out = subprocess.run(
+            [str(CLI), "sign", "--config", str(config), "--policy", name, "--body-file", str(tmp_path / "plain.json"),
+             "--encrypt", "--out", str(tmp_path / "envelope.json"), "--format", "json"],
+            capture_output=True, text=True, timeout=30, check=True)
+        headers = json.loads(out.stdout)
+        envelope = (tmp_path / "envelope.json").read_bytes()
+        assert b"secret-marker" not in envelope
+        resp = stack.post(path, envelope, headers)
+        assert resp.status_code == 200, resp.text
+        assert len(arrivals(stack, plaintext)) == 1

@@ -9,7 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use webhook_guard_core::compile::{self, ConfigError};
-use webhook_guard_core::config::{Provider, TimestampUnit};
+use webhook_guard_core::config::{KeyEncoding, Provider, TimestampUnit};
+use webhook_guard_core::decrypt::{seal_gcm, Cipher, NonceSource};
 use webhook_guard_core::memhost::MemHost;
 use webhook_guard_core::scheme::Scheme;
 use webhook_guard_core::sign::{sign, SignInput};
@@ -93,6 +94,26 @@ struct SignArgs {
     headers: Vec<(String, String)>,
     #[arg(long, value_enum, default_value_t = Format::Headers)]
     format: Format,
+    /// Encrypt the body first, as the policy's `decrypt` expects (AES-256-GCM envelope with a
+    /// random nonce), and sign the envelope; needs --config, --policy and --out.
+    #[arg(long, requires_all = ["config", "policy", "out"])]
+    encrypt: bool,
+    /// The encryption key text (as in the policy's `decrypt.keys`); default: its first key.
+    #[arg(long, requires = "encrypt", conflicts_with = "encryption_key_env")]
+    encryption_key: Option<String>,
+    /// Environment variable holding the encryption key.
+    #[arg(long, requires = "encrypt")]
+    encryption_key_env: Option<String>,
+    /// Where to write the envelope (the body to send) with --encrypt.
+    #[arg(long, requires = "encrypt")]
+    out: Option<PathBuf>,
+}
+
+/// What `--encrypt` needs from the policy: its cipher and its current key.
+struct Sealing {
+    cipher: Cipher,
+    key: Option<Vec<u8>>,
+    key_encoding: KeyEncoding,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -215,6 +236,7 @@ fn provider_scheme(name: &str) -> Result<Scheme, String> {
 }
 
 fn run_sign(a: &SignArgs) -> Result<ExitCode, String> {
+    let mut sealing = None;
     let (scheme, policy_key) = match (&a.provider, &a.config, &a.policy) {
         (Some(p), _, _) => (provider_scheme(p)?, None),
         (None, Some(config), Some(name)) => {
@@ -224,6 +246,11 @@ fn run_sign(a: &SignArgs) -> Result<ExitCode, String> {
                 .iter()
                 .find(|p| &p.name == name)
                 .ok_or_else(|| format!("no policy '{name}' in {}", config.display()))?;
+            sealing = p.decrypt.as_ref().map(|d| Sealing {
+                cipher: d.cipher.clone(),
+                key: d.first_key().map(<[u8]>::to_vec),
+                key_encoding: d.key_encoding,
+            });
             (p.scheme.clone(), p.first_key().map(<[u8]>::to_vec))
         }
         _ => return Err("pass --provider, or --config and --policy".into()),
@@ -251,6 +278,18 @@ fn run_sign(a: &SignArgs) -> Result<ExitCode, String> {
         (None, Some(b)) => b.clone().into_bytes(),
         (None, None) => return Err("pass --body or --body-file".into()),
     };
+    let mut extra = Vec::new();
+    let body = if a.encrypt {
+        let sealing = sealing.ok_or("--encrypt: the policy has no \"decrypt\"")?;
+        let (envelope, nonce_header) = seal(a, &sealing, &body)?;
+        if let Some(out) = &a.out {
+            std::fs::write(out, &envelope).map_err(|e| format!("{}: {e}", out.display()))?;
+        }
+        extra.extend(nonce_header);
+        envelope
+    } else {
+        body
+    };
     let timestamp = a.timestamp.or_else(|| {
         scheme.timestamp.as_ref().map(|t| match t.unit {
             TimestampUnit::Seconds | TimestampUnit::Rfc3339 => now_ms() / 1000,
@@ -265,7 +304,8 @@ fn run_sign(a: &SignArgs) -> Result<ExitCode, String> {
         path: &a.path,
         headers: &a.headers,
     };
-    let headers = sign(&scheme, &key, &input)?;
+    let mut headers = sign(&scheme, &key, &input)?;
+    headers.extend(extra);
     match a.format {
         Format::Headers => headers.iter().for_each(|(k, v)| println!("{k}: {v}")),
         Format::Curl => {
@@ -284,6 +324,50 @@ fn run_sign(a: &SignArgs) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The body as the policy's sender would encrypt it, and the nonce header when the policy
+/// reads the nonce from one.
+fn seal(
+    a: &SignArgs,
+    sealing: &Sealing,
+    plaintext: &[u8],
+) -> Result<(Vec<u8>, Option<(String, String)>), String> {
+    let text = match (&a.encryption_key, &a.encryption_key_env) {
+        (Some(k), _) => Some(k.clone()),
+        (None, Some(var)) => Some(std::env::var(var).map_err(|_| format!("{var} is not set"))?),
+        (None, None) => None,
+    };
+    let key = match text {
+        Some(t) => sealing
+            .cipher
+            .derive_key(sealing.key_encoding, &t)
+            .ok_or("the encryption key is not a 32-byte key in the policy's key_encoding")?,
+        None => sealing
+            .key
+            .clone()
+            .ok_or("pass --encryption-key or --encryption-key-env")?,
+    };
+    let Cipher::AesGcm {
+        ciphertext_field,
+        nonce,
+    } = &sealing.cipher
+    else {
+        return Err("--encrypt supports the aes-256-gcm cipher".into());
+    };
+    let mut random = [0u8; 12];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").map_err(|e| format!("/dev/urandom: {e}"))?,
+        &mut random,
+    )
+    .map_err(|e| format!("/dev/urandom: {e}"))?;
+    let (field, header) = match nonce {
+        NonceSource::Field(f) => (Some(f.as_str()), None),
+        NonceSource::Header(h) => (None, Some(h.clone())),
+    };
+    let (envelope, nonce_b64) =
+        seal_gcm(&key, random, plaintext, ciphertext_field, field).ok_or("could not encrypt")?;
+    Ok((envelope, header.map(|h| (h, nonce_b64))))
 }
 
 fn verify(config: &PathBuf, request: &PathBuf, at: Option<u64>) -> Result<ExitCode, String> {
