@@ -109,6 +109,9 @@ struct SignArgs {
     out: Option<PathBuf>,
 }
 
+/// A header name and value to send.
+type Header = (String, String);
+
 /// What `--encrypt` needs from the policy: its cipher and its current key.
 struct Sealing {
     cipher: Cipher,
@@ -332,7 +335,7 @@ fn seal(
     a: &SignArgs,
     sealing: &Sealing,
     plaintext: &[u8],
-) -> Result<(Vec<u8>, Option<(String, String)>), String> {
+) -> Result<(Vec<u8>, Option<Header>), String> {
     let text = match (&a.encryption_key, &a.encryption_key_env) {
         (Some(k), _) => Some(k.clone()),
         (None, Some(var)) => Some(std::env::var(var).map_err(|_| format!("{var} is not set"))?),
@@ -351,10 +354,7 @@ fn seal(
     let Cipher::AesGcm {
         ciphertext_field,
         nonce,
-    } = &sealing.cipher
-    else {
-        return Err("--encrypt supports the aes-256-gcm cipher".into());
-    };
+    } = &sealing.cipher;
     let mut random = [0u8; 12];
     std::io::Read::read_exact(
         &mut std::fs::File::open("/dev/urandom").map_err(|e| format!("/dev/urandom: {e}"))?,

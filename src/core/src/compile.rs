@@ -682,7 +682,7 @@ fn compile_policy(at: &str, p: RawPolicy, cx: &mut Context) -> Result<Policy, Co
         (None, None) => {}
     }
 
-    let decrypt = compile_decrypt(at, &p.name, p.decrypt.as_ref(), p.provider, &keys, cx)?;
+    let decrypt = compile_decrypt(at, &p.name, p.decrypt.as_ref(), cx)?;
 
     let counter_base = cx.counters.len();
     cx.counters.extend(stats::policy_counters(&p.name));
@@ -706,13 +706,11 @@ fn compile_policy(at: &str, p: RawPolicy, cx: &mut Context) -> Result<Policy, Co
 const BAD_AES_KEY: &str =
     "must be a 32-byte AES-256 key: base64 (default) or hex (key_encoding: \"hex\")";
 
-/// A policy's `decrypt`. `signing` are the policy's own secrets (Lark decrypts with them).
+/// A policy's `decrypt`.
 fn compile_decrypt(
     at: &str,
     policy: &str,
     raw: Option<&RawDecrypt>,
-    provider: Provider,
-    signing: &[SecretSlot],
     cx: &mut Context,
 ) -> Result<Option<Decrypt>, ConfigError> {
     let Some(d) = raw else {
@@ -803,45 +801,6 @@ fn compile_decrypt(
                 cipher,
                 keys,
                 key_encoding,
-                content_type,
-            }))
-        }
-        DecryptCipher::Lark => {
-            if provider.name() != "lark" {
-                return Err(err(
-                    format!("{at}.cipher"),
-                    "'lark' decrypts Lark/Feishu events: it needs provider 'lark'",
-                ));
-            }
-            if !d.keys.is_empty()
-                || d.key_encoding.is_some()
-                || d.ciphertext_field.is_some()
-                || d.nonce_field.is_some()
-                || d.nonce_header.is_some()
-            {
-                return Err(err(
-                    &at,
-                    "'lark' decrypts with the policy's secrets (its Encrypt Key): keys, key_encoding and the field options do not apply",
-                ));
-            }
-            let cipher = Cipher::Lark;
-            // The same slots in the same order, so the key that verified is the one that opens.
-            let keys = signing
-                .iter()
-                .map(|s| match s {
-                    SecretSlot::Key(k) => SecretSlot::Key(
-                        std::str::from_utf8(k)
-                            .ok()
-                            .and_then(|t| cipher.derive_key(KeyEncoding::Utf8, t))
-                            .unwrap_or_default(),
-                    ),
-                    SecretSlot::Sds(i) => SecretSlot::Sds(*i),
-                })
-                .collect();
-            Ok(Some(Decrypt {
-                cipher,
-                keys,
-                key_encoding: KeyEncoding::Utf8,
                 content_type,
             }))
         }

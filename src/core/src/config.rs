@@ -132,8 +132,6 @@ pub enum DecryptCipher {
     /// `{"encrypted": b64(ciphertext || tag), "nonce": b64(12 bytes)}`, AES-256-GCM.
     #[serde(rename = "aes-256-gcm")]
     Aes256Gcm,
-    /// Lark/Feishu: `{"encrypt": b64(iv || AES-256-CBC)}`, key = SHA-256(encrypt key).
-    Lark,
 }
 
 pub const DEFAULT_CIPHERTEXT_FIELD: &str = "encrypted";
@@ -144,13 +142,13 @@ pub const DEFAULT_NONCE_FIELD: &str = "nonce";
 pub struct RawDecrypt {
     pub cipher: DecryptCipher,
     /// Ordered like `secrets`: the first is the current key, the others are tried during
-    /// rotation. `aes-256-gcm` only; `lark` decrypts with the policy's own secrets.
+    /// rotation.
     #[serde(default)]
     pub keys: Vec<RawSecret>,
-    /// How key text becomes the 32 key bytes (`aes-256-gcm`): `base64` (default) or `hex`.
+    /// How key text becomes the 32 key bytes: `base64` (default) or `hex`.
     #[serde(default)]
     pub key_encoding: Option<KeyEncoding>,
-    /// Envelope field holding the ciphertext (`aes-256-gcm`; default `encrypted`).
+    /// Envelope field holding the ciphertext (default `encrypted`).
     #[serde(default)]
     pub ciphertext_field: Option<String>,
     /// Envelope field holding the nonce (default `nonce`); exclusive with `nonce_header`.

@@ -3,30 +3,22 @@
 //! is signed, so an attacker cannot probe the cipher with forged ciphertexts, and the backend
 //! receives the plaintext without ever holding the key.
 //!
-//! - `aes-256-gcm`: `{"encrypted": b64(ciphertext || 16-byte tag), "nonce": b64(12 bytes)}`
-//!   (field names configurable; the nonce may come from a header instead). GCM authenticates,
-//!   so every configured key is tried in order (rotation) and only the right one opens it.
-//! - `lark`: Lark/Feishu `{"encrypt": b64(16-byte IV || AES-256-CBC ciphertext, PKCS#7)}` with
-//!   key = SHA-256(encrypt key). CBC does not authenticate (a wrong key yields valid padding
-//!   about once in 256 tries), so only the key whose signature matched is used: Lark signs with
-//!   the same encrypt key.
+//! `aes-256-gcm`: `{"encrypted": b64(ciphertext || 16-byte tag), "nonce": b64(12 bytes)}`
+//! (field names configurable; the nonce may come from a header instead). GCM authenticates,
+//! so every configured key is tried in order (rotation) and only the right one opens it.
 
 use std::borrow::Cow;
 use std::fmt;
 
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::Aes256Gcm;
-use cbc::cipher::block_padding::Pkcs7;
-use cbc::cipher::{BlockDecryptMut, KeyIvInit};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
-use sha2::{Digest, Sha256};
 
 use crate::config::KeyEncoding;
 
 pub const AES_256_KEY_BYTES: usize = 32;
 const GCM_NONCE_BYTES: usize = 12;
 const GCM_TAG_BYTES: usize = 16;
-const CBC_BLOCK_BYTES: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NonceSource {
@@ -42,7 +34,6 @@ pub enum Cipher {
         ciphertext_field: String,
         nonce: NonceSource,
     },
-    Lark,
 }
 
 /// Why a payload did not open; each is a reason code of its own.
@@ -78,45 +69,37 @@ impl Cipher {
             Cipher::AesGcm {
                 ciphertext_field, ..
             } => ciphertext_field,
-            Cipher::Lark => "encrypt",
         }
     }
 
-    /// Key bytes from secret text: a 32-byte AES key in `encoding` (GCM), or SHA-256 of the
-    /// encrypt key's text (Lark). `None`: unusable.
+    /// Key bytes from secret text: a 32-byte AES key in `encoding`. `None`: unusable.
     pub fn derive_key(&self, encoding: KeyEncoding, text: &str) -> Option<Vec<u8>> {
         match self {
             Cipher::AesGcm { .. } => encoding
                 .decode(text)
                 .filter(|k| k.len() == AES_256_KEY_BYTES),
-            Cipher::Lark => (!text.is_empty()).then(|| Sha256::digest(text.as_bytes()).to_vec()),
         }
     }
 
     /// Opens `body` with `keys` (in order). `nonce_header` is the request's nonce header when
-    /// the nonce comes from one; `only_key` limits the attempt to one key (Lark: the signer's).
+    /// the nonce comes from one.
     pub fn open<K: AsRef<[u8]>>(
         &self,
         keys: &[K],
         body: &[u8],
         nonce_header: Option<&[u8]>,
-        only_key: Option<usize>,
     ) -> Result<Opened, Failure> {
         let nonce_field = match self {
             Cipher::AesGcm {
                 nonce: NonceSource::Field(f),
                 ..
             } => Some(f.as_str()),
-            _ => None,
+            Cipher::AesGcm { .. } => None,
         };
         let fields = envelope(body, self.ciphertext_field(), nonce_field)
             .ok_or(Failure::Malformed("envelope"))?;
         let ciphertext = crate::codec::base64_decode(fields.ciphertext.as_bytes())
             .ok_or(Failure::Malformed("ciphertext"))?;
-        let candidates = keys
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| only_key.is_none_or(|k| k == *i));
         match self {
             Cipher::AesGcm { .. } => {
                 let nonce_text = match (fields.nonce.as_deref(), nonce_header) {
@@ -131,33 +114,11 @@ impl Cipher {
                     return Err(Failure::Malformed("ciphertext"));
                 }
                 let nonce = aes_gcm::Nonce::from(nonce);
-                for (i, key) in candidates {
+                for (i, key) in keys.iter().enumerate() {
                     let Ok(cipher) = Aes256Gcm::new_from_slice(key.as_ref()) else {
                         continue;
                     };
                     if let Ok(plaintext) = cipher.decrypt(&nonce, ciphertext.as_slice()) {
-                        return Ok(Opened {
-                            plaintext,
-                            key_index: i,
-                        });
-                    }
-                }
-                Err(Failure::NoKey)
-            }
-            Cipher::Lark => {
-                let (iv, sealed) = ciphertext
-                    .split_first_chunk::<CBC_BLOCK_BYTES>()
-                    .ok_or(Failure::Malformed("ciphertext"))?;
-                if sealed.is_empty() || sealed.len() % CBC_BLOCK_BYTES != 0 {
-                    return Err(Failure::Malformed("ciphertext"));
-                }
-                for (i, key) in candidates {
-                    let Ok(cipher) =
-                        cbc::Decryptor::<aes::Aes256>::new_from_slices(key.as_ref(), iv)
-                    else {
-                        continue;
-                    };
-                    if let Ok(plaintext) = cipher.decrypt_padded_vec_mut::<Pkcs7>(sealed) {
                         return Ok(Opened {
                             plaintext,
                             key_index: i,
@@ -279,24 +240,6 @@ pub fn seal_gcm(
     Some((body, nonce_b64))
 }
 
-/// Seals `plaintext` the way Lark does (for `webhook-guard sign` and tests):
-/// `{"encrypt": b64(iv || AES-256-CBC(SHA-256(encrypt_key), iv, PKCS#7))}`.
-pub fn seal_lark(
-    encrypt_key: &str,
-    iv: [u8; CBC_BLOCK_BYTES],
-    plaintext: &[u8],
-) -> Option<Vec<u8>> {
-    use cbc::cipher::BlockEncryptMut;
-    let key = Sha256::digest(encrypt_key.as_bytes());
-    let sealed = cbc::Encryptor::<aes::Aes256>::new_from_slices(key.as_slice(), &iv)
-        .ok()?
-        .encrypt_padded_vec_mut::<Pkcs7>(plaintext);
-    let mut raw = iv.to_vec();
-    raw.extend_from_slice(&sealed);
-    let text = crate::codec::base64_encode(&raw);
-    Some(format!(r#"{{"encrypt":"{text}"}}"#).into_bytes())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,7 +264,7 @@ mod tests {
             Some("nonce"),
         )
         .unwrap_or_default();
-        let opened = gcm().open(&[OTHER, KEY], &body, None, None);
+        let opened = gcm().open(&[OTHER, KEY], &body, None);
         assert_eq!(
             opened,
             Ok(Opened {
@@ -329,7 +272,7 @@ mod tests {
                 key_index: 1
             })
         );
-        assert_eq!(gcm().open(&[OTHER], &body, None, None), Err(Failure::NoKey));
+        assert_eq!(gcm().open(&[OTHER], &body, None), Err(Failure::NoKey));
     }
 
     #[test]
@@ -339,23 +282,23 @@ mod tests {
             ciphertext_field: "data".into(),
             nonce: NonceSource::Header("x-encryption-nonce".into()),
         };
-        let opened = cipher.open(&[KEY], &body, Some(nonce.as_bytes()), None);
+        let opened = cipher.open(&[KEY], &body, Some(nonce.as_bytes()));
         assert_eq!(opened.map(|o| o.plaintext), Ok(b"hello".to_vec()));
         assert_eq!(
-            cipher.open(&[KEY], &body, None, None),
+            cipher.open(&[KEY], &body, None),
             Err(Failure::Malformed("nonce"))
         );
         // A different nonce: GCM's tag fails, as with a wrong key.
         let other = crate::codec::base64_encode(&[3; 12]);
         assert_eq!(
-            cipher.open(&[KEY], &body, Some(other.as_bytes()), None),
+            cipher.open(&[KEY], &body, Some(other.as_bytes())),
             Err(Failure::NoKey)
         );
     }
 
     #[test]
     fn gcm_tells_malformed_envelopes_apart() {
-        let open = |body: &[u8]| gcm().open(&[KEY], body, None, None);
+        let open = |body: &[u8]| gcm().open(&[KEY], body, None);
         assert_eq!(open(b"not json"), Err(Failure::Malformed("envelope")));
         assert_eq!(open(b"[]"), Err(Failure::Malformed("envelope")));
         assert_eq!(
@@ -393,35 +336,8 @@ mod tests {
             escaped.contains("\\/"),
             "the vector must exercise an escape"
         );
-        let opened = gcm().open(&[KEY], escaped.as_bytes(), None, None);
+        let opened = gcm().open(&[KEY], escaped.as_bytes(), None);
         assert_eq!(opened.map(|o| o.plaintext), Ok(vec![0xff; 200]));
-    }
-
-    #[test]
-    fn lark_opens_with_the_signers_key_only() {
-        let key_text = "lark-encrypt-key";
-        let body =
-            seal_lark(key_text, [5; 16], br#"{"type":"url_verification"}"#).unwrap_or_default();
-        let key = Cipher::Lark
-            .derive_key(KeyEncoding::Utf8, key_text)
-            .unwrap_or_default();
-        let other = Cipher::Lark
-            .derive_key(KeyEncoding::Utf8, "another")
-            .unwrap_or_default();
-        let keys = [other, key];
-        let opened = Cipher::Lark.open(&keys, &body, None, Some(1));
-        assert_eq!(
-            opened.map(|o| (o.plaintext, o.key_index)),
-            Ok((br#"{"type":"url_verification"}"#.to_vec(), 1))
-        );
-        assert_eq!(
-            Cipher::Lark.open(&keys, &body, None, Some(0)),
-            Err(Failure::NoKey)
-        );
-        assert_eq!(
-            Cipher::Lark.open(&keys, br#"{"encrypt":"AAAA"}"#, None, None),
-            Err(Failure::Malformed("ciphertext"))
-        );
     }
 
     #[test]

@@ -317,7 +317,7 @@ impl Guard {
                 Claimed::Ask(task) => {
                     // Opened before the remote claim is asked for: a payload that cannot be
                     // opened never holds a claim. Counted as accepted once the store admits it.
-                    accepted.plaintext = self.open(host, policy, pending, body, key_index)?;
+                    accepted.plaintext = self.open(host, policy, pending, body)?;
                     accepted.remote = Some(task);
                     return Ok(accepted);
                 }
@@ -325,7 +325,7 @@ impl Guard {
         }
         // Opened once the replay check passed; a payload that cannot be opened gives its
         // claim back (it was never delivered, so the sender's fixed retry is admitted).
-        match self.open(host, policy, pending, body, key_index) {
+        match self.open(host, policy, pending, body) {
             Ok(plaintext) => accepted.plaintext = plaintext,
             Err(r) => {
                 if let Some(Hold {
@@ -349,19 +349,12 @@ impl Guard {
         policy: &Policy,
         pending: &Pending,
         body: &[u8],
-        signing_key: usize,
     ) -> Result<Option<Plaintext>, Rejection> {
         let Some(d) = &policy.decrypt else {
             return Ok(None);
         };
         let keys = d.keys(host);
-        // Lark signs with its encrypt key: only the key that verified can open (CBC does not
-        // authenticate, so trying the others could "open" garbage).
-        let only = matches!(d.cipher, Cipher::Lark).then_some(signing_key);
-        match d
-            .cipher
-            .open(&keys, body, pending.nonce_header.as_deref(), only)
-        {
+        match d.cipher.open(&keys, body, pending.nonce_header.as_deref()) {
             Ok(opened) => {
                 if opened.key_index > 0 {
                     host.increment(

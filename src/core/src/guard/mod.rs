@@ -74,8 +74,7 @@ pub enum Challenge {
 /// A policy's `decrypt`: how verified payloads are opened before they are forwarded.
 pub struct Decrypt {
     pub cipher: Cipher,
-    /// In order of preference (rotation). Lark: derived from the policy's own secrets, in the
-    /// same order, so the key that verified the signature is the one that decrypts.
+    /// In order of preference (rotation).
     pub(crate) keys: Vec<SecretSlot>,
     pub key_encoding: KeyEncoding,
     pub content_type: String,
