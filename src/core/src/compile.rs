@@ -603,30 +603,14 @@ fn compile_policy(at: &str, p: RawPolicy, cx: &mut Context) -> Result<Policy, Co
             .decode(text)
             .filter(|k| scheme.key_fits(k))
     };
-    let (keys, unusable) = load_secrets(
+    let keys = load_secrets(
         &format!("{at}.secrets"),
         &p.name,
         &p.secrets,
         &decode_secret,
-        bad_key_message(scheme.key_encoding),
+        (bad_key_message(scheme.key_encoding), "secret"),
         cx,
     )?;
-    // An unset rotation slot is routine (info); a policy left with no key is not (warn).
-    let level = if keys.is_empty() {
-        Level::Warn
-    } else {
-        Level::Info
-    };
-    cx.warnings.extend(unusable.into_iter().map(|m| (level, m)));
-    if keys.is_empty() {
-        cx.warnings.push((
-            Level::Warn,
-            format!(
-                "policy '{}': no usable secret; its requests are rejected with secret_unavailable",
-                p.name
-            ),
-        ));
-    }
 
     let tolerance_s = p
         .timestamp_tolerance_seconds
@@ -777,26 +761,14 @@ fn compile_decrypt(
                 nonce,
             };
             let decode = |text: &str| cipher.derive_key(key_encoding, text);
-            let (keys, unusable) = load_secrets(
+            let keys = load_secrets(
                 &format!("{at}.keys"),
                 policy,
                 &d.keys,
                 &decode,
-                BAD_AES_KEY,
+                (BAD_AES_KEY, "decryption key"),
                 cx,
             )?;
-            let level = if keys.is_empty() {
-                Level::Warn
-            } else {
-                Level::Info
-            };
-            cx.warnings.extend(unusable.into_iter().map(|m| (level, m)));
-            if keys.is_empty() {
-                cx.warnings.push((
-                    Level::Warn,
-                    format!("policy '{policy}': no usable decryption key; its requests are rejected with secret_unavailable"),
-                ));
-            }
             Ok(Some(Decrypt {
                 cipher,
                 keys,
@@ -810,14 +782,15 @@ fn compile_decrypt(
 /// Loads a list of secrets in order: inline ones decoded now (a bad one is a config error),
 /// SDS ones as slots read per request, env ones decoded now (an unset or bad one is skipped
 /// with a notice: the config may be shared across deployments, and requests then fail closed).
+/// `(bad_key, what)`: the message for an undecodable one, and what the list holds.
 fn load_secrets(
     at: &str,
     policy: &str,
     secrets: &[RawSecret],
     decode: &dyn Fn(&str) -> Option<Vec<u8>>,
-    bad_key: &str,
+    (bad_key, what): (&str, &str),
     cx: &mut Context,
-) -> Result<(Vec<SecretSlot>, Vec<String>), ConfigError> {
+) -> Result<Vec<SecretSlot>, ConfigError> {
     let mut keys = Vec::with_capacity(secrets.len());
     let mut unusable = Vec::new();
     for (j, secret) in secrets.iter().enumerate() {
@@ -870,7 +843,20 @@ fn load_secrets(
             }
         }
     }
-    Ok((keys, unusable))
+    // An unset rotation slot is routine (info); a policy left with no key is not (warn).
+    let level = if keys.is_empty() {
+        Level::Warn
+    } else {
+        Level::Info
+    };
+    cx.warnings.extend(unusable.into_iter().map(|m| (level, m)));
+    if keys.is_empty() {
+        cx.warnings.push((
+            Level::Warn,
+            format!("policy '{policy}': no usable {what}; its requests are rejected with secret_unavailable"),
+        ));
+    }
+    Ok(keys)
 }
 
 /// Methods a policy verifies: `POST` unless configured. Upper-cased; a request's method must
