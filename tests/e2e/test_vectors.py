@@ -205,3 +205,67 @@ def test_provider_sdks_accept_what_the_filter_accepts(tmp_path):
     key = hook.convert_public_key_to_ecdsa(_p256_public(private))
     assert hook.verify_signature(body.decode(), headers["x-twilio-email-event-webhook-signature"],
                                  headers["x-twilio-email-event-webhook-timestamp"], key)
+
+
+# ---- Second catalog batch: `webhook-guard sign` for every HMAC preset, and the SDK checks. ----
+CLI_SIGNED = ["paystack", "razorpay", "lemon-squeezy", "vercel", "woocommerce", "typeform", "sentry", "mux",
+              "calendly", "meta"]
+
+
+@pytest.mark.parametrize("preset", CLI_SIGNED)
+def test_cli_signs_the_second_batch(catalog_stack, preset):
+    import subprocess
+
+    from harness import CLI
+
+    secret = catalog_stack.catalog_secrets[preset]
+    delivery = f"d_{uuid.uuid4().hex}"
+    body = json.dumps({"id": delivery, "event_id": delivery, "signed_by": "webhook-guard sign"})
+
+    def sign(with_secret):
+        out = subprocess.run([str(CLI), "sign", "--provider", preset, "--secret-env", "WG_SECRET", "--body", body,
+                              "--format", "json"], capture_output=True, text=True, timeout=30, check=True,
+                             env={"PATH": "/usr/bin:/bin", "WG_SECRET": with_secret}).stdout
+        return json.loads(out)
+
+    path = f"/webhooks/catalog/{preset}"
+    resp = catalog_stack.post(path, body.encode(), sign("not-" + secret))
+    assert resp.status_code == 401 and resp.json()["error"] == "invalid_signature", resp.text
+    headers = sign(secret)
+    resp = catalog_stack.post(path, body.encode(), headers)
+    assert resp.status_code == 200, (headers, resp.text)
+    assert catalog_stack.post(path, body.encode(), headers).status_code == 409
+
+
+def test_second_batch_sdks_verify_what_we_sign():
+    """Razorpay's and Telnyx's SDKs only verify: they accept what `webhook-guard sign` and the test
+    signers produce, and reject it once a byte changes."""
+    import subprocess
+
+    from razorpay import Utility
+    from razorpay.errors import SignatureVerificationError
+    from telnyx.lib.webhook_verification import WebhookVerificationError, verify_webhook_signature
+
+    from harness import CLI
+    from signers import _private_key, _telnyx
+
+    body = '{"entity":"event","account_id":"acc_1","event":"payment.captured","payload":{}}'
+    out = subprocess.run([str(CLI), "sign", "--provider", "razorpay", "--secret-env", "WG_SECRET", "--body", body,
+                          "--format", "json"], capture_output=True, text=True, timeout=30, check=True,
+                         env={"PATH": "/usr/bin:/bin", "WG_SECRET": "rzp-webhook-secret"}).stdout
+    sig = json.loads(out)["x-razorpay-signature"]
+    assert Utility(None).verify_webhook_signature(body, sig, "rzp-webhook-secret")
+    with pytest.raises(SignatureVerificationError):
+        Utility(None).verify_webhook_signature(body + " ", sig, "rzp-webhook-secret")
+    with pytest.raises(SignatureVerificationError):
+        Utility(None).verify_webhook_signature(body, sig, "another-secret")
+
+    private = _private_key("telnyx-sdk-cross-check")
+    public = CATALOG_PUBLIC["telnyx"](private)
+    body, headers = _telnyx(private, {"event_type": "message.received"}, int(time.time()), "tx_1")
+    verify_webhook_signature(body.decode(), headers, public)
+    with pytest.raises(WebhookVerificationError):
+        verify_webhook_signature(body.decode() + " ", headers, public)
+    other = CATALOG_PUBLIC["telnyx"](_private_key("another key"))
+    with pytest.raises(WebhookVerificationError):
+        verify_webhook_signature(body.decode(), headers, other)

@@ -312,6 +312,72 @@ add("sendgrid missing timestamp", "sendgrid", "derived-negative", SG_PUB,
     {k: v for k, v in sendgrid_headers(SG_PRIV, SG_BODY, T).items() if "timestamp" not in k}, SG_BODY, T,
     "missing_timestamp")
 
+# --- Second catalog batch (issue 15). Documented algorithms, signed here with Python's hmac;
+# the Razorpay and Telnyx SDKs cross-check the e2e signers (tests/e2e/test_vectors.py).
+catalog("paystack", "sk_test_paystack_secret_key",
+        lambda sec, b, t: {"x-paystack-signature": hx(sec.encode(), b.encode(), hashlib.sha512)}, BODY, T, 0,
+        "x-paystack-signature")
+add("paystack SHA-256 MAC is not accepted", "paystack", "derived-negative", "sk_test_paystack_secret_key",
+    {"x-paystack-signature": hx(b"sk_test_paystack_secret_key", BODY.encode())}, BODY, None, "malformed_signature")
+catalog("razorpay", "razorpay-webhook-secret",
+        lambda sec, b, t: {"x-razorpay-signature": hx(sec.encode(), b.encode()), "x-razorpay-event-id": "evt_1"},
+        BODY, T, 0, "x-razorpay-signature")
+catalog("lemon-squeezy", "lemon-squeezy-signing-secret",
+        lambda sec, b, t: {"x-signature": hx(sec.encode(), b.encode())}, BODY, T, 0, "x-signature")
+catalog("vercel", "vercel-client-secret",
+        lambda sec, b, t: {"x-vercel-signature": hx(sec.encode(), b.encode(), hashlib.sha1)}, BODY, T, 0,
+        "x-vercel-signature")
+catalog("woocommerce", "woocommerce-secret",
+        lambda sec, b, t: {"x-wc-webhook-signature": b64(sec.encode(), b.encode())}, BODY, T, 0,
+        "x-wc-webhook-signature")
+catalog("typeform", "typeform-secret",
+        lambda sec, b, t: {"typeform-signature": "sha256=" + b64(sec.encode(), b.encode())}, BODY, T, 0,
+        "typeform-signature")
+add("typeform hex MAC is not Typeform's", "typeform", "derived-negative", "typeform-secret",
+    {"typeform-signature": "sha256=" + hx(b"typeform-secret", BODY.encode())}, BODY, None, "malformed_signature")
+catalog("sentry", "sentry-client-secret",
+        lambda sec, b, t: {"sentry-hook-signature": hx(sec.encode(), b.encode()), "sentry-hook-timestamp": str(t)},
+        BODY, T, 0, "sentry-hook-signature")
+add("sentry timestamp header is not signed", "sentry", "derived", "sentry-client-secret",
+    {"sentry-hook-signature": hx(b"sentry-client-secret", BODY.encode()), "sentry-hook-timestamp": "1"},
+    BODY, None, "accepted")
+catalog("mux", "mux-signing-secret",
+        lambda sec, b, t: {"mux-signature": f"t={t},v1=" + hx(sec.encode(), f"{t}.{b}".encode())}, BODY, T, 300,
+        "mux-signature")
+catalog("calendly", "calendly-signing-key",
+        lambda sec, b, t: {"calendly-webhook-signature": f"t={t},v1=" + hx(sec.encode(), f"{t}.{b}".encode())},
+        BODY, T, 300, "calendly-webhook-signature")
+catalog("meta", "meta-app-secret",
+        lambda sec, b, t: {"x-hub-signature-256": "sha256=" + hx(sec.encode(), b.encode())}, BODY, T, 0,
+        "x-hub-signature-256")
+add("meta legacy sha1 header alone is not enough", "meta", "derived-negative", "meta-app-secret",
+    {"x-hub-signature": "sha1=" + hx(b"meta-app-secret", BODY.encode(), hashlib.sha1)}, BODY, None,
+    "missing_signature")
+# Telnyx: Ed25519 over "{timestamp}|{body}", base64 signature and public key (telnyx-python's
+# lib/webhook_verification.py); the RFC 8032 TEST 1 key pair.
+TX_PUB = base64.b64encode(bytes.fromhex(DC_PUB)).decode()
+
+
+def telnyx_headers(priv, b, t):
+    return {"telnyx-signature-ed25519": base64.b64encode(priv.sign(f"{t}|{b}".encode())).decode(),
+            "telnyx-timestamp": str(t)}
+
+
+add("telnyx event", "telnyx", "self-generated", TX_PUB, telnyx_headers(DC_PRIV, BODY, T), BODY, T, "accepted")
+add("telnyx tampered", "telnyx", "derived-negative", TX_PUB, telnyx_headers(DC_PRIV, BODY, T), BODY + " ", T,
+    "invalid_signature")
+add("telnyx other key", "telnyx", "derived-negative", TX_PUB,
+    telnyx_headers(Ed25519PrivateKey.from_private_bytes(b"\x01" * 32), BODY, T), BODY, T, "invalid_signature")
+add("telnyx without the separator", "telnyx", "derived-negative", TX_PUB,
+    {"telnyx-signature-ed25519": base64.b64encode(DC_PRIV.sign(f"{T}{BODY}".encode())).decode(),
+     "telnyx-timestamp": str(T)}, BODY, T, "invalid_signature")
+add("telnyx missing signature", "telnyx", "derived-negative", TX_PUB, {"telnyx-timestamp": str(T)}, BODY, T,
+    "missing_signature")
+add("telnyx stale", "telnyx", "derived-negative", TX_PUB, telnyx_headers(DC_PRIV, BODY, T), BODY, T + 301,
+    "timestamp_out_of_window")
+add("telnyx future", "telnyx", "derived-negative", TX_PUB, telnyx_headers(DC_PRIV, BODY, T), BODY, T - 301,
+    "timestamp_out_of_window")
+
 # Twilio: HMAC-SHA1 base64 over public URL + sorted form params (twilio-python request_validator);
 # JSON bodies: the URL carries bodySHA256=<hex sha256(body)> and only the URL is signed.
 from urllib.parse import urlencode  # noqa: E402

@@ -303,6 +303,17 @@ pub enum Provider {
     Twilio,
     #[serde(rename = "standard-webhooks-v1a")]
     StandardWebhooksV1a,
+    Paystack,
+    Razorpay,
+    LemonSqueezy,
+    Vercel,
+    Woocommerce,
+    Typeform,
+    Mux,
+    Sentry,
+    Calendly,
+    Meta,
+    Telnyx,
     Custom,
 }
 
@@ -329,6 +340,17 @@ impl Provider {
             Provider::Sendgrid => "sendgrid",
             Provider::Twilio => "twilio",
             Provider::StandardWebhooksV1a => "standard-webhooks-v1a",
+            Provider::Paystack => "paystack",
+            Provider::Razorpay => "razorpay",
+            Provider::LemonSqueezy => "lemon-squeezy",
+            Provider::Vercel => "vercel",
+            Provider::Woocommerce => "woocommerce",
+            Provider::Typeform => "typeform",
+            Provider::Mux => "mux",
+            Provider::Sentry => "sentry",
+            Provider::Calendly => "calendly",
+            Provider::Meta => "meta",
+            Provider::Telnyx => "telnyx",
             Provider::Custom => "custom",
         }
     }
