@@ -85,6 +85,7 @@ import uuid  # noqa: E402
 from signers import CATALOG, CATALOG_POLICY, CATALOG_PUBLIC  # noqa: E402
 
 CATALOG_SCENARIOS = ["accept", "replay", "tampered", "wrong_secret", "missing", "stale", "future"]
+META_VERIFY_TOKEN = f"meta-verify-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +99,9 @@ def catalog_stack(build):
     config["policies"] += [{"name": f"{name}-challenge", "match": {"path_prefix": f"/webhooks/challenge/{name}"},
                             "provider": name, "secrets": [{"inline": secrets[name]}], "answer_challenges": True}
                            for name in ("zoom", "twitch")]
+    config["policies"].append({"name": "meta-challenge", "match": {"path_prefix": "/webhooks/challenge/meta"},
+                               "provider": "meta", "secrets": [{"inline": secrets["meta"]}],
+                               "answer_challenges": True, "verify_token": {"inline": META_VERIFY_TOKEN}})
     stack = Stack(config, {})
     stack.catalog_secrets = secrets
     yield stack
@@ -269,3 +273,35 @@ def test_second_batch_sdks_verify_what_we_sign():
     other = CATALOG_PUBLIC["telnyx"](_private_key("another key"))
     with pytest.raises(WebhookVerificationError):
         verify_webhook_signature(body.decode(), headers, other)
+
+
+def test_meta_subscription_handshake_is_answered_by_the_filter(catalog_stack):
+    """Meta's GET hub.mode=subscribe: the filter compares hub.verify_token with the configured
+    token and echoes hub.challenge; deliveries on the same policy are still verified."""
+    import requests
+
+    def get(query):
+        return requests.get(catalog_stack.envoy.url + "/webhooks/challenge/meta?" + query, timeout=10)
+
+    before = len(catalog_stack.backend.events())
+    resp = get(f"hub.mode=subscribe&hub.verify_token={META_VERIFY_TOKEN}&hub.challenge=1158201444")
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == "text/plain"
+    assert resp.text == "1158201444"
+    wrong = get("hub.mode=subscribe&hub.verify_token=not-the-token&hub.challenge=1158201444")
+    assert (wrong.status_code, wrong.json()) == (401, {"error": "invalid_signature", "policy": "meta-challenge"})
+    assert get("hub.mode=subscribe&hub.challenge=1").json()["error"] == "missing_signature"
+    bad = get(f"hub.mode=subscribe&hub.verify_token={META_VERIFY_TOKEN}&hub.challenge=%3Cb%3Ehi%3C%2Fb%3E")
+    assert (bad.status_code, bad.json()["error"]) == (400, "malformed_signature")
+    assert "<b>" not in bad.text
+    assert get("hub.mode=unsubscribe").status_code == 405
+    assert len(catalog_stack.backend.events()) == before, "answered by Envoy"
+    stats = catalog_stack.envoy.stats()
+    assert stats["webhook_guard.policy.meta-challenge.challenges_answered"] == 1
+    # The token is never logged (it travels in the query).
+    assert META_VERIFY_TOKEN not in json.dumps(catalog_stack.envoy.rejection_logs())
+    # Deliveries on the handshake policy are verified as usual.
+    body, headers = CATALOG["meta"][0](catalog_stack.catalog_secrets["meta"], {"id": uuid.uuid4().hex}, 0, "")
+    assert catalog_stack.post("/webhooks/challenge/meta", body, headers).json()["status"] == "ok"
+    body, headers = CATALOG["meta"][0]("wrong", {"id": uuid.uuid4().hex}, 0, "")
+    assert catalog_stack.post("/webhooks/challenge/meta", body, headers).status_code == 401

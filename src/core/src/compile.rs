@@ -578,15 +578,34 @@ fn compile_policy(at: &str, p: RawPolicy, cx: &mut Context) -> Result<Policy, Co
         (false, _) => None,
         (true, Provider::Zoom) => Some(Challenge::ZoomUrlValidation),
         (true, Provider::Twitch) => Some(Challenge::TwitchCallbackVerification),
+        (true, Provider::Meta) => Some(Challenge::MetaSubscribe),
         (true, other) => {
             return Err(err(
                 format!("{at}.answer_challenges"),
                 format!(
-                    "only applies to 'zoom' and 'twitch', not '{}'",
+                    "only applies to 'zoom', 'twitch' and 'meta', not '{}'",
                     other.name()
                 ),
             ))
         }
+    };
+    let verify_token = match (&p.verify_token, challenge) {
+        (Some(raw), Some(Challenge::MetaSubscribe)) => {
+            compile_verify_token(&format!("{at}.verify_token"), &p.name, raw, cx)?
+        }
+        (None, Some(Challenge::MetaSubscribe)) => {
+            return Err(err(
+                format!("{at}.verify_token"),
+                "required when a 'meta' policy answers the subscription handshake (the token set in Meta's dashboard)",
+            ))
+        }
+        (Some(_), _) => {
+            return Err(err(
+                format!("{at}.verify_token"),
+                "only applies to provider 'meta' with answer_challenges",
+            ))
+        }
+        (None, _) => None,
     };
 
     if p.secrets.is_empty() || p.secrets.len() > MAX_SECRETS {
@@ -737,6 +756,7 @@ fn compile_policy(at: &str, p: RawPolicy, cx: &mut Context) -> Result<Policy, Co
     Ok(Policy {
         dedup,
         challenge,
+        verify_token,
         name: p.name,
         matcher,
         scheme,
@@ -748,6 +768,54 @@ fn compile_policy(at: &str, p: RawPolicy, cx: &mut Context) -> Result<Policy, Co
         statuses,
         counter_base,
     })
+}
+
+/// Meta's handshake token: loaded like a secret, kept as text bytes (it is compared, not a
+/// key). An unset `env` token is a warning: the handshake then fails closed.
+fn compile_verify_token(
+    at: &str,
+    policy: &str,
+    raw: &RawSecret,
+    cx: &mut Context,
+) -> Result<Option<SecretSlot>, ConfigError> {
+    let valid = |t: &str| !t.is_empty() && t.len() <= 256;
+    match raw {
+        RawSecret::Inline(text) if valid(text) => {
+            Ok(Some(SecretSlot::Key(text.as_bytes().to_vec())))
+        }
+        RawSecret::Inline(_) => Err(err(format!("{at}.inline"), "must be 1 to 256 bytes")),
+        RawSecret::Env(name) => match (cx.env)(name).filter(|t| valid(t)) {
+            Some(text) => Ok(Some(SecretSlot::Key(text.into_bytes()))),
+            None => {
+                cx.warnings.push((
+                    Level::Warn,
+                    format!(
+                        "policy '{policy}': verify_token: environment variable {name} is unset, empty or longer than 256 bytes; the subscription handshake is rejected with secret_unavailable"
+                    ),
+                ));
+                Ok(None)
+            }
+        },
+        RawSecret::Sds(name) => {
+            if cx.build == Build::Wasm {
+                return Err(err(format!("{at}.sds"), NATIVE_ONLY));
+            }
+            if name.is_empty() || name.len() > 255 || !name.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(err(
+                    format!("{at}.sds"),
+                    "must name an Envoy generic secret (1 to 255 visible ASCII characters)",
+                ));
+            }
+            let index = match cx.sds.iter().position(|n| n == name) {
+                Some(i) => i,
+                None => {
+                    cx.sds.push(name.clone());
+                    cx.sds.len().saturating_sub(1)
+                }
+            };
+            Ok(Some(SecretSlot::Sds(index)))
+        }
+    }
 }
 
 /// Methods a policy verifies: `POST` unless configured. Upper-cased; a request's method must

@@ -110,9 +110,13 @@ pub struct RawPolicy {
     /// the request's path and query follow it in the signed URL.
     #[serde(default)]
     pub public_origin: Option<String>,
-    /// Zoom and Twitch only: answer the provider's (signed) endpoint challenge in the filter.
+    /// Zoom, Twitch and Meta only: answer the provider's endpoint challenge in the filter.
     #[serde(default)]
     pub answer_challenges: bool,
+    /// Meta with `answer_challenges` only (and required there): the verify token Meta sends in
+    /// the GET subscription handshake, as a secret (`env`, `inline` or `sds`).
+    #[serde(default)]
+    pub verify_token: Option<RawSecret>,
     /// Where this policy's dedup claims live: this Envoy's shared data (default) or etcd,
     /// shared by every replica.
     #[serde(default)]
