@@ -269,8 +269,22 @@ def _telnyx(private_hex, obj, ts, delivery):
     return body, {"telnyx-signature-ed25519": base64.b64encode(sig).decode(), "telnyx-timestamp": str(ts)}
 
 
+HUBSPOT_ORIGIN = "https://hooks.example.com"
+
+
+def _hubspot(secret, obj, ts, delivery):
+    # HubSpot's own SDK signs: method + full URI + body + timestamp (ms), base64 HMAC-SHA256.
+    from hubspot.utils.signature import Signature
+    body = json.dumps([{**obj, "eventId": delivery, "attemptNumber": 0}]).encode()
+    stamp = str(ts * 1000)
+    sig = Signature.get_signature(secret, body.decode(), "v3", HUBSPOT_ORIGIN + "/webhooks/catalog/hubspot", "POST",
+                                  stamp)
+    return body, {"x-hubspot-signature-v3": sig, "x-hubspot-request-timestamp": stamp}
+
+
 # Policy settings a preset needs beyond its secret.
-CATALOG_POLICY = {"square": {"signed_url": SQUARE_URL}, "twilio": {"public_origin": TWILIO_ORIGIN}}
+CATALOG_POLICY = {"square": {"signed_url": SQUARE_URL}, "twilio": {"public_origin": TWILIO_ORIGIN},
+                  "hubspot": {"public_origin": HUBSPOT_ORIGIN}}
 # Public-key presets: the signer holds the private key, the policy gets the public one.
 CATALOG_PUBLIC = {
     "discord": lambda private_hex: _public(private_hex).hex(),
@@ -308,4 +322,5 @@ CATALOG = {
     "calendly": (_calendly, True, "calendly-webhook-signature", str, True),
     "meta": (_meta, False, "x-hub-signature-256", str, True),
     "telnyx": (_telnyx, True, "telnyx-signature-ed25519", _private_key, True),
+    "hubspot": (_hubspot, True, "x-hubspot-signature-v3", str, True),
 }

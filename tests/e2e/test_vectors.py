@@ -305,3 +305,33 @@ def test_meta_subscription_handshake_is_answered_by_the_filter(catalog_stack):
     assert catalog_stack.post("/webhooks/challenge/meta", body, headers).json()["status"] == "ok"
     body, headers = CATALOG["meta"][0]("wrong", {"id": uuid.uuid4().hex}, 0, "")
     assert catalog_stack.post("/webhooks/challenge/meta", body, headers).status_code == 401
+
+
+def test_hubspot_cli_and_sdk_agree(catalog_stack, tmp_path):
+    """`webhook-guard sign` for a HubSpot policy: the filter accepts it through Envoy, and
+    hubspot-api-client's Signature.is_valid (v3) accepts the same signature for the full URL."""
+    import subprocess
+
+    from hubspot.utils.signature import Signature
+
+    from harness import CLI
+    from signers import HUBSPOT_ORIGIN
+
+    secret = catalog_stack.catalog_secrets["hubspot"]
+    config = tmp_path / "hubspot.json"
+    config.write_text(json.dumps({"policies": [{"name": "hs", "match": {"path_prefix": "/"}, "provider": "hubspot",
+                                                "public_origin": HUBSPOT_ORIGIN,
+                                                "secrets": [{"env": "WG_SECRET"}]}]}))
+    body = json.dumps([{"eventId": uuid.uuid4().int % 10**9, "subscriptionType": "contact.creation"}])
+    path = "/webhooks/catalog/hubspot"
+    out = subprocess.run([str(CLI), "sign", "--config", str(config), "--policy", "hs", "--body", body, "--path", path,
+                          "--format", "json"], capture_output=True, text=True, timeout=30, check=True,
+                         env={"PATH": "/usr/bin:/bin", "WG_SECRET": secret}).stdout
+    headers = json.loads(out)
+    sig, stamp = headers["x-hubspot-signature-v3"], headers["x-hubspot-request-timestamp"]
+    assert Signature.is_valid(sig, secret, body, HUBSPOT_ORIGIN + path, "POST", "v3", stamp)
+    assert not Signature.is_valid(sig, secret, body + " ", HUBSPOT_ORIGIN + path, "POST", "v3", stamp)
+    assert not Signature.is_valid(sig, secret, body, HUBSPOT_ORIGIN + path + "x", "POST", "v3", stamp)
+    resp = catalog_stack.post(path, body.encode(), headers)
+    assert resp.status_code == 200, resp.text
+    assert catalog_stack.post(path, body.encode(), headers).status_code == 409

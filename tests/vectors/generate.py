@@ -378,6 +378,46 @@ add("telnyx stale", "telnyx", "derived-negative", TX_PUB, telnyx_headers(DC_PRIV
 add("telnyx future", "telnyx", "derived-negative", TX_PUB, telnyx_headers(DC_PRIV, BODY, T), BODY, T - 301,
     "timestamp_out_of_window")
 
+# HubSpot v3: base64 HMAC-SHA256 over method + full URI + body + timestamp (ms), as
+# hubspot-api-client's Signature.get_signature builds it; the URI is the policy's public_origin
+# followed by the request's path and query.
+HS_ORIGIN, HS_SECRET, HS_T = "https://hooks.example.com", "hubspot-client-secret", 1700000000123
+HS_BODY = '[{"eventId":1,"subscriptionId":12345,"portalId":62515,"attemptNumber":0}]'
+
+
+def hubspot_headers(secret, path, body, ts, method="POST"):
+    return {"x-hubspot-signature-v3": b64(secret.encode(), f"{method}{HS_ORIGIN}{path}{body}{ts}".encode()),
+            "x-hubspot-request-timestamp": str(ts)}
+
+
+for i, (name, provenance, path, headers, body, at, expect) in enumerate([
+    ("hubspot v3 with a query", "self-generated", "/webhooks/hubspot/a?portal=62515",
+     hubspot_headers(HS_SECRET, "/webhooks/hubspot/a?portal=62515", HS_BODY, HS_T), HS_BODY, HS_T // 1000,
+     "accepted"),
+    ("hubspot v3 tampered body", "derived-negative", "/webhooks/hubspot/b",
+     hubspot_headers(HS_SECRET, "/webhooks/hubspot/b", HS_BODY, HS_T), HS_BODY.replace("0}", "1}"), HS_T // 1000,
+     "invalid_signature"),
+    ("hubspot v3 signed for another path", "derived-negative", "/webhooks/hubspot/c",
+     hubspot_headers(HS_SECRET, "/webhooks/hubspot/other", HS_BODY, HS_T), HS_BODY, HS_T // 1000,
+     "invalid_signature"),
+    ("hubspot v3 wrong secret", "derived-negative", "/webhooks/hubspot/d",
+     hubspot_headers("not-" + HS_SECRET, "/webhooks/hubspot/d", HS_BODY, HS_T), HS_BODY, HS_T // 1000,
+     "invalid_signature"),
+    ("hubspot v3 timestamp in seconds is not HubSpot's", "derived-negative", "/webhooks/hubspot/e",
+     hubspot_headers(HS_SECRET, "/webhooks/hubspot/e", HS_BODY, HS_T // 1000), HS_BODY, HS_T // 1000,
+     "timestamp_out_of_window"),
+    ("hubspot v3 stale", "derived-negative", "/webhooks/hubspot/f",
+     hubspot_headers(HS_SECRET, "/webhooks/hubspot/f", HS_BODY, HS_T), HS_BODY, HS_T // 1000 + 301,
+     "timestamp_out_of_window"),
+    ("hubspot v3 missing signature", "derived-negative", "/webhooks/hubspot/g",
+     {"x-hubspot-request-timestamp": str(HS_T)}, HS_BODY, HS_T // 1000, "missing_signature"),
+    ("hubspot v3 missing timestamp", "derived-negative", "/webhooks/hubspot/h",
+     {"x-hubspot-signature-v3": hubspot_headers(HS_SECRET, "/webhooks/hubspot/h", HS_BODY, HS_T)[
+         "x-hubspot-signature-v3"]}, HS_BODY, HS_T // 1000, "missing_timestamp"),
+]):
+    add(name, "hubspot", provenance, HS_SECRET, headers, body, at, expect, path=path,
+        policy={"public_origin": HS_ORIGIN})
+
 # Twilio: HMAC-SHA1 base64 over public URL + sorted form params (twilio-python request_validator);
 # JSON bodies: the URL carries bodySHA256=<hex sha256(body)> and only the URL is signed.
 from urllib.parse import urlencode  # noqa: E402

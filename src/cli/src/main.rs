@@ -213,7 +213,10 @@ fn provider_scheme(name: &str) -> Result<Scheme, String> {
             format!("unknown provider '{name}' (see docs/providers.md for the preset names)")
         })?;
     presets::scheme(provider, false)
-        .ok_or_else(|| "a custom scheme needs --config and --policy".to_string())
+        .ok_or_else(|| {
+            "custom, and presets that need policy settings (square, twilio, hubspot), sign with --config and --policy"
+                .to_string()
+        })
 }
 
 fn run_sign(a: &SignArgs) -> Result<ExitCode, String> {

@@ -545,27 +545,31 @@ fn compile_policy(at: &str, p: RawPolicy, cx: &mut Context) -> Result<Policy, Co
                 "square needs the notification URL exactly as registered at Square (http(s)://...)",
             )),
         },
-        (Provider::Twilio, None) => match &p.public_origin {
+        (Provider::Twilio | Provider::Hubspot, None) => match &p.public_origin {
             Some(origin)
                 if (origin.starts_with("https://") || origin.starts_with("http://"))
                     && !origin.trim_start_matches("https://").trim_start_matches("http://").contains('/') =>
             {
-                presets::twilio(origin)
+                if p.provider == Provider::Twilio {
+                    presets::twilio(origin)
+                } else {
+                    presets::hubspot(origin)
+                }
             }
             _ => {
                 return Err(err(
                     format!("{at}.public_origin"),
-                    "twilio needs the scheme and host the sender used, e.g. \"https://hooks.example.com\" (no path)",
+                    format!("{} needs the scheme and host the sender used, e.g. \"https://hooks.example.com\" (no path)", p.provider.name()),
                 ))
             }
         },
         (other, None) => presets::scheme(other, p.accept_legacy_sha1)
             .ok_or_else(|| err(format!("{at}.provider"), "unknown provider"))?,
     };
-    if p.public_origin.is_some() && p.provider != Provider::Twilio {
+    if p.public_origin.is_some() && !matches!(p.provider, Provider::Twilio | Provider::Hubspot) {
         return Err(err(
             format!("{at}.public_origin"),
-            "only applies to provider 'twilio'",
+            "only applies to providers 'twilio' and 'hubspot'",
         ));
     }
     if p.signed_url.is_some() && p.provider != Provider::Square {

@@ -106,8 +106,8 @@ pub struct RawPolicy {
     /// Envoy never sees it as the sender did).
     #[serde(default)]
     pub signed_url: Option<String>,
-    /// Twilio only: scheme, host (and port) the sender used, e.g. `https://hooks.example.com`;
-    /// the request's path and query follow it in the signed URL.
+    /// Twilio and HubSpot only: scheme, host (and port) the sender used, e.g.
+    /// `https://hooks.example.com`; the request's path and query follow it in the signed URL.
     #[serde(default)]
     pub public_origin: Option<String>,
     /// Zoom, Twitch and Meta only: answer the provider's endpoint challenge in the filter.
@@ -318,6 +318,7 @@ pub enum Provider {
     Calendly,
     Meta,
     Telnyx,
+    Hubspot,
     Custom,
 }
 
@@ -355,6 +356,7 @@ impl Provider {
             Provider::Calendly => "calendly",
             Provider::Meta => "meta",
             Provider::Telnyx => "telnyx",
+            Provider::Hubspot => "hubspot",
             Provider::Custom => "custom",
         }
     }

@@ -89,6 +89,40 @@ pub fn dedup_key(provider: Provider) -> Option<KeySource> {
         Provider::Mux => json("/id"),
         // Retries carry a new timestamp and `meta.attempt`; `data.id` is the event's.
         Provider::Telnyx => json("/data/id"),
+        // A retry is signed anew (new timestamp, new `attemptNumber` in the body) and a batch
+        // holds many events: only the exact request is identified, by its signature.
+        Provider::Hubspot => Some(KeySource::Signature),
+    }
+}
+
+/// HubSpot v3 signs `{method}{uri}{body}{timestamp}`, where the URI is the full URL it
+/// requested (the policy's origin, then the request's path and query) and the timestamp the
+/// `X-HubSpot-Request-Timestamp` header in milliseconds; base64 HMAC-SHA256 under the app's
+/// client secret.
+pub fn hubspot(public_origin: &str) -> Scheme {
+    Scheme {
+        sources: vec![single(
+            &["x-hubspot-signature-v3"],
+            "",
+            Algorithm::HmacSha256,
+            Encoding::Base64,
+        )],
+        timestamp: Some(TimestampSpec {
+            source: TimestampSource::Header("x-hubspot-request-timestamp".into()),
+            unit: TimestampUnit::Milliseconds,
+        }),
+        template: vec![
+            Part::Method,
+            lit(public_origin),
+            Part::Path,
+            Part::Body,
+            Part::Timestamp,
+        ],
+        key_encoding: KeyEncoding::Utf8,
+        alternates: Vec::new(),
+        delivery_id: None,
+        default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+        body_sha256_query: false,
     }
 }
 
@@ -530,8 +564,8 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
             body_sha256_query: false,
         },
-        // Need a URL from the policy: `square()`, `twilio()`.
-        Provider::Square | Provider::Twilio | Provider::Custom => return None,
+        // Need a URL from the policy: `square()`, `twilio()`, `hubspot()`.
+        Provider::Square | Provider::Twilio | Provider::Hubspot | Provider::Custom => return None,
     };
     Some(s)
 }
