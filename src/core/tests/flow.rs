@@ -776,3 +776,37 @@ fn each_verdict_is_one_latency_observation_of_its_policy() {
     s.on_request_headers(&g, &host, &other, info("/elsewhere"), &hs, true);
     assert_eq!(host.count("webhook_guard.policy.gh.verdict_latency_us"), 2);
 }
+
+#[test]
+fn metas_verify_token_can_come_from_sds_and_rotates_per_request() {
+    use webhook_guard_core::{Step, Stream};
+    let doc = json!({"policies": [{"name": "m", "match": {"path_prefix": "/"}, "provider": "meta",
+        "secrets": [{"inline": "app"}], "answer_challenges": true, "verify_token": {"sds": "meta-verify"}}]});
+    let e = compile(doc.to_string().as_bytes(), &|_| None).unwrap_err();
+    assert_eq!(e.path, "policies[0].verify_token.sds");
+    let g = native(doc).unwrap();
+    assert_eq!(g.sds_secrets(), ["meta-verify"]);
+    let host = MemHost::new(g.counter_names(), NOW * 1000);
+    let route = RouteInfo {
+        route_name: None,
+        authority: "h",
+        path: "/",
+        route_policy: None,
+    };
+    let get = |token: &str| {
+        let mut s = Stream::new();
+        let hs = headers(&[]);
+        let path = format!("/?hub.mode=subscribe&hub.verify_token={token}&hub.challenge=42");
+        match s.on_request_headers(&g, &host, &route, with_method(&path, "GET"), &hs, true) {
+            Step::Reply(r) => (r.status, r.details),
+            other => panic!("{other:?}"),
+        }
+    };
+    // Not delivered yet: fail closed.
+    assert_eq!(get("first").1, "secret_unavailable");
+    host.sds.borrow_mut().insert(0, b"first\n".to_vec());
+    assert_eq!(get("first"), (200, "challenge_answered"));
+    host.sds.borrow_mut().insert(0, b"second".to_vec());
+    assert_eq!(get("first").1, "invalid_signature");
+    assert_eq!(get("second"), (200, "challenge_answered"));
+}
