@@ -205,13 +205,92 @@ def _twilio(token, obj, ts, delivery):
                   "content-type": "application/x-www-form-urlencoded"}
 
 
+def _paystack(secret, obj, ts, delivery):
+    body = json.dumps(obj).encode()
+    return body, {"x-paystack-signature": _hex(secret, body, hashlib.sha512)}
+
+
+def _razorpay(secret, obj, ts, delivery):
+    # Razorpay's SDK only verifies: every signature made here must pass its check first.
+    from razorpay import Utility
+    body = json.dumps(obj).encode()
+    sig = _hex(secret, body)
+    assert Utility(None).verify_webhook_signature(body.decode(), sig, secret)
+    return body, {"x-razorpay-signature": sig, "x-razorpay-event-id": delivery}
+
+
+def _lemon_squeezy(secret, obj, ts, delivery):
+    body = json.dumps({"meta": {"event_name": "order_created"}, "data": obj}).encode()
+    return body, {"x-signature": _hex(secret, body), "x-event-name": "order_created"}
+
+
+def _vercel(secret, obj, ts, delivery):
+    body = json.dumps(obj).encode()
+    return body, {"x-vercel-signature": _hex(secret, body, hashlib.sha1)}
+
+
+def _woocommerce(secret, obj, ts, delivery):
+    body = json.dumps(obj).encode()
+    sig = base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+    return body, {"x-wc-webhook-signature": sig, "x-wc-webhook-delivery-id": delivery, "x-wc-webhook-topic": "order.created"}
+
+
+def _typeform(secret, obj, ts, delivery):
+    body = json.dumps({**obj, "event_id": delivery, "event_type": "form_response"}).encode()
+    sig = base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+    return body, {"typeform-signature": "sha256=" + sig}
+
+
+def _sentry(secret, obj, ts, delivery):
+    body = json.dumps(obj).encode()
+    # Sentry-Hook-Timestamp is sent but not signed.
+    return body, {"sentry-hook-signature": _hex(secret, body), "sentry-hook-timestamp": str(ts),
+                  "sentry-hook-resource": "issue", "request-id": delivery}
+
+
+def _mux(secret, obj, ts, delivery):
+    body = json.dumps({**obj, "id": delivery, "attempts": []}).encode()
+    return body, {"mux-signature": f"t={ts},v1=" + _hex(secret, f"{ts}.".encode() + body)}
+
+
+def _calendly(secret, obj, ts, delivery):
+    body = json.dumps({"event": "invitee.created", "payload": obj}).encode()
+    return body, {"calendly-webhook-signature": f"t={ts},v1=" + _hex(secret, f"{ts}.".encode() + body)}
+
+
+def _meta(secret, obj, ts, delivery):
+    body = json.dumps({"object": "page", "entry": [obj]}).encode()
+    return body, {"x-hub-signature-256": "sha256=" + _hex(secret, body)}
+
+
+def _telnyx(private_hex, obj, ts, delivery):
+    body = json.dumps({"data": {**obj, "id": delivery, "record_type": "event"}, "meta": {"attempt": 1}}).encode()
+    sig = _ed25519(private_hex).sign(f"{ts}|".encode() + body)
+    return body, {"telnyx-signature-ed25519": base64.b64encode(sig).decode(), "telnyx-timestamp": str(ts)}
+
+
+HUBSPOT_ORIGIN = "https://hooks.example.com"
+
+
+def _hubspot(secret, obj, ts, delivery):
+    # HubSpot's own SDK signs: method + full URI + body + timestamp (ms), base64 HMAC-SHA256.
+    from hubspot.utils.signature import Signature
+    body = json.dumps([{**obj, "eventId": delivery, "attemptNumber": 0}]).encode()
+    stamp = str(ts * 1000)
+    sig = Signature.get_signature(secret, body.decode(), "v3", HUBSPOT_ORIGIN + "/webhooks/catalog/hubspot", "POST",
+                                  stamp)
+    return body, {"x-hubspot-signature-v3": sig, "x-hubspot-request-timestamp": stamp}
+
+
 # Policy settings a preset needs beyond its secret.
-CATALOG_POLICY = {"square": {"signed_url": SQUARE_URL}, "twilio": {"public_origin": TWILIO_ORIGIN}}
+CATALOG_POLICY = {"square": {"signed_url": SQUARE_URL}, "twilio": {"public_origin": TWILIO_ORIGIN},
+                  "hubspot": {"public_origin": HUBSPOT_ORIGIN}}
 # Public-key presets: the signer holds the private key, the policy gets the public one.
 CATALOG_PUBLIC = {
     "discord": lambda private_hex: _public(private_hex).hex(),
     "standard-webhooks-v1a": lambda private_hex: "whpk_" + base64.b64encode(_public(private_hex)).decode(),
     "sendgrid": _p256_public,
+    "telnyx": lambda private_hex: base64.b64encode(_public(private_hex)).decode(),
 }
 
 # preset -> (signer, signs a timestamp, signature header, secret maker, replays rejected)
@@ -232,4 +311,16 @@ CATALOG = {
     "standard-webhooks-v1a": (_standard_v1a, True, "webhook-signature", _private_key, True),
     "sendgrid": (_sendgrid, True, "x-twilio-email-event-webhook-signature", _private_key, True),
     "twilio": (_twilio, False, "x-twilio-signature", str, True),
+    "paystack": (_paystack, False, "x-paystack-signature", str, True),
+    "razorpay": (_razorpay, False, "x-razorpay-signature", str, True),
+    "lemon-squeezy": (_lemon_squeezy, False, "x-signature", str, True),
+    "vercel": (_vercel, False, "x-vercel-signature", str, True),
+    "woocommerce": (_woocommerce, False, "x-wc-webhook-signature", str, True),
+    "typeform": (_typeform, False, "typeform-signature", str, True),
+    "sentry": (_sentry, False, "sentry-hook-signature", str, True),
+    "mux": (_mux, True, "mux-signature", str, True),
+    "calendly": (_calendly, True, "calendly-webhook-signature", str, True),
+    "meta": (_meta, False, "x-hub-signature-256", str, True),
+    "telnyx": (_telnyx, True, "telnyx-signature-ed25519", _private_key, True),
+    "hubspot": (_hubspot, True, "x-hubspot-signature-v3", str, True),
 }

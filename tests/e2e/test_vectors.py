@@ -85,6 +85,7 @@ import uuid  # noqa: E402
 from signers import CATALOG, CATALOG_POLICY, CATALOG_PUBLIC  # noqa: E402
 
 CATALOG_SCENARIOS = ["accept", "replay", "tampered", "wrong_secret", "missing", "stale", "future"]
+META_VERIFY_TOKEN = f"meta-verify-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +99,9 @@ def catalog_stack(build):
     config["policies"] += [{"name": f"{name}-challenge", "match": {"path_prefix": f"/webhooks/challenge/{name}"},
                             "provider": name, "secrets": [{"inline": secrets[name]}], "answer_challenges": True}
                            for name in ("zoom", "twitch")]
+    config["policies"].append({"name": "meta-challenge", "match": {"path_prefix": "/webhooks/challenge/meta"},
+                               "provider": "meta", "secrets": [{"inline": secrets["meta"]}],
+                               "answer_challenges": True, "verify_token": {"inline": META_VERIFY_TOKEN}})
     stack = Stack(config, {})
     stack.catalog_secrets = secrets
     yield stack
@@ -205,3 +209,129 @@ def test_provider_sdks_accept_what_the_filter_accepts(tmp_path):
     key = hook.convert_public_key_to_ecdsa(_p256_public(private))
     assert hook.verify_signature(body.decode(), headers["x-twilio-email-event-webhook-signature"],
                                  headers["x-twilio-email-event-webhook-timestamp"], key)
+
+
+# ---- Second catalog batch: `webhook-guard sign` for every HMAC preset, and the SDK checks. ----
+CLI_SIGNED = ["paystack", "razorpay", "lemon-squeezy", "vercel", "woocommerce", "typeform", "sentry", "mux",
+              "calendly", "meta"]
+
+
+@pytest.mark.parametrize("preset", CLI_SIGNED)
+def test_cli_signs_the_second_batch(catalog_stack, preset):
+    import subprocess
+
+    from harness import CLI
+
+    secret = catalog_stack.catalog_secrets[preset]
+    delivery = f"d_{uuid.uuid4().hex}"
+    body = json.dumps({"id": delivery, "event_id": delivery, "signed_by": "webhook-guard sign"})
+
+    def sign(with_secret):
+        out = subprocess.run([str(CLI), "sign", "--provider", preset, "--secret-env", "WG_SECRET", "--body", body,
+                              "--format", "json"], capture_output=True, text=True, timeout=30, check=True,
+                             env={"PATH": "/usr/bin:/bin", "WG_SECRET": with_secret}).stdout
+        return json.loads(out)
+
+    path = f"/webhooks/catalog/{preset}"
+    resp = catalog_stack.post(path, body.encode(), sign("not-" + secret))
+    assert resp.status_code == 401 and resp.json()["error"] == "invalid_signature", resp.text
+    headers = sign(secret)
+    resp = catalog_stack.post(path, body.encode(), headers)
+    assert resp.status_code == 200, (headers, resp.text)
+    assert catalog_stack.post(path, body.encode(), headers).status_code == 409
+
+
+def test_second_batch_sdks_verify_what_we_sign():
+    """Razorpay's and Telnyx's SDKs only verify: they accept what `webhook-guard sign` and the test
+    signers produce, and reject it once a byte changes."""
+    import subprocess
+
+    from razorpay import Utility
+    from razorpay.errors import SignatureVerificationError
+    from telnyx.lib.webhook_verification import WebhookVerificationError, verify_webhook_signature
+
+    from harness import CLI
+    from signers import _private_key, _telnyx
+
+    body = '{"entity":"event","account_id":"acc_1","event":"payment.captured","payload":{}}'
+    out = subprocess.run([str(CLI), "sign", "--provider", "razorpay", "--secret-env", "WG_SECRET", "--body", body,
+                          "--format", "json"], capture_output=True, text=True, timeout=30, check=True,
+                         env={"PATH": "/usr/bin:/bin", "WG_SECRET": "rzp-webhook-secret"}).stdout
+    sig = json.loads(out)["x-razorpay-signature"]
+    assert Utility(None).verify_webhook_signature(body, sig, "rzp-webhook-secret")
+    with pytest.raises(SignatureVerificationError):
+        Utility(None).verify_webhook_signature(body + " ", sig, "rzp-webhook-secret")
+    with pytest.raises(SignatureVerificationError):
+        Utility(None).verify_webhook_signature(body, sig, "another-secret")
+
+    private = _private_key("telnyx-sdk-cross-check")
+    public = CATALOG_PUBLIC["telnyx"](private)
+    body, headers = _telnyx(private, {"event_type": "message.received"}, int(time.time()), "tx_1")
+    verify_webhook_signature(body.decode(), headers, public)
+    with pytest.raises(WebhookVerificationError):
+        verify_webhook_signature(body.decode() + " ", headers, public)
+    other = CATALOG_PUBLIC["telnyx"](_private_key("another key"))
+    with pytest.raises(WebhookVerificationError):
+        verify_webhook_signature(body.decode(), headers, other)
+
+
+def test_meta_subscription_handshake_is_answered_by_the_filter(catalog_stack):
+    """Meta's GET hub.mode=subscribe: the filter compares hub.verify_token with the configured
+    token and echoes hub.challenge; deliveries on the same policy are still verified."""
+    import requests
+
+    def get(query):
+        return requests.get(catalog_stack.envoy.url + "/webhooks/challenge/meta?" + query, timeout=10)
+
+    before = len(catalog_stack.backend.events())
+    resp = get(f"hub.mode=subscribe&hub.verify_token={META_VERIFY_TOKEN}&hub.challenge=1158201444")
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == "text/plain"
+    assert resp.text == "1158201444"
+    wrong = get("hub.mode=subscribe&hub.verify_token=not-the-token&hub.challenge=1158201444")
+    assert (wrong.status_code, wrong.json()) == (401, {"error": "invalid_signature", "policy": "meta-challenge"})
+    assert get("hub.mode=subscribe&hub.challenge=1").json()["error"] == "missing_signature"
+    bad = get(f"hub.mode=subscribe&hub.verify_token={META_VERIFY_TOKEN}&hub.challenge=%3Cb%3Ehi%3C%2Fb%3E")
+    assert (bad.status_code, bad.json()["error"]) == (400, "malformed_signature")
+    assert "<b>" not in bad.text
+    assert get("hub.mode=unsubscribe").status_code == 405
+    assert len(catalog_stack.backend.events()) == before, "answered by Envoy"
+    stats = catalog_stack.envoy.stats()
+    assert stats["webhook_guard.policy.meta-challenge.challenges_answered"] == 1
+    # The token is never logged (it travels in the query).
+    assert META_VERIFY_TOKEN not in json.dumps(catalog_stack.envoy.rejection_logs())
+    # Deliveries on the handshake policy are verified as usual.
+    body, headers = CATALOG["meta"][0](catalog_stack.catalog_secrets["meta"], {"id": uuid.uuid4().hex}, 0, "")
+    assert catalog_stack.post("/webhooks/challenge/meta", body, headers).json()["status"] == "ok"
+    body, headers = CATALOG["meta"][0]("wrong", {"id": uuid.uuid4().hex}, 0, "")
+    assert catalog_stack.post("/webhooks/challenge/meta", body, headers).status_code == 401
+
+
+def test_hubspot_cli_and_sdk_agree(catalog_stack, tmp_path):
+    """`webhook-guard sign` for a HubSpot policy: the filter accepts it through Envoy, and
+    hubspot-api-client's Signature.is_valid (v3) accepts the same signature for the full URL."""
+    import subprocess
+
+    from hubspot.utils.signature import Signature
+
+    from harness import CLI
+    from signers import HUBSPOT_ORIGIN
+
+    secret = catalog_stack.catalog_secrets["hubspot"]
+    config = tmp_path / "hubspot.json"
+    config.write_text(json.dumps({"policies": [{"name": "hs", "match": {"path_prefix": "/"}, "provider": "hubspot",
+                                                "public_origin": HUBSPOT_ORIGIN,
+                                                "secrets": [{"env": "WG_SECRET"}]}]}))
+    body = json.dumps([{"eventId": uuid.uuid4().int % 10**9, "subscriptionType": "contact.creation"}])
+    path = "/webhooks/catalog/hubspot"
+    out = subprocess.run([str(CLI), "sign", "--config", str(config), "--policy", "hs", "--body", body, "--path", path,
+                          "--format", "json"], capture_output=True, text=True, timeout=30, check=True,
+                         env={"PATH": "/usr/bin:/bin", "WG_SECRET": secret}).stdout
+    headers = json.loads(out)
+    sig, stamp = headers["x-hubspot-signature-v3"], headers["x-hubspot-request-timestamp"]
+    assert Signature.is_valid(sig, secret, body, HUBSPOT_ORIGIN + path, "POST", "v3", stamp)
+    assert not Signature.is_valid(sig, secret, body + " ", HUBSPOT_ORIGIN + path, "POST", "v3", stamp)
+    assert not Signature.is_valid(sig, secret, body, HUBSPOT_ORIGIN + path + "x", "POST", "v3", stamp)
+    resp = catalog_stack.post(path, body.encode(), headers)
+    assert resp.status_code == 200, resp.text
+    assert catalog_stack.post(path, body.encode(), headers).status_code == 409

@@ -312,6 +312,112 @@ add("sendgrid missing timestamp", "sendgrid", "derived-negative", SG_PUB,
     {k: v for k, v in sendgrid_headers(SG_PRIV, SG_BODY, T).items() if "timestamp" not in k}, SG_BODY, T,
     "missing_timestamp")
 
+# --- Second catalog batch (issue 15). Documented algorithms, signed here with Python's hmac;
+# the Razorpay and Telnyx SDKs cross-check the e2e signers (tests/e2e/test_vectors.py).
+catalog("paystack", "sk_test_paystack_secret_key",
+        lambda sec, b, t: {"x-paystack-signature": hx(sec.encode(), b.encode(), hashlib.sha512)}, BODY, T, 0,
+        "x-paystack-signature")
+add("paystack SHA-256 MAC is not accepted", "paystack", "derived-negative", "sk_test_paystack_secret_key",
+    {"x-paystack-signature": hx(b"sk_test_paystack_secret_key", BODY.encode())}, BODY, None, "malformed_signature")
+catalog("razorpay", "razorpay-webhook-secret",
+        lambda sec, b, t: {"x-razorpay-signature": hx(sec.encode(), b.encode()), "x-razorpay-event-id": "evt_1"},
+        BODY, T, 0, "x-razorpay-signature")
+catalog("lemon-squeezy", "lemon-squeezy-signing-secret",
+        lambda sec, b, t: {"x-signature": hx(sec.encode(), b.encode())}, BODY, T, 0, "x-signature")
+catalog("vercel", "vercel-client-secret",
+        lambda sec, b, t: {"x-vercel-signature": hx(sec.encode(), b.encode(), hashlib.sha1)}, BODY, T, 0,
+        "x-vercel-signature")
+catalog("woocommerce", "woocommerce-secret",
+        lambda sec, b, t: {"x-wc-webhook-signature": b64(sec.encode(), b.encode())}, BODY, T, 0,
+        "x-wc-webhook-signature")
+catalog("typeform", "typeform-secret",
+        lambda sec, b, t: {"typeform-signature": "sha256=" + b64(sec.encode(), b.encode())}, BODY, T, 0,
+        "typeform-signature")
+add("typeform hex MAC is not Typeform's", "typeform", "derived-negative", "typeform-secret",
+    {"typeform-signature": "sha256=" + hx(b"typeform-secret", BODY.encode())}, BODY, None, "malformed_signature")
+catalog("sentry", "sentry-client-secret",
+        lambda sec, b, t: {"sentry-hook-signature": hx(sec.encode(), b.encode()), "sentry-hook-timestamp": str(t)},
+        BODY, T, 0, "sentry-hook-signature")
+add("sentry timestamp header is not signed", "sentry", "derived", "sentry-client-secret",
+    {"sentry-hook-signature": hx(b"sentry-client-secret", BODY.encode()), "sentry-hook-timestamp": "1"},
+    BODY, None, "accepted")
+catalog("mux", "mux-signing-secret",
+        lambda sec, b, t: {"mux-signature": f"t={t},v1=" + hx(sec.encode(), f"{t}.{b}".encode())}, BODY, T, 300,
+        "mux-signature")
+catalog("calendly", "calendly-signing-key",
+        lambda sec, b, t: {"calendly-webhook-signature": f"t={t},v1=" + hx(sec.encode(), f"{t}.{b}".encode())},
+        BODY, T, 300, "calendly-webhook-signature")
+catalog("meta", "meta-app-secret",
+        lambda sec, b, t: {"x-hub-signature-256": "sha256=" + hx(sec.encode(), b.encode())}, BODY, T, 0,
+        "x-hub-signature-256")
+add("meta legacy sha1 header alone is not enough", "meta", "derived-negative", "meta-app-secret",
+    {"x-hub-signature": "sha1=" + hx(b"meta-app-secret", BODY.encode(), hashlib.sha1)}, BODY, None,
+    "missing_signature")
+# Telnyx: Ed25519 over "{timestamp}|{body}", base64 signature and public key (telnyx-python's
+# lib/webhook_verification.py); the RFC 8032 TEST 1 key pair.
+TX_PUB = base64.b64encode(bytes.fromhex(DC_PUB)).decode()
+
+
+def telnyx_headers(priv, b, t):
+    return {"telnyx-signature-ed25519": base64.b64encode(priv.sign(f"{t}|{b}".encode())).decode(),
+            "telnyx-timestamp": str(t)}
+
+
+add("telnyx event", "telnyx", "self-generated", TX_PUB, telnyx_headers(DC_PRIV, BODY, T), BODY, T, "accepted")
+add("telnyx tampered", "telnyx", "derived-negative", TX_PUB, telnyx_headers(DC_PRIV, BODY, T), BODY + " ", T,
+    "invalid_signature")
+add("telnyx other key", "telnyx", "derived-negative", TX_PUB,
+    telnyx_headers(Ed25519PrivateKey.from_private_bytes(b"\x01" * 32), BODY, T), BODY, T, "invalid_signature")
+add("telnyx without the separator", "telnyx", "derived-negative", TX_PUB,
+    {"telnyx-signature-ed25519": base64.b64encode(DC_PRIV.sign(f"{T}{BODY}".encode())).decode(),
+     "telnyx-timestamp": str(T)}, BODY, T, "invalid_signature")
+add("telnyx missing signature", "telnyx", "derived-negative", TX_PUB, {"telnyx-timestamp": str(T)}, BODY, T,
+    "missing_signature")
+add("telnyx stale", "telnyx", "derived-negative", TX_PUB, telnyx_headers(DC_PRIV, BODY, T), BODY, T + 301,
+    "timestamp_out_of_window")
+add("telnyx future", "telnyx", "derived-negative", TX_PUB, telnyx_headers(DC_PRIV, BODY, T), BODY, T - 301,
+    "timestamp_out_of_window")
+
+# HubSpot v3: base64 HMAC-SHA256 over method + full URI + body + timestamp (ms), as
+# hubspot-api-client's Signature.get_signature builds it; the URI is the policy's public_origin
+# followed by the request's path and query.
+HS_ORIGIN, HS_SECRET, HS_T = "https://hooks.example.com", "hubspot-client-secret", 1700000000123
+HS_BODY = '[{"eventId":1,"subscriptionId":12345,"portalId":62515,"attemptNumber":0}]'
+
+
+def hubspot_headers(secret, path, body, ts, method="POST"):
+    return {"x-hubspot-signature-v3": b64(secret.encode(), f"{method}{HS_ORIGIN}{path}{body}{ts}".encode()),
+            "x-hubspot-request-timestamp": str(ts)}
+
+
+for i, (name, provenance, path, headers, body, at, expect) in enumerate([
+    ("hubspot v3 with a query", "self-generated", "/webhooks/hubspot/a?portal=62515",
+     hubspot_headers(HS_SECRET, "/webhooks/hubspot/a?portal=62515", HS_BODY, HS_T), HS_BODY, HS_T // 1000,
+     "accepted"),
+    ("hubspot v3 tampered body", "derived-negative", "/webhooks/hubspot/b",
+     hubspot_headers(HS_SECRET, "/webhooks/hubspot/b", HS_BODY, HS_T), HS_BODY.replace("0}", "1}"), HS_T // 1000,
+     "invalid_signature"),
+    ("hubspot v3 signed for another path", "derived-negative", "/webhooks/hubspot/c",
+     hubspot_headers(HS_SECRET, "/webhooks/hubspot/other", HS_BODY, HS_T), HS_BODY, HS_T // 1000,
+     "invalid_signature"),
+    ("hubspot v3 wrong secret", "derived-negative", "/webhooks/hubspot/d",
+     hubspot_headers("not-" + HS_SECRET, "/webhooks/hubspot/d", HS_BODY, HS_T), HS_BODY, HS_T // 1000,
+     "invalid_signature"),
+    ("hubspot v3 timestamp in seconds is not HubSpot's", "derived-negative", "/webhooks/hubspot/e",
+     hubspot_headers(HS_SECRET, "/webhooks/hubspot/e", HS_BODY, HS_T // 1000), HS_BODY, HS_T // 1000,
+     "timestamp_out_of_window"),
+    ("hubspot v3 stale", "derived-negative", "/webhooks/hubspot/f",
+     hubspot_headers(HS_SECRET, "/webhooks/hubspot/f", HS_BODY, HS_T), HS_BODY, HS_T // 1000 + 301,
+     "timestamp_out_of_window"),
+    ("hubspot v3 missing signature", "derived-negative", "/webhooks/hubspot/g",
+     {"x-hubspot-request-timestamp": str(HS_T)}, HS_BODY, HS_T // 1000, "missing_signature"),
+    ("hubspot v3 missing timestamp", "derived-negative", "/webhooks/hubspot/h",
+     {"x-hubspot-signature-v3": hubspot_headers(HS_SECRET, "/webhooks/hubspot/h", HS_BODY, HS_T)[
+         "x-hubspot-signature-v3"]}, HS_BODY, HS_T // 1000, "missing_timestamp"),
+]):
+    add(name, "hubspot", provenance, HS_SECRET, headers, body, at, expect, path=path,
+        policy={"public_origin": HS_ORIGIN})
+
 # Twilio: HMAC-SHA1 base64 over public URL + sorted form params (twilio-python request_validator);
 # JSON bodies: the URL carries bodySHA256=<hex sha256(body)> and only the URL is signed.
 from urllib.parse import urlencode  # noqa: E402

@@ -58,7 +58,9 @@ enum Command {
 #[derive(clap::Args)]
 struct SignArgs {
     /// A preset: github, stripe, slack, shopify, standard-webhooks, svix, zoom, paddle, twitch,
-    /// pagerduty, linear, intercom, bitbucket, jira, gitlab.
+    /// pagerduty, linear, intercom, bitbucket, jira, gitlab, paystack, razorpay, lemon-squeezy,
+    /// vercel, woocommerce, typeform, mux, sentry, calendly, meta (public-key presets such as
+    /// discord and telnyx are signed with the provider's private key, not here).
     #[arg(long, conflicts_with_all = ["config", "policy"])]
     provider: Option<String>,
     /// A plugin configuration (for custom schemes)...
@@ -232,10 +234,13 @@ fn check_config(file: &PathBuf) -> Result<ExitCode, String> {
 fn provider_scheme(name: &str) -> Result<Scheme, String> {
     let provider: Provider = serde_json::from_value(serde_json::Value::String(name.to_string()))
         .map_err(|_| {
-            format!("unknown provider '{name}' (github, stripe, slack, shopify, standard-webhooks)")
+            format!("unknown provider '{name}' (see docs/providers.md for the preset names)")
         })?;
     presets::scheme(provider, false)
-        .ok_or_else(|| "a custom scheme needs --config and --policy".to_string())
+        .ok_or_else(|| {
+            "custom, and presets that need policy settings (square, twilio, hubspot), sign with --config and --policy"
+                .to_string()
+        })
 }
 
 fn run_sign(a: &SignArgs) -> Result<ExitCode, String> {

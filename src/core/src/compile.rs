@@ -546,27 +546,31 @@ fn compile_policy(at: &str, p: RawPolicy, cx: &mut Context) -> Result<Policy, Co
                 "square needs the notification URL exactly as registered at Square (http(s)://...)",
             )),
         },
-        (Provider::Twilio, None) => match &p.public_origin {
+        (Provider::Twilio | Provider::Hubspot, None) => match &p.public_origin {
             Some(origin)
                 if (origin.starts_with("https://") || origin.starts_with("http://"))
                     && !origin.trim_start_matches("https://").trim_start_matches("http://").contains('/') =>
             {
-                presets::twilio(origin)
+                if p.provider == Provider::Twilio {
+                    presets::twilio(origin)
+                } else {
+                    presets::hubspot(origin)
+                }
             }
             _ => {
                 return Err(err(
                     format!("{at}.public_origin"),
-                    "twilio needs the scheme and host the sender used, e.g. \"https://hooks.example.com\" (no path)",
+                    format!("{} needs the scheme and host the sender used, e.g. \"https://hooks.example.com\" (no path)", p.provider.name()),
                 ))
             }
         },
         (other, None) => presets::scheme(other, p.accept_legacy_sha1)
             .ok_or_else(|| err(format!("{at}.provider"), "unknown provider"))?,
     };
-    if p.public_origin.is_some() && p.provider != Provider::Twilio {
+    if p.public_origin.is_some() && !matches!(p.provider, Provider::Twilio | Provider::Hubspot) {
         return Err(err(
             format!("{at}.public_origin"),
-            "only applies to provider 'twilio'",
+            "only applies to providers 'twilio' and 'hubspot'",
         ));
     }
     if p.signed_url.is_some() && p.provider != Provider::Square {
@@ -579,15 +583,34 @@ fn compile_policy(at: &str, p: RawPolicy, cx: &mut Context) -> Result<Policy, Co
         (false, _) => None,
         (true, Provider::Zoom) => Some(Challenge::ZoomUrlValidation),
         (true, Provider::Twitch) => Some(Challenge::TwitchCallbackVerification),
+        (true, Provider::Meta) => Some(Challenge::MetaSubscribe),
         (true, other) => {
             return Err(err(
                 format!("{at}.answer_challenges"),
                 format!(
-                    "only applies to 'zoom' and 'twitch', not '{}'",
+                    "only applies to 'zoom', 'twitch' and 'meta', not '{}'",
                     other.name()
                 ),
             ))
         }
+    };
+    let verify_token = match (&p.verify_token, challenge) {
+        (Some(raw), Some(Challenge::MetaSubscribe)) => {
+            compile_verify_token(&format!("{at}.verify_token"), &p.name, raw, cx)?
+        }
+        (None, Some(Challenge::MetaSubscribe)) => {
+            return Err(err(
+                format!("{at}.verify_token"),
+                "required when a 'meta' policy answers the subscription handshake (the token set in Meta's dashboard)",
+            ))
+        }
+        (Some(_), _) => {
+            return Err(err(
+                format!("{at}.verify_token"),
+                "only applies to provider 'meta' with answer_challenges",
+            ))
+        }
+        (None, _) => None,
     };
 
     if p.secrets.is_empty() || p.secrets.len() > MAX_SECRETS {
@@ -674,6 +697,7 @@ fn compile_policy(at: &str, p: RawPolicy, cx: &mut Context) -> Result<Policy, Co
         dedup,
         decrypt,
         challenge,
+        verify_token,
         name: p.name,
         matcher,
         scheme,
@@ -779,6 +803,58 @@ fn compile_decrypt(
     }
 }
 
+/// Meta's handshake token: loaded like a secret, kept as text bytes (it is compared, not a
+/// key). An unset `env` token is a warning: the handshake then fails closed.
+fn compile_verify_token(
+    at: &str,
+    policy: &str,
+    raw: &RawSecret,
+    cx: &mut Context,
+) -> Result<Option<SecretSlot>, ConfigError> {
+    let valid = |t: &str| !t.is_empty() && t.len() <= 256;
+    match raw {
+        RawSecret::Inline(text) if valid(text) => {
+            Ok(Some(SecretSlot::Key(text.as_bytes().to_vec())))
+        }
+        RawSecret::Inline(_) => Err(err(format!("{at}.inline"), "must be 1 to 256 bytes")),
+        RawSecret::Env(name) => match (cx.env)(name).filter(|t| valid(t)) {
+            Some(text) => Ok(Some(SecretSlot::Key(text.into_bytes()))),
+            None => {
+                cx.warnings.push((
+                    Level::Warn,
+                    format!(
+                        "policy '{policy}': verify_token: environment variable {name} is unset, empty or longer than 256 bytes; the subscription handshake is rejected with secret_unavailable"
+                    ),
+                ));
+                Ok(None)
+            }
+        },
+        RawSecret::Sds(name) => sds_slot(at, name, cx).map(Some),
+    }
+}
+
+/// An SDS secret (native build only) as a slot read per request; one slot per name across
+/// the configuration.
+fn sds_slot(at: &str, name: &str, cx: &mut Context) -> Result<SecretSlot, ConfigError> {
+    if cx.build == Build::Wasm {
+        return Err(err(format!("{at}.sds"), NATIVE_ONLY));
+    }
+    if name.is_empty() || name.len() > 255 || !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(err(
+            format!("{at}.sds"),
+            "must name an Envoy generic secret (1 to 255 visible ASCII characters)",
+        ));
+    }
+    let index = match cx.sds.iter().position(|n| n == name) {
+        Some(i) => i,
+        None => {
+            cx.sds.push(name.to_string());
+            cx.sds.len().saturating_sub(1)
+        }
+    };
+    Ok(SecretSlot::Sds(index))
+}
+
 /// Loads a list of secrets in order: inline ones decoded now (a bad one is a config error),
 /// SDS ones as slots read per request, env ones decoded now (an unset or bad one is skipped
 /// with a notice: the config may be shared across deployments, and requests then fail closed).
@@ -800,28 +876,7 @@ fn load_secrets(
                 let key = decode(text).ok_or_else(|| err(&sat, bad_key))?;
                 keys.push(SecretSlot::Key(key));
             }
-            RawSecret::Sds(name) => {
-                if cx.build == Build::Wasm {
-                    return Err(err(format!("{sat}.sds"), NATIVE_ONLY));
-                }
-                if name.is_empty()
-                    || name.len() > 255
-                    || !name.bytes().all(|b| b.is_ascii_graphic())
-                {
-                    return Err(err(
-                        format!("{sat}.sds"),
-                        "must name an Envoy generic secret (1 to 255 visible ASCII characters)",
-                    ));
-                }
-                let index = match cx.sds.iter().position(|n| n == name) {
-                    Some(i) => i,
-                    None => {
-                        cx.sds.push(name.clone());
-                        cx.sds.len().saturating_sub(1)
-                    }
-                };
-                keys.push(SecretSlot::Sds(index));
-            }
+            RawSecret::Sds(name) => keys.push(sds_slot(&sat, name, cx)?),
             RawSecret::Env(name) => {
                 if name.is_empty() {
                     return Err(err(

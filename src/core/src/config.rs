@@ -106,13 +106,17 @@ pub struct RawPolicy {
     /// Envoy never sees it as the sender did).
     #[serde(default)]
     pub signed_url: Option<String>,
-    /// Twilio only: scheme, host (and port) the sender used, e.g. `https://hooks.example.com`;
-    /// the request's path and query follow it in the signed URL.
+    /// Twilio and HubSpot only: scheme, host (and port) the sender used, e.g.
+    /// `https://hooks.example.com`; the request's path and query follow it in the signed URL.
     #[serde(default)]
     pub public_origin: Option<String>,
-    /// Zoom and Twitch only: answer the provider's (signed) endpoint challenge in the filter.
+    /// Zoom, Twitch and Meta only: answer the provider's endpoint challenge in the filter.
     #[serde(default)]
     pub answer_challenges: bool,
+    /// Meta with `answer_challenges` only (and required there): the verify token Meta sends in
+    /// the GET subscription handshake, as a secret (`env`, `inline` or `sds`).
+    #[serde(default)]
+    pub verify_token: Option<RawSecret>,
     /// Where this policy's dedup claims live: this Envoy's shared data (default) or etcd,
     /// shared by every replica.
     #[serde(default)]
@@ -342,6 +346,18 @@ pub enum Provider {
     Twilio,
     #[serde(rename = "standard-webhooks-v1a")]
     StandardWebhooksV1a,
+    Paystack,
+    Razorpay,
+    LemonSqueezy,
+    Vercel,
+    Woocommerce,
+    Typeform,
+    Mux,
+    Sentry,
+    Calendly,
+    Meta,
+    Telnyx,
+    Hubspot,
     Custom,
 }
 
@@ -368,6 +384,18 @@ impl Provider {
             Provider::Sendgrid => "sendgrid",
             Provider::Twilio => "twilio",
             Provider::StandardWebhooksV1a => "standard-webhooks-v1a",
+            Provider::Paystack => "paystack",
+            Provider::Razorpay => "razorpay",
+            Provider::LemonSqueezy => "lemon-squeezy",
+            Provider::Vercel => "vercel",
+            Provider::Woocommerce => "woocommerce",
+            Provider::Typeform => "typeform",
+            Provider::Mux => "mux",
+            Provider::Sentry => "sentry",
+            Provider::Calendly => "calendly",
+            Provider::Meta => "meta",
+            Provider::Telnyx => "telnyx",
+            Provider::Hubspot => "hubspot",
             Provider::Custom => "custom",
         }
     }

@@ -72,6 +72,57 @@ pub fn dedup_key(provider: Provider) -> Option<KeySource> {
         // callbacks for one call differ in their parameters, so they stay distinct).
         Provider::Twilio => Some(KeySource::Signature),
         Provider::StandardWebhooksV1a => header("webhook-id"),
+        // Body MACs whose delivery ids (x-razorpay-event-id, X-WC-Webhook-Delivery-ID,
+        // Request-ID, ...) are unsigned headers, or whose bodies carry no delivery id: the MAC.
+        Provider::Paystack
+        | Provider::Razorpay
+        | Provider::LemonSqueezy
+        | Provider::Vercel
+        | Provider::Woocommerce
+        | Provider::Sentry
+        | Provider::Calendly
+        | Provider::Meta => Some(KeySource::Signature),
+        // Signed event ids in the body, the same on every retry.
+        Provider::Typeform => json("/event_id"),
+        // Mux re-signs each retry with a new `t` (and its body lists the attempts); `id` is the
+        // event's.
+        Provider::Mux => json("/id"),
+        // Retries carry a new timestamp and `meta.attempt`; `data.id` is the event's.
+        Provider::Telnyx => json("/data/id"),
+        // A retry is signed anew (new timestamp, new `attemptNumber` in the body) and a batch
+        // holds many events: only the exact request is identified, by its signature.
+        Provider::Hubspot => Some(KeySource::Signature),
+    }
+}
+
+/// HubSpot v3 signs `{method}{uri}{body}{timestamp}`, where the URI is the full URL it
+/// requested (the policy's origin, then the request's path and query) and the timestamp the
+/// `X-HubSpot-Request-Timestamp` header in milliseconds; base64 HMAC-SHA256 under the app's
+/// client secret.
+pub fn hubspot(public_origin: &str) -> Scheme {
+    Scheme {
+        sources: vec![single(
+            &["x-hubspot-signature-v3"],
+            "",
+            Algorithm::HmacSha256,
+            Encoding::Base64,
+        )],
+        timestamp: Some(TimestampSpec {
+            source: TimestampSource::Header("x-hubspot-request-timestamp".into()),
+            unit: TimestampUnit::Milliseconds,
+        }),
+        template: vec![
+            Part::Method,
+            lit(public_origin),
+            Part::Path,
+            Part::Body,
+            Part::Timestamp,
+        ],
+        key_encoding: KeyEncoding::Utf8,
+        alternates: Vec::new(),
+        delivery_id: None,
+        default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+        body_sha256_query: false,
     }
 }
 
@@ -434,8 +485,87 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             s.key_encoding = KeyEncoding::Whpk;
             s
         }
-        // Need a URL from the policy: `square()`, `twilio()`.
-        Provider::Square | Provider::Twilio | Provider::Custom => return None,
+        // HMAC-SHA512 of the body with the account's secret key.
+        Provider::Paystack => body_hex("x-paystack-signature", "", Algorithm::HmacSha512, None),
+        Provider::Razorpay => body_hex(
+            "x-razorpay-signature",
+            "",
+            Algorithm::HmacSha256,
+            Some("x-razorpay-event-id"),
+        ),
+        Provider::LemonSqueezy => body_hex("x-signature", "", Algorithm::HmacSha256, None),
+        Provider::Vercel => body_hex("x-vercel-signature", "", Algorithm::HmacSha1, None),
+        Provider::Woocommerce => Scheme {
+            sources: vec![single(
+                &["x-wc-webhook-signature"],
+                "",
+                Algorithm::HmacSha256,
+                Encoding::Base64,
+            )],
+            delivery_id: Some(DeliveryId::Header("x-wc-webhook-delivery-id".into())),
+            ..body_hex("x-wc-webhook-signature", "", Algorithm::HmacSha256, None)
+        },
+        Provider::Typeform => Scheme {
+            sources: vec![single(
+                &["typeform-signature"],
+                "sha256=",
+                Algorithm::HmacSha256,
+                Encoding::Base64,
+            )],
+            delivery_id: Some(DeliveryId::JsonField("event_id".into())),
+            ..body_hex("typeform-signature", "", Algorithm::HmacSha256, None)
+        },
+        // `Sentry-Hook-Timestamp` is sent but not signed: no window.
+        Provider::Sentry => body_hex(
+            "sentry-hook-signature",
+            "",
+            Algorithm::HmacSha256,
+            Some("request-id"),
+        ),
+        Provider::Meta => body_hex(
+            "x-hub-signature-256",
+            "sha256=",
+            Algorithm::HmacSha256,
+            None,
+        ),
+        // `t=..,v1=..` over `{t}.{body}`, as Stripe.
+        Provider::Mux | Provider::Calendly => Scheme {
+            sources: vec![kv(
+                if provider == Provider::Mux {
+                    "mux-signature"
+                } else {
+                    "calendly-webhook-signature"
+                },
+                ',',
+                "v1",
+                Some("t"),
+            )],
+            timestamp: ts(TimestampSource::SignatureParam, TimestampUnit::Seconds),
+            template: vec![Part::Timestamp, lit("."), Part::Body],
+            key_encoding: KeyEncoding::Utf8,
+            alternates: Vec::new(),
+            delivery_id: (provider == Provider::Mux).then(|| DeliveryId::JsonField("id".into())),
+            default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+            body_sha256_query: false,
+        },
+        // Ed25519 over `{timestamp}|{body}`; base64 signature and public key.
+        Provider::Telnyx => Scheme {
+            sources: vec![single(
+                &["telnyx-signature-ed25519"],
+                "",
+                Algorithm::Ed25519,
+                Encoding::Base64,
+            )],
+            timestamp: header_ts("telnyx-timestamp"),
+            template: vec![Part::Timestamp, lit("|"), Part::Body],
+            key_encoding: KeyEncoding::Base64,
+            alternates: Vec::new(),
+            delivery_id: None,
+            default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+            body_sha256_query: false,
+        },
+        // Need a URL from the policy: `square()`, `twilio()`, `hubspot()`.
+        Provider::Square | Provider::Twilio | Provider::Hubspot | Provider::Custom => return None,
     };
     Some(s)
 }

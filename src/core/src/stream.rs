@@ -6,8 +6,8 @@
 //! -> [commit/release call] -> end. A stream that ends early hands what is left to `Host::defer`.
 
 use crate::guard::{
-    Accepted, Drive, Guard, Hold, Pending, Plaintext, RemoteCall, RemoteTask, RequestInfo, Route,
-    Upstream,
+    Accepted, Drive, Guard, Hold, LocalReply, Pending, Plaintext, RemoteCall, RemoteTask,
+    RequestInfo, Route, Upstream,
 };
 use crate::host::Host;
 use crate::policy::RouteInfo;
@@ -125,6 +125,11 @@ impl Stream {
             Route::Verify(i) => i,
         };
         self.timing = Some((policy, host.now_us()));
+        match guard.handshake(host, policy, &info) {
+            Some(Ok(reply)) => return self.answer(guard, host, reply),
+            Some(Err(r)) => return self.reject(guard, host, r),
+            None => {}
+        }
         match guard.begin(host, policy, info, headers) {
             Err(r) => self.reject(guard, host, r),
             Ok(pending) if end_of_stream => self.finish(guard, host, &pending, &[]),
@@ -193,17 +198,7 @@ impl Stream {
         match guard.finish(host, pending, body) {
             Ok(Accepted {
                 reply: Some(reply), ..
-            }) => {
-                self.phase = Phase::Decided;
-                host.set_verdict("challenge_answered");
-                self.record_latency(guard, host);
-                Step::Reply(Reply {
-                    status: reply.status,
-                    headers: vec![("content-type", reply.content_type.to_string())],
-                    body: reply.body,
-                    details: "challenge_answered",
-                })
-            }
+            }) => self.answer(guard, host, reply),
             Ok(Accepted {
                 remote: Some(task),
                 plaintext,
@@ -220,6 +215,19 @@ impl Stream {
             }
             Err(r) => self.reject(guard, host, r),
         }
+    }
+
+    /// An endpoint handshake the filter answers itself.
+    fn answer(&mut self, guard: &Guard, host: &dyn Host, reply: LocalReply) -> Step {
+        self.phase = Phase::Decided;
+        host.set_verdict("challenge_answered");
+        self.record_latency(guard, host);
+        Step::Reply(Reply {
+            status: reply.status,
+            headers: vec![("content-type", reply.content_type.to_string())],
+            body: reply.body,
+            details: "challenge_answered",
+        })
     }
 
     /// The verdict is in: how long it took, once per request (policy histogram).

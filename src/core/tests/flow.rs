@@ -429,6 +429,75 @@ fn challenges_and_square_need_their_own_settings() {
         .unwrap()
         .contains("policies[0].answer_challenges"));
     assert!(base("zoom", json!({"answer_challenges": true})).is_none());
+    assert!(base("meta", json!({"answer_challenges": true}))
+        .unwrap()
+        .contains("policies[0].verify_token"));
+    assert!(base("meta", json!({"verify_token": {"inline": "t"}}))
+        .unwrap()
+        .contains("only applies to provider 'meta' with answer_challenges"));
+    assert!(base(
+        "meta",
+        json!({"answer_challenges": true, "verify_token": {"inline": "t"}})
+    )
+    .is_none());
+}
+
+#[test]
+fn metas_subscription_handshake_is_answered_from_the_token() {
+    use webhook_guard_core::{Step, Stream};
+    let g = guard(
+        json!([{"name": "m", "match": {"path_prefix": "/"}, "provider": "meta", "secrets": [{"inline": "app"}],
+                "answer_challenges": true, "verify_token": {"inline": "my token"}}]),
+        &[],
+    );
+    let host = MemHost::new(g.counter_names(), NOW * 1000);
+    let route = RouteInfo {
+        route_name: None,
+        authority: "h",
+        path: "/",
+        route_policy: None,
+    };
+    let get = |path: &str| {
+        let mut s = Stream::new();
+        let hs = headers(&[]);
+        match s.on_request_headers(&g, &host, &route, with_method(path, "GET"), &hs, true) {
+            Step::Reply(r) => (r.status, r.body, r.details),
+            other => panic!("{other:?}"),
+        }
+    };
+    let (status, body, details) =
+        get("/hook?hub.mode=subscribe&hub.verify_token=my+token&hub.challenge=1158201444");
+    assert_eq!(
+        (status, body.as_str(), details),
+        (200, "1158201444", "challenge_answered")
+    );
+    assert_eq!(host.count("webhook_guard.policy.m.challenges_answered"), 1);
+    let wrong = get("/hook?hub.mode=subscribe&hub.verify_token=my+tokem&hub.challenge=1");
+    assert_eq!((wrong.0, wrong.2), (401, "invalid_signature"));
+    let missing = get("/hook?hub.mode=subscribe&hub.challenge=1");
+    assert_eq!((missing.0, missing.2), (400, "missing_signature"));
+    let twice = get(
+        "/hook?hub.mode=subscribe&hub.verify_token=my+token&hub.verify_token=x&hub.challenge=1",
+    );
+    assert_eq!(twice.2, "malformed_signature");
+    // Only short, plain challenges are echoed.
+    let script =
+        get("/hook?hub.mode=subscribe&hub.verify_token=my+token&hub.challenge=%3Cscript%3E");
+    assert_eq!((script.0, script.2), (400, "malformed_signature"));
+    let long = format!(
+        "/hook?hub.mode=subscribe&hub.verify_token=my+token&hub.challenge={}",
+        "1".repeat(129)
+    );
+    assert_eq!(get(&long).2, "malformed_signature");
+    // Not a handshake: a GET is refused like any unverified method.
+    assert_eq!(get("/hook?hub.mode=unsubscribe").2, "method_not_allowed");
+    assert_eq!(get("/hook").2, "method_not_allowed");
+    assert_eq!(host.count("webhook_guard.policy.m.challenges_answered"), 1);
+    // The token never reaches a log line.
+    assert!(host
+        .logs()
+        .iter()
+        .all(|(_, l)| !l.contains("my") && !l.contains("tokem")));
 }
 
 #[test]
@@ -706,4 +775,38 @@ fn each_verdict_is_one_latency_observation_of_its_policy() {
     let hs = headers(&[]);
     s.on_request_headers(&g, &host, &other, info("/elsewhere"), &hs, true);
     assert_eq!(host.count("webhook_guard.policy.gh.verdict_latency_us"), 2);
+}
+
+#[test]
+fn metas_verify_token_can_come_from_sds_and_rotates_per_request() {
+    use webhook_guard_core::{Step, Stream};
+    let doc = json!({"policies": [{"name": "m", "match": {"path_prefix": "/"}, "provider": "meta",
+        "secrets": [{"inline": "app"}], "answer_challenges": true, "verify_token": {"sds": "meta-verify"}}]});
+    let e = compile(doc.to_string().as_bytes(), &|_| None).unwrap_err();
+    assert_eq!(e.path, "policies[0].verify_token.sds");
+    let g = native(doc).unwrap();
+    assert_eq!(g.sds_secrets(), ["meta-verify"]);
+    let host = MemHost::new(g.counter_names(), NOW * 1000);
+    let route = RouteInfo {
+        route_name: None,
+        authority: "h",
+        path: "/",
+        route_policy: None,
+    };
+    let get = |token: &str| {
+        let mut s = Stream::new();
+        let hs = headers(&[]);
+        let path = format!("/?hub.mode=subscribe&hub.verify_token={token}&hub.challenge=42");
+        match s.on_request_headers(&g, &host, &route, with_method(&path, "GET"), &hs, true) {
+            Step::Reply(r) => (r.status, r.details),
+            other => panic!("{other:?}"),
+        }
+    };
+    // Not delivered yet: fail closed.
+    assert_eq!(get("first").1, "secret_unavailable");
+    host.sds.borrow_mut().insert(0, b"first\n".to_vec());
+    assert_eq!(get("first"), (200, "challenge_answered"));
+    host.sds.borrow_mut().insert(0, b"second".to_vec());
+    assert_eq!(get("first").1, "invalid_signature");
+    assert_eq!(get("second"), (200, "challenge_answered"));
 }

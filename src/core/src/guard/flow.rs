@@ -18,6 +18,9 @@ use crate::scheme::{DeliveryId, TimestampSource};
 use crate::stats;
 use crate::verify::{self, lookup, Header, Lookup, Skew};
 
+/// Longest `hub.challenge` echoed back (Meta's are short numbers).
+const MAX_CHALLENGE_BYTES: usize = 128;
+
 impl Guard {
     /// What the upstream's outcome does to the claim: a success commits it, a failure answer
     /// or a request that never left releases it (so the sender's retry is admitted), and an
@@ -414,6 +417,92 @@ impl Guard {
                 body: crate::json::top_level_string(body, "challenge")?,
             }),
             Challenge::TwitchCallbackVerification => None,
+            // A GET handshake, answered from the headers (`Guard::handshake`).
+            Challenge::MetaSubscribe => None,
+        }
+    }
+
+    /// Meta's GET subscription handshake, answered before anything else when the policy
+    /// answers it: `None` when this request is not one (it then goes through `begin`, where a
+    /// GET is refused like any unverified method).
+    pub fn handshake(
+        &self,
+        host: &dyn Host,
+        policy_index: usize,
+        info: &RequestInfo,
+    ) -> Option<Result<LocalReply, Rejection>> {
+        let policy = self.policies.get(policy_index)?;
+        if policy.challenge != Some(Challenge::MetaSubscribe) || info.method != "GET" {
+            return None;
+        }
+        let (path, query) = info.path.split_once('?')?;
+        let mut mode = Vec::new();
+        let mut token = Vec::new();
+        let mut challenge = Vec::new();
+        for pair in query.split('&') {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match crate::form::decode(name.as_bytes()).as_slice() {
+                b"hub.mode" => &mut mode,
+                b"hub.verify_token" => &mut token,
+                b"hub.challenge" => &mut challenge,
+                _ => continue,
+            };
+            slot.push(crate::form::decode(value.as_bytes()));
+        }
+        if mode.first().map(Vec::as_slice) != Some(b"subscribe".as_slice()) {
+            return None;
+        }
+        // The query carries the token: logs get the path alone.
+        let logged = RequestInfo {
+            route_name: info.route_name.clone(),
+            method: info.method.clone(),
+            path: path.to_string(),
+        };
+        let fail = |reason: Reason, detail: &str| {
+            Some(Err(self.reject(
+                host,
+                policy_index,
+                reason,
+                Some(detail),
+                &logged,
+                None,
+            )))
+        };
+        if mode.len() != 1 {
+            return fail(Reason::MalformedSignature, "hub.mode");
+        }
+        let [token] = token.as_slice() else {
+            return if token.is_empty() {
+                fail(Reason::MissingSignature, "hub.verify_token")
+            } else {
+                fail(Reason::MalformedSignature, "hub.verify_token")
+            };
+        };
+        let Some(expected) = policy.verify_token(host) else {
+            return fail(Reason::SecretUnavailable, "verify_token");
+        };
+        let digest = |b: &[u8]| -> [u8; 32] {
+            use sha2::Digest;
+            sha2::Sha256::digest(b).into()
+        };
+        let equal: bool =
+            subtle::ConstantTimeEq::ct_eq(digest(token).as_slice(), digest(&expected).as_slice())
+                .into();
+        if !equal {
+            return fail(Reason::InvalidSignature, "hub.verify_token");
+        }
+        // Echoed to the caller as text: short, and only characters that need no escaping.
+        let safe = |b: &u8| b.is_ascii_alphanumeric() || b"-._~".contains(b);
+        match challenge.as_slice() {
+            [c] if !c.is_empty() && c.len() <= MAX_CHALLENGE_BYTES && c.iter().all(safe) => {
+                host.increment(policy.counter_base.saturating_add(stats::CHALLENGES));
+                Some(Ok(LocalReply {
+                    status: 200,
+                    content_type: "text/plain",
+                    body: String::from_utf8_lossy(c).into_owned(),
+                }))
+            }
+            _ => fail(Reason::MalformedSignature, "hub.challenge"),
         }
     }
 

@@ -69,6 +69,9 @@ pub enum Challenge {
     ZoomUrlValidation,
     /// Twitch `webhook_callback_verification`: reply the `challenge` as text.
     TwitchCallbackVerification,
+    /// Meta's GET `hub.mode=subscribe`: the `hub.verify_token` must equal the configured
+    /// token (constant time); reply the `hub.challenge` as text. Nothing is signed.
+    MetaSubscribe,
 }
 
 /// A policy's `decrypt`: how verified payloads are opened before they are forwarded.
@@ -154,6 +157,8 @@ pub struct Policy {
     pub dedup: Option<DedupPolicy>,
     pub decrypt: Option<Decrypt>,
     pub challenge: Option<Challenge>,
+    /// Meta's handshake token (`verify_token`), when the policy answers that handshake.
+    pub(crate) verify_token: Option<SecretSlot>,
     pub(crate) matcher: Matcher,
     pub scheme: Scheme,
     /// In order of preference: the first usable one is the current secret.
@@ -209,6 +214,22 @@ impl Policy {
                 .decode(text)
                 .filter(|k| self.scheme.key_fits(k))
         })
+    }
+
+    /// Meta's handshake token as configured now (an SDS one as the host holds it).
+    pub(crate) fn verify_token<'a>(
+        &'a self,
+        host: &dyn Host,
+    ) -> Option<std::borrow::Cow<'a, [u8]>> {
+        match self.verify_token.as_ref()? {
+            SecretSlot::Key(k) => Some(std::borrow::Cow::Borrowed(k.as_slice())),
+            SecretSlot::Sds(i) => {
+                let raw = host.sds_secret(*i)?;
+                let text = std::str::from_utf8(&raw).ok()?;
+                let text = text.trim_end_matches(['\r', '\n']);
+                (!text.is_empty()).then(|| std::borrow::Cow::Owned(text.as_bytes().to_vec()))
+            }
+        }
     }
 
     pub fn status(&self, reason: Reason) -> u16 {
