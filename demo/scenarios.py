@@ -7,7 +7,10 @@ smoke test. Used by scripts/demo.sh; expects the stack to be running.
 from __future__ import annotations
 
 import argparse
+import base64
 import concurrent.futures
+import hashlib
+import hmac
 import json
 import os
 import sys
@@ -16,6 +19,7 @@ import time
 import uuid
 
 import requests
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import report
 from signers import PRESETS, SIGNATURE_HEADERS
@@ -132,6 +136,42 @@ def main() -> int:
     failures += not ok
     print(f"{'stripe':<9} {'20 at once':<16} {'':>6}  {f'{codes.count(200)} x 200, {codes.count(409)} x 409':<32} "
           f"{report.times(seen(body)):<15} {'ok' if ok else 'UNEXPECTED'}")
+
+    print("\n== encrypted payloads, opened in the proxy (policy 'envelope': AES-256-GCM inside a signed body)\n")
+    header2 = f"{'scenario':<30} {'status':>6}  {'answer':<20} {'backend got':<28} check"
+    print(header2)
+    print("-" * len(header2))
+
+    def envelope_row(name, key, want_status, want_answer, plaintext_arrives, wrap=True):
+        nonlocal failures
+        plaintext = json.dumps({"id": f"evt_{uuid.uuid4().hex[:16]}", "card": "4242 4242 4242 4242"}).encode()
+        body = seal(plaintext, key) if wrap else plaintext
+        stamp = str(int(time.time()))
+        mac = hmac.new(secrets["ENVELOPE_WEBHOOK_SECRET"].encode(), stamp.encode() + b"." + body,
+                       hashlib.sha256).hexdigest()
+        resp = requests.post(a.envoy + "/webhooks/envelope", data=body, timeout=15, verify=verify,
+                             headers={"Content-Type": "application/json", "X-Webhook-Signature": mac,
+                                      "X-Webhook-Timestamp": stamp})
+        got_plain, got_envelope = seen(plaintext), seen(body) if wrap else 0
+        got = ("the plaintext" if got_plain else "nothing") + (" + the envelope" if got_envelope else "")
+        ok = (resp.status_code == want_status and report.answer(resp) == want_answer
+              and got_plain == int(plaintext_arrives) and got_envelope == 0)
+        failures += not ok
+        print(f"{name:<30} {resp.status_code:>6}  {report.answer(resp):<20} {got:<28} {'ok' if ok else 'UNEXPECTED'}")
+
+    def seal(plaintext: bytes, key: bytes) -> bytes:
+        nonce = os.urandom(12)
+        sealed = AESGCM(key).encrypt(nonce, plaintext, None)
+        return json.dumps({"encrypted": base64.b64encode(sealed).decode(),
+                           "nonce": base64.b64encode(nonce).decode()}).encode()
+
+    current = base64.b64decode(secrets["ENVELOPE_ENCRYPTION_KEY_SECRET"])
+    previous = base64.b64decode(secrets["ENVELOPE_ENCRYPTION_KEY_SECRET_PREVIOUS"])
+    envelope_row("sealed with the current key", current, 200, "forwarded", True)
+    envelope_row("sealed with the previous key", previous, 200, "forwarded", True)
+    envelope_row("sealed with an unknown key", os.urandom(32), 400, "decryption_failed", False)
+    envelope_row("signed, but not an envelope", current, 400, "malformed_payload", False, wrap=False)
+    print("(the backend receives the plaintext with its own content-length and never holds the key)")
 
     print("\n== what an attacker tries\n")
     header = f"{'scenario':<44} {'status':>6}  {'answer':<22} {'reached backend':<15} check"

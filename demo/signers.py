@@ -79,6 +79,10 @@ def fresh_secrets() -> dict[str, str]:
             else:
                 value = rnd.token_hex(16)
             out[var + suffix] = value
+    # The envelope route (envoy/webhook-guard.json): a signing secret and AES-256 keys.
+    for suffix in ("", "_PREVIOUS"):
+        out["ENVELOPE_WEBHOOK_SECRET" + suffix] = rnd.token_hex(16)
+        out["ENVELOPE_ENCRYPTION_KEY_SECRET" + suffix] = base64.b64encode(rnd.token_bytes(32)).decode()
     return out
 
 

@@ -80,6 +80,10 @@ declare -A demo_secrets=(
   [STANDARD_WEBHOOK_SECRET_PREVIOUS]="whsec_ZGVtby1zdGFuZGFyZC13ZWJob29rcy1vbGQtc2VjcmV0"
   [CUSTOM_WEBHOOK_SECRET]="demo-custom-secret"
   [CUSTOM_WEBHOOK_SECRET_PREVIOUS]="demo-custom-secret-old"
+  [ENVELOPE_WEBHOOK_SECRET]="demo-envelope-secret"
+  [ENVELOPE_WEBHOOK_SECRET_PREVIOUS]="demo-envelope-secret-old"
+  [ENVELOPE_ENCRYPTION_KEY_SECRET]="ZGVtby1lbnZlbG9wZS1lbmNyeXB0aW9uLWtleS0zMmI="
+  [ENVELOPE_ENCRYPTION_KEY_SECRET_PREVIOUS]="ZGVtby1lbnZlbG9wZS1lbmNyeXB0aW9uLWtleS1vbGQ="
 )
 echo "== secrets (demo values unless set in the environment)"
 for name in $(printf '%s\n' "${!demo_secrets[@]}" | sort); do
