@@ -67,8 +67,10 @@ def test_verify_a_saved_request(tmp_path):
 
 def test_check_config_uses_the_filters_validator(tmp_path):
     ok = cli("check-config", str(DEMO_CONFIG), env={"PATH": "/usr/bin:/bin", "GITHUB_WEBHOOK_SECRET": "s"})
-    assert "valid, 6 policies" in ok.stdout
+    assert "valid, 7 policies" in ok.stdout
     assert "github           POST, secrets 1/2 usable" in ok.stdout
+    assert "decrypt: aes-256-gcm, keys 0/2 usable" in ok.stdout
+    assert "no usable decryption key" in ok.stdout
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"policies": [{"name": "x", "match": {"path_prefix": "/"}, "provider": "bogus",
                                                 "secrets": [{"inline": "s"}]}]}))

@@ -214,8 +214,12 @@ fn check_config(file: &PathBuf) -> Result<ExitCode, String> {
                 d.capacity,
             )
         });
+        let decrypt = p.decrypt.as_ref().map_or(String::new(), |d| {
+            let (loaded, configured) = d.key_counts();
+            format!(", decrypt: aes-256-gcm, keys {loaded}/{configured} usable")
+        });
         println!(
-            "  {:<16} {}, secrets {}/{} usable, tolerance {} s, max body {} B, dedup: {}",
+            "  {:<16} {}, secrets {}/{} usable, tolerance {} s, max body {} B, dedup: {}{decrypt}",
             p.name,
             p.methods.join("/"),
             p.usable_secrets(),

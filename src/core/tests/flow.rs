@@ -399,12 +399,17 @@ fn the_shipped_demo_config_compiles() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../envoy/webhook-guard.json"
     );
-    let g = compile(&std::fs::read(path).unwrap(), &|_| {
-        Some("whsec_c2VjcmV0".into())
+    // Every signing secret, and the envelope route's AES-256 keys (32 bytes, base64).
+    let g = compile(&std::fs::read(path).unwrap(), &|name| {
+        Some(if name.contains("ENCRYPTION_KEY") {
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into()
+        } else {
+            "whsec_c2VjcmV0".into()
+        })
     })
     .unwrap();
-    assert_eq!(g.policies().len(), 6);
-    assert!(g.notices().is_empty());
+    assert_eq!(g.policies().len(), 7);
+    assert!(g.notices().is_empty(), "{:?}", g.notices());
 }
 
 #[test]

@@ -105,6 +105,16 @@ impl Decrypt {
     pub fn first_key(&self) -> Option<&[u8]> {
         first(&self.keys)
     }
+
+    /// Keys that loaded at configure time, and keys configured (SDS ones are read per request).
+    pub fn key_counts(&self) -> (usize, usize) {
+        let loaded = self
+            .keys
+            .iter()
+            .filter(|s| matches!(s, SecretSlot::Key(_)))
+            .count();
+        (loaded, self.keys.len())
+    }
 }
 
 /// A verified payload's plaintext, forwarded in place of the envelope.
