@@ -796,6 +796,7 @@ fn compile_decrypt(
             Ok(Some(Decrypt {
                 cipher,
                 keys,
+                keys_configured: d.keys.len(),
                 key_encoding,
                 content_type,
             }))

@@ -79,6 +79,8 @@ pub struct Decrypt {
     pub cipher: Cipher,
     /// In order of preference (rotation).
     pub(crate) keys: Vec<SecretSlot>,
+    /// Keys listed in the configuration (unset `env` ones included).
+    pub keys_configured: usize,
     pub key_encoding: KeyEncoding,
     pub content_type: String,
 }
@@ -113,7 +115,7 @@ impl Decrypt {
             .iter()
             .filter(|s| matches!(s, SecretSlot::Key(_)))
             .count();
-        (loaded, self.keys.len())
+        (loaded, self.keys_configured)
     }
 }
 
