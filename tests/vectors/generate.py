@@ -479,5 +479,85 @@ for i, (name, provenance, signed_origin, policy_origin, expect) in enumerate([
         {**TW_FORM_CT, "x-twilio-signature": twilio_sig(TW_TOKEN, signed_origin + path, TW_PARAMS)},
         TW_FORM, None, expect, path=path, policy={"public_origin": policy_origin})
 
+# Mailgun: hex HMAC-SHA256(webhook signing key, timestamp + token), the three in the body's
+# `signature` block (JSON) or form fields. Only timestamp + token are signed, never the event
+# data. Mailgun publishes no example with its key, so these are signed here (the e2e suite checks
+# them with the `mailgun` SDK's SecurityGuard.verify_webhook). Window: 900 s, two-sided.
+MG_KEY, MG_PARENT, MG_T = "mailgun-webhook-signing-key", "mailgun-parent-account-key", 1700000000
+MG_TOKEN = "e0b5477167110d68991efc6b9f89f0a11066af27834600e123"
+MG_EVENT = {"id": "CPgfbmQMTCKtHW6uIWtuVe", "event": "delivered", "recipient": "alice@example.com"}
+
+
+def mailgun_block(key=MG_KEY, ts=MG_T, token=MG_TOKEN):
+    return {"timestamp": str(ts), "token": token, "signature": hx(key.encode(), f"{ts}{token}".encode())}
+
+
+def mailgun_json(block, event=None):
+    return json.dumps({"signature": block, "event-data": event or MG_EVENT}, separators=(",", ":"))
+
+
+MG_JSON = {"content-type": "application/json"}
+MG_FORM = {"content-type": "application/x-www-form-urlencoded"}
+MG_OK = mailgun_json(mailgun_block())
+MG_ALT = mailgun_json({**mailgun_block(), "token": MG_TOKEN[:-1] + "4"})  # another token, the same signature
+for name, provenance, secret, headers, body, at, expect, extra in [
+    ("mailgun json", "self-generated", MG_KEY, MG_JSON, MG_OK, MG_T, "accepted", {"tampered": MG_ALT}),
+    # Honest limit: the event data is not signed; another event under a captured block verifies.
+    ("mailgun event-data is not signed", "derived", MG_KEY, MG_JSON,
+     mailgun_json(mailgun_block(), {**MG_EVENT, "event": "failed"}), MG_T, "accepted", {"tampered": MG_ALT}),
+    ("mailgun json without content-type", "self-generated", MG_KEY, {}, MG_OK, MG_T, "accepted",
+     {"tampered": MG_ALT}),
+    ("mailgun parent-signature under the parent key", "self-generated", MG_PARENT, MG_JSON,
+     mailgun_json({**mailgun_block(), "parent-signature": mailgun_block(MG_PARENT)["signature"]}), MG_T,
+     "accepted", {"tampered": MG_ALT}),
+    ("mailgun changed token", "derived-negative", MG_KEY, MG_JSON,
+     mailgun_json({**mailgun_block(), "token": MG_TOKEN[:-1] + "4"}), MG_T, "invalid_signature", {}),
+    ("mailgun changed timestamp", "derived-negative", MG_KEY, MG_JSON,
+     mailgun_json({**mailgun_block(), "timestamp": str(MG_T + 1)}), MG_T, "invalid_signature", {}),
+    ("mailgun wrong key", "derived-negative", "not-" + MG_KEY, MG_JSON, MG_OK, MG_T, "invalid_signature", {}),
+    ("mailgun window edge (900 s)", "self-generated", MG_KEY, MG_JSON, MG_OK, MG_T + 900, "accepted",
+     {"tampered": MG_ALT}),
+    ("mailgun stale", "derived-negative", MG_KEY, MG_JSON, MG_OK, MG_T + 901, "timestamp_out_of_window", {}),
+    ("mailgun future", "derived-negative", MG_KEY, MG_JSON, MG_OK, MG_T - 901, "timestamp_out_of_window", {}),
+    ("mailgun no signature block", "derived-negative", MG_KEY, MG_JSON,
+     json.dumps({"event-data": MG_EVENT}), MG_T, "missing_signature", {}),
+    ("mailgun no signature field", "derived-negative", MG_KEY, MG_JSON,
+     mailgun_json({k: v for k, v in mailgun_block().items() if k != "signature"}), MG_T, "missing_signature", {}),
+    ("mailgun no token", "derived-negative", MG_KEY, MG_JSON,
+     mailgun_json({k: v for k, v in mailgun_block().items() if k != "token"}), MG_T, "missing_signature", {}),
+    ("mailgun no timestamp", "derived-negative", MG_KEY, MG_JSON,
+     mailgun_json({k: v for k, v in mailgun_block().items() if k != "timestamp"}), MG_T, "missing_timestamp", {}),
+    ("mailgun short signature", "derived-negative", MG_KEY, MG_JSON,
+     mailgun_json({**mailgun_block(), "signature": mailgun_block()["signature"][:-2]}), MG_T,
+     "malformed_signature", {}),
+    ("mailgun signature not hex", "derived-negative", MG_KEY, MG_JSON,
+     mailgun_json({**mailgun_block(), "signature": "z" * 64}), MG_T, "malformed_signature", {}),
+    ("mailgun empty token", "derived-negative", MG_KEY, MG_JSON,
+     mailgun_json(mailgun_block(token="")), MG_T, "malformed_signature", {}),
+    ("mailgun timestamp as a number", "derived-negative", MG_KEY, MG_JSON,
+     mailgun_json({**mailgun_block(), "timestamp": MG_T}), MG_T, "malformed_timestamp", {}),
+    ("mailgun timestamp with a leading zero", "derived-negative", MG_KEY, MG_JSON,
+     mailgun_json(mailgun_block(ts="0" + str(MG_T))), MG_T, "malformed_timestamp", {}),
+    # A repeated field is ambiguous (a parser elsewhere might take the other one): rejected.
+    ("mailgun repeated signature block", "derived-negative", MG_KEY, MG_JSON,
+     MG_OK[:-1] + ',"signature":' + json.dumps(mailgun_block(token="x" * 50), separators=(",", ":")) + "}",
+     MG_T, "malformed_signature", {}),
+    ("mailgun repeated token", "derived-negative", MG_KEY, MG_JSON,
+     MG_OK.replace('"token":', '"token":"other","token":', 1), MG_T, "malformed_signature", {}),
+    ("mailgun body not JSON", "derived-negative", MG_KEY, MG_JSON, "timestamp=1", MG_T, "malformed_signature", {}),
+    ("mailgun trailing bytes after the JSON", "derived-negative", MG_KEY, MG_JSON, MG_OK + "{}", MG_T,
+     "malformed_signature", {}),
+    ("mailgun form fields", "self-generated", MG_KEY, MG_FORM,
+     urlencode({**mailgun_block(), "event": "delivered", "recipient": "alice@example.com"}), MG_T, "accepted",
+     {"tampered": urlencode({**mailgun_block(), "token": MG_TOKEN[:-1] + "4"})}),
+    ("mailgun form repeated token", "derived-negative", MG_KEY, MG_FORM,
+     urlencode({**mailgun_block()}) + "&token=other", MG_T, "malformed_signature", {}),
+    ("mailgun form without signature", "derived-negative", MG_KEY, MG_FORM,
+     urlencode({k: v for k, v in mailgun_block().items() if k != "signature"}), MG_T, "missing_signature", {}),
+    ("mailgun form body sent as JSON", "derived-negative", MG_KEY, MG_JSON,
+     urlencode(mailgun_block()), MG_T, "malformed_signature", {}),
+]:
+    add(name, "mailgun", provenance, secret, headers, body, at, expect, **extra)
+
 OUT.write_text(json.dumps(vectors, indent=1) + "\n")
 print(f"wrote {len(vectors)} vectors to {OUT}")

@@ -12,7 +12,7 @@ use webhook_guard_core::compile::{self, ConfigError};
 use webhook_guard_core::config::{KeyEncoding, Provider, TimestampUnit};
 use webhook_guard_core::decrypt::{seal_gcm, Cipher, NonceSource};
 use webhook_guard_core::memhost::MemHost;
-use webhook_guard_core::scheme::Scheme;
+use webhook_guard_core::scheme::{Scheme, SigFormat};
 use webhook_guard_core::sign::{sign, SignInput};
 use webhook_guard_core::{presets, Guard, RequestInfo, Route, RouteInfo};
 
@@ -59,7 +59,9 @@ enum Command {
 struct SignArgs {
     /// A preset: github, stripe, slack, shopify, standard-webhooks, svix, zoom, paddle, twitch,
     /// pagerduty, linear, intercom, bitbucket, jira, gitlab, paystack, razorpay, lemon-squeezy,
-    /// vercel, woocommerce, typeform, mux, sentry, calendly, meta (public-key presets such as
+    /// vercel, woocommerce, typeform, mux, sentry, calendly, meta, mailgun (prints the body to
+    /// send: the signature block around the event data given as the body, --id is the token;
+    /// public-key presets such as
     /// discord and telnyx are signed with the provider's private key, not here).
     #[arg(long, conflicts_with_all = ["config", "policy"])]
     provider: Option<String>,
@@ -317,6 +319,15 @@ fn run_sign(a: &SignArgs) -> Result<ExitCode, String> {
         headers: &a.headers,
     };
     let mut headers = sign(&scheme, &key, &input)?;
+    if scheme
+        .sources
+        .first()
+        .is_some_and(|s| matches!(s.format, SigFormat::BodyFields))
+    {
+        // Mailgun: the signature block goes in the body, next to the event (the body given).
+        println!("{}", mailgun_body(&headers, &body)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     headers.extend(extra);
     match a.format {
         Format::Headers => headers.iter().for_each(|(k, v)| println!("{k}: {v}")),
@@ -336,6 +347,17 @@ fn run_sign(a: &SignArgs) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `{"signature": {"timestamp", "token", "signature"}, "event-data": <body>}`, as Mailgun posts.
+fn mailgun_body(fields: &[Header], event: &[u8]) -> Result<String, String> {
+    let event: serde_json::Value = serde_json::from_slice(event)
+        .map_err(|e| format!("the body (the event data) is not JSON: {e}"))?;
+    let block: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    Ok(serde_json::json!({"signature": block, "event-data": event}).to_string())
 }
 
 /// The body as the policy's sender would encrypt it, and the nonce header when the policy

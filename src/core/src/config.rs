@@ -358,6 +358,7 @@ pub enum Provider {
     Meta,
     Telnyx,
     Hubspot,
+    Mailgun,
     Custom,
 }
 
@@ -396,6 +397,7 @@ impl Provider {
             Provider::Meta => "meta",
             Provider::Telnyx => "telnyx",
             Provider::Hubspot => "hubspot",
+            Provider::Mailgun => "mailgun",
             Provider::Custom => "custom",
         }
     }

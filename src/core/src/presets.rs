@@ -8,6 +8,9 @@ use crate::dedup::key::KeySource;
 use crate::scheme::{DeliveryId, Scheme, SigFormat, SigSource, TimestampSource, TimestampSpec};
 use crate::template::Part;
 
+/// The `mailgun` SDK's `SecurityGuard.verify_webhook(max_age_seconds=900)`.
+const MAILGUN_TOLERANCE_SECONDS: u64 = 900;
+
 fn lit(s: &str) -> Part {
     Part::Literal(s.as_bytes().to_vec())
 }
@@ -92,6 +95,8 @@ pub fn dedup_key(provider: Provider) -> Option<KeySource> {
         // A retry is signed anew (new timestamp, new `attemptNumber` in the body) and a batch
         // holds many events: only the exact request is identified, by its signature.
         Provider::Hubspot => Some(KeySource::Signature),
+        // The signed `token` of the body's signature block (not the body, which is unsigned).
+        Provider::Mailgun => Some(KeySource::Token),
     }
 }
 
@@ -565,6 +570,27 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             body_sha256_query: false,
         },
         // Need a URL from the policy: `square()`, `twilio()`, `hubspot()`.
+        // Hex HMAC-SHA256 of `{timestamp}{token}`, all three in the body's signature block
+        // (JSON `signature.{..}` or form fields); the event data is not signed. Window: the
+        // `mailgun` SDK's `verify_webhook` default, 900 s, two-sided.
+        Provider::Mailgun => Scheme {
+            sources: vec![SigSource {
+                headers: Vec::new(),
+                format: SigFormat::BodyFields,
+                algorithm: Algorithm::HmacSha256,
+                encoding: Encoding::Hex,
+            }],
+            timestamp: Some(TimestampSpec {
+                source: TimestampSource::BodyFields,
+                unit: TimestampUnit::Seconds,
+            }),
+            template: vec![Part::Timestamp, Part::Token],
+            key_encoding: KeyEncoding::Utf8,
+            alternates: Vec::new(),
+            delivery_id: None,
+            default_tolerance_s: MAILGUN_TOLERANCE_SECONDS,
+            body_sha256_query: false,
+        },
         Provider::Square | Provider::Twilio | Provider::Hubspot | Provider::Custom => return None,
     };
     Some(s)

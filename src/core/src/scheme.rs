@@ -47,6 +47,11 @@ pub enum SigFormat {
     /// The header carries the secret itself (GitLab's `X-Gitlab-Token`): compared in constant
     /// time; it authenticates the sender, not the body.
     Token,
+    /// Mailgun: the signature, the timestamp and a token are fields of the body (JSON
+    /// `signature.{timestamp,token,signature}`, or form fields `timestamp`, `token`,
+    /// `signature`), read once the body is buffered (`verify::body_fields`). The scheme's
+    /// headers are not consulted. The rest of the body is not signed.
+    BodyFields,
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +68,8 @@ pub enum TimestampSource {
     /// A top-level number in the JSON body (Linear's `webhookTimestamp`): read after the body
     /// verified, since the body is what is signed.
     BodyJson(String),
+    /// The `timestamp` field next to a `BodyFields` signature (Mailgun), signed as received.
+    BodyFields,
 }
 
 #[derive(Debug, Clone)]

@@ -92,8 +92,12 @@ pub fn sign(
             Part::Method => input.method.as_bytes(),
             Part::Path => input.path.as_bytes(),
             Part::FormParams => form.as_slice(),
+            Part::Token => input.id.unwrap_or("").as_bytes(),
         })
         .collect();
+    if scheme.template.contains(&Part::Token) && input.id.is_none_or(str::is_empty) {
+        return Err("this scheme signs a token: pass it as the delivery id".into());
+    }
     let mac = compute_mac(source.algorithm, key, &parts).ok_or("cannot compute the MAC")?;
     let encoded = match source.encoding {
         Encoding::Hex => hex::encode(&mac),
@@ -112,6 +116,14 @@ pub fn sign(
         SigFormat::Versioned { version } => format!("{version},{encoded}"),
         // The token is the secret itself.
         SigFormat::Token => String::from_utf8_lossy(key).into_owned(),
+        // Mailgun: the fields of the body's signature block, not headers.
+        SigFormat::BodyFields => {
+            return Ok(vec![
+                ("timestamp".into(), ts_text.unwrap_or_default()),
+                ("token".into(), input.id.unwrap_or("").to_string()),
+                ("signature".into(), encoded),
+            ])
+        }
     };
     let sig_header = source.headers.first().ok_or("no signature header name")?;
     out.insert(0, (sig_header.clone(), value));

@@ -12,6 +12,9 @@ pub enum Part {
     /// Form parameters of an `application/x-www-form-urlencoded` body, decoded, de-duplicated,
     /// sorted by name then value, concatenated as name+value (Twilio).
     FormParams,
+    /// The `token` field next to a `BodyFields` signature (Mailgun); not a placeholder of
+    /// custom templates.
+    Token,
 }
 
 pub fn parse(template: &str) -> Result<Vec<Part>, String> {

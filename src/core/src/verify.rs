@@ -76,6 +76,8 @@ pub struct Extracted {
     pub form_encoded: bool,
     /// Twilio: the `bodySHA256` parameter of the signed URL (hex), when present.
     pub body_sha256: Option<Vec<u8>>,
+    /// Mailgun: the body's signed `token` (empty until `body_fields` read it).
+    pub token: Vec<u8>,
 }
 
 /// A signature that verified: which key (0 = the first listed), under which of the scheme's
@@ -107,7 +109,7 @@ pub fn extract<H: Header>(
                     Lookup::One(v) => Some(v.to_vec()),
                 },
                 // In the body: read once the body has verified (`body_timestamp`).
-                TimestampSource::BodyJson(_) => None,
+                TimestampSource::BodyJson(_) | TimestampSource::BodyFields => None,
             };
             match raw {
                 None => None,
@@ -149,6 +151,7 @@ pub fn extract<H: Header>(
         path: path.to_vec(),
         form_encoded,
         body_sha256,
+        token: Vec::new(),
     })
 }
 
@@ -166,6 +169,10 @@ fn find_signature<'s, 'h, H: Header>(
     headers: &'h [H],
 ) -> Result<(usize, &'s SigSource, &'h [u8]), Reason> {
     for (i, source) in scheme.sources.iter().enumerate() {
+        if matches!(source.format, SigFormat::BodyFields) {
+            // In the body: read once it is buffered (`body_fields`).
+            return Ok((i, source, &[]));
+        }
         for name in &source.headers {
             match lookup(headers, name) {
                 Lookup::Absent => {}
@@ -228,6 +235,7 @@ pub fn parse_candidates(source: &SigSource, value: &[u8]) -> Result<Candidates, 
             Ok((candidates, ts))
         }
         SigFormat::Token => Ok((vec![value.to_vec()], None)),
+        SigFormat::BodyFields => Ok((Vec::new(), None)),
         SigFormat::Versioned { version } => {
             let mut candidates = Vec::new();
             let mut seen = 0usize;
@@ -328,6 +336,7 @@ pub fn signed_parts<'a>(
             Part::Method => ex.method.as_slice(),
             Part::Path => ex.path.as_slice(),
             Part::FormParams => form,
+            Part::Token => ex.token.as_slice(),
         })
         .collect()
 }
@@ -508,4 +517,175 @@ pub fn body_timestamp(field: &str, unit: TimestampUnit, body: &[u8]) -> Result<u
         TimestampUnit::Milliseconds => Ok(n),
         TimestampUnit::Rfc3339 => Err(Reason::MalformedTimestamp),
     }
+}
+
+/// Longest Mailgun `token` accepted (Mailgun's are 50 hex characters).
+const MAX_TOKEN_BYTES: usize = 256;
+
+/// The three fields of a body-carried signature block, each as found (at most once).
+#[derive(Default)]
+struct BodySignature {
+    timestamp: Option<serde_json::Value>,
+    token: Option<serde_json::Value>,
+    signature: Option<serde_json::Value>,
+    /// A subaccount's event also carries the parent account's signature of the same bytes.
+    parent_signature: Option<serde_json::Value>,
+}
+
+/// `{"signature": {...}, ...}`: the block, `None` when the object has no `signature`; a
+/// repeated `signature`, or a repeated field inside it, is an error (ambiguous).
+struct TopLevel;
+struct Block;
+
+impl<'de> serde::de::Visitor<'de> for TopLevel {
+    type Value = Option<BodySignature>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "signature" {
+                if found.is_some() {
+                    return Err(serde::de::Error::custom("repeated signature"));
+                }
+                found = Some(map.next_value_seed(Block)?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Block {
+    type Value = BodySignature;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Block {
+    type Value = BodySignature;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a signature object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut block = BodySignature::default();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let slot = match key.as_ref() {
+                "timestamp" => &mut block.timestamp,
+                "token" => &mut block.token,
+                "signature" => &mut block.signature,
+                "parent-signature" => &mut block.parent_signature,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            if slot.is_some() {
+                return Err(serde::de::Error::custom("repeated field"));
+            }
+            *slot = Some(map.next_value::<serde_json::Value>()?);
+        }
+        Ok(block)
+    }
+}
+
+/// Form fields `timestamp`, `token`, `signature` (decoded); a repeated one is ambiguous.
+fn form_signature(body: &[u8]) -> Result<BodySignature, Reason> {
+    let mut block = BodySignature::default();
+    for pair in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+        let (name, value) = split_once(pair, b"=").unwrap_or((pair, &[]));
+        let slot = match crate::form::decode(name).as_slice() {
+            b"timestamp" => &mut block.timestamp,
+            b"token" => &mut block.token,
+            b"signature" => &mut block.signature,
+            b"parent-signature" => &mut block.parent_signature,
+            _ => continue,
+        };
+        if slot.is_some() {
+            return Err(Reason::MalformedSignature);
+        }
+        let text = String::from_utf8(crate::form::decode(value))
+            .map_err(|_| Reason::MalformedSignature)?;
+        *slot = Some(serde_json::Value::String(text));
+    }
+    Ok(block)
+}
+
+/// Mailgun: the signed material of a `BodyFields` scheme, out of the buffered body (JSON
+/// `signature.{timestamp,token,signature}` and, for subaccounts, `parent-signature`; or form
+/// fields when the request is form-encoded):
+/// a copy of `ex` with the candidate signature, the timestamp and the token filled in. Missing
+/// pieces are `missing_signature` / `missing_timestamp`; anything unparsable or repeated is
+/// malformed.
+pub fn body_fields(scheme: &Scheme, ex: &Extracted, body: &[u8]) -> Result<Extracted, Reason> {
+    let source = scheme
+        .sources
+        .get(ex.source)
+        .ok_or(Reason::MissingSignature)?;
+    let block = if ex.form_encoded {
+        form_signature(body)?
+    } else {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let block = serde::Deserializer::deserialize_map(&mut de, TopLevel)
+            .map_err(|_| Reason::MalformedSignature)?;
+        de.end().map_err(|_| Reason::MalformedSignature)?;
+        block.ok_or(Reason::MissingSignature)?
+    };
+    let text = |v: Option<serde_json::Value>, missing: Reason, malformed: Reason| match v {
+        None => Err(missing),
+        Some(serde_json::Value::String(s)) => Ok(s.into_bytes()),
+        Some(_) => Err(malformed),
+    };
+    let signature = text(
+        block.signature,
+        Reason::MissingSignature,
+        Reason::MalformedSignature,
+    )?;
+    let token = text(
+        block.token,
+        Reason::MissingSignature,
+        Reason::MalformedSignature,
+    )?;
+    let raw_ts = text(
+        block.timestamp,
+        Reason::MissingTimestamp,
+        Reason::MalformedTimestamp,
+    )?;
+    let decode = |text: &[u8]| {
+        (text.len() <= MAX_SIGNATURE_HEADER_BYTES)
+            .then(|| decode_mac(source.encoding, text, source.algorithm.signature_lengths()))
+            .flatten()
+            .ok_or(Reason::MalformedSignature)
+    };
+    let mut candidates = vec![decode(&signature)?];
+    // The parent account's signature (subaccount events): either key may verify.
+    if let Some(parent) = block.parent_signature {
+        let text = text(
+            Some(parent),
+            Reason::MalformedSignature,
+            Reason::MalformedSignature,
+        )?;
+        candidates.push(decode(&text)?);
+    }
+    if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+        return Err(Reason::MalformedSignature);
+    }
+    let unit = scheme
+        .timestamp
+        .as_ref()
+        .map_or(TimestampUnit::Seconds, |t| t.unit);
+    let ms = parse_timestamp(&raw_ts, unit).ok_or(Reason::MalformedTimestamp)?;
+    let mut out = ex.clone();
+    out.candidates = candidates;
+    out.timestamp = Some(Timestamp { raw: raw_ts, ms });
+    out.token = token;
+    Ok(out)
 }

@@ -815,3 +815,89 @@ fn metas_verify_token_can_come_from_sds_and_rotates_per_request() {
     assert_eq!(get("first").1, "invalid_signature");
     assert_eq!(get("second"), (200, "challenge_answered"));
 }
+
+fn mailgun_block(key: &str, ts: u64, token: &str) -> Value {
+    let mac = compute_mac(
+        Algorithm::HmacSha256,
+        key.as_bytes(),
+        &[ts.to_string().as_bytes(), token.as_bytes()],
+    )
+    .unwrap();
+    json!({"timestamp": ts.to_string(), "token": token, "signature": hex::encode(mac)})
+}
+
+fn mailgun_finish(
+    g: &Guard,
+    h: &MemHost,
+    hs: &[(String, Vec<u8>)],
+    body: &[u8],
+) -> Result<webhook_guard_core::Accepted, Rejection> {
+    let pending = g.begin(h, 0, info("/mg"), hs)?;
+    g.finish(h, &pending, body)
+}
+
+#[test]
+fn mailgun_dedups_on_the_signed_token_whatever_the_event_data_or_encoding() {
+    let key = "mg-signing-key";
+    let g = guard(
+        json!([{"name": "mg", "match": {"path_prefix": "/mg"}, "provider": "mailgun",
+                "secrets": [{"inline": key}]}]),
+        &[],
+    );
+    let h = MemHost::new(g.counter_names(), NOW * 1000);
+    let token = "e0b5477167110d68991efc6b9f89f0a11066af27834600e123";
+    let block = mailgun_block(key, NOW, token);
+    let json_ct = headers(&[("content-type", b"application/json")]);
+    let body = json!({"signature": block, "event-data": {"event": "delivered"}}).to_string();
+    let a = mailgun_finish(&g, &h, &json_ct, body.as_bytes()).unwrap();
+    g.settle(
+        &h,
+        a.claim.unwrap(),
+        webhook_guard_core::Upstream::Answered(200),
+    );
+    // Another event under the same (captured) block verifies, since the event data is not
+    // signed, but the token was used: replayed. So is the same block sent as form fields.
+    let other = json!({"signature": block, "event-data": {"event": "failed"}}).to_string();
+    let r = mailgun_finish(&g, &h, &json_ct, other.as_bytes()).unwrap_err();
+    assert_eq!(r.reason, Reason::Replayed);
+    let form = format!(
+        "timestamp={NOW}&token={token}&signature={}&event=failed",
+        block["signature"].as_str().unwrap()
+    );
+    let form_ct = headers(&[("content-type", b"application/x-www-form-urlencoded")]);
+    let r = mailgun_finish(&g, &h, &form_ct, form.as_bytes()).unwrap_err();
+    assert_eq!(r.reason, Reason::Replayed);
+    // A fresh token is a new delivery.
+    let block = mailgun_block(key, NOW, "another-token");
+    let body = json!({"signature": block, "event-data": {}}).to_string();
+    assert!(mailgun_finish(&g, &h, &json_ct, body.as_bytes()).is_ok());
+    for (_, line) in h.logs() {
+        assert!(!line.contains(key));
+    }
+}
+
+#[test]
+fn mailgun_parent_signature_verifies_under_the_parent_key_and_must_be_well_formed() {
+    let (sub, parent) = ("subaccount-key", "parent-key");
+    let g = guard(
+        json!([{"name": "mg", "match": {"path_prefix": "/mg"}, "provider": "mailgun",
+                "secrets": [{"inline": parent}]}]),
+        &[],
+    );
+    let h = MemHost::new(g.counter_names(), NOW * 1000);
+    let json_ct = headers(&[("content-type", b"application/json")]);
+    let mut block = mailgun_block(sub, NOW, "t1");
+    block["parent-signature"] = mailgun_block(parent, NOW, "t1")["signature"].clone();
+    let body = json!({"signature": block, "event-data": {}}).to_string();
+    assert!(mailgun_finish(&g, &h, &json_ct, body.as_bytes()).is_ok());
+    let mut block = mailgun_block(sub, NOW, "t2");
+    block["parent-signature"] = json!("nothex");
+    let body = json!({"signature": block, "event-data": {}}).to_string();
+    let r = mailgun_finish(&g, &h, &json_ct, body.as_bytes()).unwrap_err();
+    assert_eq!(r.reason, Reason::MalformedSignature);
+    // Without the parent's signature, the subaccount's does not verify under the parent key.
+    let block = mailgun_block(sub, NOW, "t3");
+    let body = json!({"signature": block, "event-data": {}}).to_string();
+    let r = mailgun_finish(&g, &h, &json_ct, body.as_bytes()).unwrap_err();
+    assert_eq!(r.reason, Reason::InvalidSignature);
+}

@@ -201,12 +201,45 @@ mod parsers {
             for b in [body.as_bytes(), bytes.as_slice()] {
                 let _ = json::top_level(b, "id");
                 let _ = json::top_level_string(b, "event");
-                let (kind, m) = material(&KeySource::JsonPointer(pointer.clone()), b"mac", &[], b);
+                let (kind, m) = material(&KeySource::JsonPointer(pointer.clone()), b"mac", &[], &[], b);
                 prop_assert!(kind == "json" || (kind == "sig" && m.as_ref() == b"mac"));
                 for unit in [config::TimestampUnit::Seconds, config::TimestampUnit::Milliseconds, config::TimestampUnit::Rfc3339] {
                     let _ = body_timestamp("webhookTimestamp", unit, b);
                 }
             }
+        }
+
+        /// Mailgun reads its signature block out of the body: any body, JSON-ish, form or
+        /// bytes, under either content type, gets a verdict and never a panic; and any one-byte
+        /// change inside the signed block of an accepted delivery is rejected.
+        #[test]
+        fn mailgun_bodies_never_panic_and_the_block_is_bound(body in jsonish(), bytes in prop::collection::vec(any::<u8>(), 0..300), form in "[a-z0-9%+=&-]{0,200}", at in any::<usize>(), xor in 1u8..=255) {
+            static MAILGUN: std::sync::OnceLock<(serde_json::Value, webhook_guard_core::Guard)> = std::sync::OnceLock::new();
+            let (v, guard) = MAILGUN.get_or_init(|| {
+                let v = common::vectors::all().into_iter().find(|v| v["name"] == "mailgun json").unwrap();
+                let guard = common::vectors::guard_for(&v);
+                (v, guard)
+            });
+            let host = webhook_guard_core::memhost::MemHost::new(guard.counter_names(), common::vectors::now_ms(v));
+            for ct in [&b"application/json"[..], b"application/x-www-form-urlencoded"] {
+                let hs = vec![("content-type".to_string(), ct.to_vec())];
+                for b in [body.as_bytes(), bytes.as_slice(), form.as_bytes()] {
+                    let got = common::vectors::verdict(guard, &host, "POST", "/", &hs, b);
+                    prop_assert_ne!(got, "accepted");
+                }
+            }
+            let good = common::vectors::body_of(v);
+            let text = String::from_utf8(good.clone()).unwrap();
+            let start = text.find("\"signature\":{").unwrap();
+            let end = start + good[start..].iter().position(|c| *c == b'}').unwrap();
+            let mut changed = good.clone();
+            let i = start + at % (end + 1 - start);
+            changed[i] ^= xor;
+            // Hex is case-insensitive: flipping only a letter's case keeps the same MAC.
+            prop_assume!(!changed[i].eq_ignore_ascii_case(&good[i]));
+            let hs = common::vectors::headers_of(v);
+            let host = webhook_guard_core::memhost::MemHost::new(guard.counter_names(), common::vectors::now_ms(v));
+            prop_assert_ne!(common::vectors::verdict(guard, &host, "POST", "/", &hs, &changed), "accepted");
         }
 
         #[test]

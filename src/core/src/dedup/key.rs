@@ -15,6 +15,8 @@ pub enum KeySource {
     /// A value in the (signed) JSON body, e.g. Stripe's event `/id`; falls back to the
     /// signature when the body has no such value.
     JsonPointer(String),
+    /// Mailgun: the signed `token` of the body's signature block.
+    Token,
 }
 
 impl KeySource {
@@ -23,6 +25,7 @@ impl KeySource {
             KeySource::Signature => "signature".into(),
             KeySource::SignedHeader { name, .. } => format!("header:{name}"),
             KeySource::JsonPointer(p) => format!("json:{p}"),
+            KeySource::Token => "token".into(),
         }
     }
 }
@@ -32,6 +35,7 @@ pub fn material<'a>(
     source: &KeySource,
     mac: &'a [u8],
     signed_headers: &'a [Vec<u8>],
+    token: &'a [u8],
     body: &[u8],
 ) -> (&'static str, std::borrow::Cow<'a, [u8]>) {
     match source {
@@ -40,6 +44,8 @@ pub fn material<'a>(
             Some(v) => ("hdr", v.as_slice().into()),
             None => ("sig", mac.into()),
         },
+        KeySource::Token if !token.is_empty() => ("token", token.into()),
+        KeySource::Token => ("sig", mac.into()),
         KeySource::JsonPointer(pointer) => match json_value(body, pointer) {
             Some(v) => ("json", v.into_bytes().into()),
             None => ("sig", mac.into()),
@@ -86,9 +92,9 @@ mod tests {
     #[test]
     fn json_pointer_with_signature_fallback() {
         let src = KeySource::JsonPointer("/id".into());
-        let (kind, m) = material(&src, b"MAC", &[], br#"{"id":"evt_1","x":2}"#);
+        let (kind, m) = material(&src, b"MAC", &[], &[], br#"{"id":"evt_1","x":2}"#);
         assert_eq!((kind, m.as_ref()), ("json", &b"evt_1"[..]));
-        let (kind, m) = material(&src, b"MAC", &[], br#"{"id":7}"#);
+        let (kind, m) = material(&src, b"MAC", &[], &[], br#"{"id":7}"#);
         assert_eq!((kind, m.as_ref()), ("json", &b"7"[..]));
         for body in [
             &b"not json"[..],
@@ -96,7 +102,7 @@ mod tests {
             br#"{"id":null}"#,
             br#"[1]"#,
         ] {
-            assert_eq!(material(&src, b"MAC", &[], body).0, "sig");
+            assert_eq!(material(&src, b"MAC", &[], &[], body).0, "sig");
         }
     }
 
@@ -107,6 +113,9 @@ mod tests {
             index: 1,
         };
         let headers = vec![b"a".to_vec(), b"msg_1".to_vec()];
-        assert_eq!(material(&src, b"M", &headers, b"").1.as_ref(), b"msg_1");
+        assert_eq!(
+            material(&src, b"M", &headers, &[], b"").1.as_ref(),
+            b"msg_1"
+        );
     }
 }

@@ -14,7 +14,7 @@ use crate::dedup::{self, ClaimOutcome};
 use crate::host::{Host, Level};
 use crate::policy::RouteInfo;
 use crate::reason::Reason;
-use crate::scheme::{DeliveryId, TimestampSource};
+use crate::scheme::{DeliveryId, SigFormat, TimestampSource};
 use crate::stats;
 use crate::verify::{self, lookup, Header, Lookup, Skew};
 
@@ -259,17 +259,30 @@ impl Guard {
         let fail = |reason: Reason, detail: Option<&str>| {
             self.reject_with_body(host, pending, policy, body, reason, detail)
         };
+        // Mailgun carries its signature, timestamp and token in the body.
+        let body_signed;
+        let ex = if policy
+            .scheme
+            .sources
+            .get(pending.extracted.source)
+            .is_some_and(|s| matches!(s.format, SigFormat::BodyFields))
+        {
+            body_signed = verify::body_fields(&policy.scheme, &pending.extracted, body)
+                .map_err(|reason| fail(reason, Some("body")))?;
+            &body_signed
+        } else {
+            &pending.extracted
+        };
         let keys = policy.keys(host);
-        let Some(matched) = verify::matching_key(&policy.scheme, &pending.extracted, &keys, body)
-        else {
+        let Some(matched) = verify::matching_key(&policy.scheme, ex, &keys, body) else {
             return Err(fail(Reason::InvalidSignature, None));
         };
         let key_index = matched.key_index;
-        if policy.scheme.body_sha256_query && !verify::body_hash_matches(&pending.extracted, body) {
+        if policy.scheme.body_sha256_query && !verify::body_hash_matches(ex, body) {
             return Err(fail(Reason::InvalidSignature, Some("body")));
         }
         let now = host.now_ms();
-        let ts_ms = match (&pending.extracted.timestamp, &policy.scheme.timestamp) {
+        let ts_ms = match (&ex.timestamp, &policy.scheme.timestamp) {
             (Some(ts), _) => Some(ts.ms),
             (None, Some(spec)) => match &spec.source {
                 TimestampSource::BodyJson(field) => {
@@ -312,9 +325,9 @@ impl Guard {
             plaintext: None,
         };
         if let Some(dedup) = &policy.dedup {
-            let mac = verify::canonical_mac(&policy.scheme, &pending.extracted, key, body, matched);
+            let mac = verify::canonical_mac(&policy.scheme, ex, key, body, matched);
             match self.claim(
-                host, policy, pending, dedup, &mac, body, now, ts_ms, key_index,
+                host, policy, pending, ex, dedup, &mac, body, now, ts_ms, key_index,
             )? {
                 Claimed::Held(hold) => accepted.claim = Some(hold),
                 Claimed::Ask(task) => {
@@ -515,6 +528,7 @@ impl Guard {
         host: &dyn Host,
         policy: &Policy,
         pending: &Pending,
+        ex: &verify::Extracted,
         dedup: &DedupPolicy,
         mac: &[u8],
         body: &[u8],
@@ -523,7 +537,7 @@ impl Guard {
         key_index: usize,
     ) -> Result<Claimed, Rejection> {
         let (kind, material) =
-            dedup::key::material(&dedup.source, mac, &pending.extracted.signed_headers, body);
+            dedup::key::material(&dedup.source, mac, &ex.signed_headers, &ex.token, body);
         let hash = dedup::key::hash(&policy.name, kind, &material);
         let done_expiry_ms = match dedup.retention {
             Retention::Fixed(ms) => now.saturating_add(ms),

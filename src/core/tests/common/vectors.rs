@@ -114,6 +114,9 @@ fn build_cases() -> Vec<Case> {
         })
         // GitLab's token covers no body: body changes verify by design (its vectors say so).
         .filter(|v| v["provider"] != "gitlab")
+        // Mailgun's signature is a body field and the rest of its body is unsigned (its own
+        // properties are in tests/properties.rs, its vectors say so).
+        .filter(|v| v["provider"] != "mailgun")
         .map(|v| {
             let headers = headers_of(&v);
             let names: Vec<&String> = headers.iter().map(|(k, _)| k).collect();
