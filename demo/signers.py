@@ -298,6 +298,23 @@ def _mailgun(key, obj, ts, delivery):
     return json.dumps({"signature": block, "event-data": obj}).encode(), {"content-type": "application/json"}
 
 
+def _adyen(key_hex, obj, ts, delivery):
+    # Adyen's own SDK signs each NotificationRequestItem (generate_notification_sig: base64
+    # HMAC-SHA256 under the hex-decoded key over eight of its fields). The rest of the item, here
+    # `additionalData.event`, is not signed.
+    from Adyen.util import generate_notification_sig
+    psp = str(int(hashlib.sha256(delivery.encode()).hexdigest(), 16))[:16]
+    item = {"pspReference": psp, "merchantAccountCode": "TestMerchant", "merchantReference": delivery,
+            "amount": {"value": 1130, "currency": "EUR"}, "eventCode": "AUTHORISATION", "success": "true"}
+    item["additionalData"] = {"event": obj, "hmacSignature": generate_notification_sig(item, key_hex).decode()}
+    body = json.dumps({"live": "false", "notificationItems": [{"NotificationRequestItem": item}]}).encode()
+    return body, {"content-type": "application/json"}
+
+
+def _hex_key(seed: str) -> str:
+    return hashlib.sha256(seed.encode()).hexdigest().upper()
+
+
 # Policy settings a preset needs beyond its secret.
 CATALOG_POLICY = {"square": {"signed_url": SQUARE_URL}, "twilio": {"public_origin": TWILIO_ORIGIN},
                   "hubspot": {"public_origin": HUBSPOT_ORIGIN}}
@@ -341,4 +358,6 @@ CATALOG = {
     "hubspot": (_hubspot, True, "x-hubspot-signature-v3", str, True),
     # The signature block is the body's `signature` field, not a header.
     "mailgun": (_mailgun, True, "body:signature", str, True),
+    # One signature per notification item, inside the body; the HMAC key is hex.
+    "adyen": (_adyen, False, "body:notificationItems", _hex_key, True),
 }

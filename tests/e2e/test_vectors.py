@@ -140,8 +140,9 @@ def test_catalog_matrix(catalog_stack, preset, scenario):
     want = {
         "accept": (200, None),
         "replay": (409, "replayed") if dedups else (200, None),
-        # GitLab's token and Mailgun's timestamp + token do not cover the body.
-        "tampered": (401, "invalid_signature") if preset not in ("gitlab", "mailgun") else (200, None),
+        # GitLab's token, Mailgun's timestamp + token and Adyen's eight item fields do not cover
+        # the bytes changed here (their own tests change what is signed).
+        "tampered": (401, "invalid_signature") if preset not in ("gitlab", "mailgun", "adyen") else (200, None),
         "wrong_secret": (401, "invalid_signature"),
         "missing": (400, "missing_signature"),
         "stale": (401, "timestamp_out_of_window") if signs_ts else (200, None),
@@ -393,3 +394,50 @@ def test_mailgun_cli_and_sdk_agree(catalog_stack):
     assert catalog_stack.post(path, form, form_ct).status_code == 200
     assert catalog_stack.post(path, form, form_ct).json()["error"] == "replayed"
     assert catalog_stack.post(path, form + b"&token=other", form_ct).json()["error"] == "malformed_signature"
+
+
+def test_adyen_cli_and_sdk_agree(catalog_stack):
+    """`webhook-guard sign --provider adyen` signs every item of a notification; the Adyen SDK's
+    is_valid_hmac_notification accepts each item and rejects a changed amount. Through Envoy the
+    notification is accepted once, then a replay; an item with a changed signed field, or signed
+    with another key, fails the whole request."""
+    import subprocess
+
+    from Adyen.util import generate_notification_sig, is_valid_hmac_notification
+
+    from harness import CLI
+
+    key = catalog_stack.catalog_secrets["adyen"]
+    path = "/webhooks/catalog/adyen"
+    ct = {"content-type": "application/json"}
+
+    def item(psp, ref, event="AUTHORISATION", value=1130):
+        return {"NotificationRequestItem": {"pspReference": psp, "merchantAccountCode": "TestMerchant",
+                                            "merchantReference": ref, "amount": {"value": value, "currency": "EUR"},
+                                            "eventCode": event, "success": "true", "additionalData": {}}}
+
+    psp = str(uuid.uuid4().int)[:16]
+    notification = {"live": "false", "notificationItems": [item(psp, "INV:42"), item(psp, "INV:42", "CAPTURE")]}
+    out = subprocess.run([str(CLI), "sign", "--provider", "adyen", "--secret-env", "WG_SECRET",
+                          "--body", json.dumps(notification)], capture_output=True, text=True, timeout=30, check=True,
+                         env={"PATH": "/usr/bin:/bin", "WG_SECRET": key}).stdout
+    assert key not in out
+    signed = json.loads(out)
+    for it in signed["notificationItems"]:
+        assert is_valid_hmac_notification(it["NotificationRequestItem"], key)
+        changed = json.loads(json.dumps(it["NotificationRequestItem"]))
+        changed["amount"]["value"] = 1131
+        assert not is_valid_hmac_notification(changed, key)
+    body = json.dumps(signed).encode()
+    resp = catalog_stack.post(path, body, ct)
+    assert resp.status_code == 200, resp.text
+    assert catalog_stack.post(path, body, ct).json() == {"error": "replayed", "policy": "adyen"}
+
+    tampered = json.loads(out)
+    tampered["notificationItems"][1]["NotificationRequestItem"]["amount"]["value"] = 1
+    assert catalog_stack.post(path, json.dumps(tampered).encode(), ct).json()["error"] == "invalid_signature"
+    other = item(str(uuid.uuid4().int)[:16], "x")
+    other["NotificationRequestItem"]["additionalData"]["hmacSignature"] = generate_notification_sig(
+        other["NotificationRequestItem"], "AB" * 32).decode()
+    mixed = {"live": "false", "notificationItems": [signed["notificationItems"][0], other]}
+    assert catalog_stack.post(path, json.dumps(mixed).encode(), ct).json()["error"] == "invalid_signature"

@@ -559,5 +559,71 @@ for name, provenance, secret, headers, body, at, expect, extra in [
 ]:
     add(name, "mailgun", provenance, secret, headers, body, at, expect, **extra)
 
+# Adyen HMAC notifications: each NotificationRequestItem carries additionalData.hmacSignature,
+# base64 HMAC-SHA256 under the hex-decoded key over
+# pspReference:originalReference:merchantAccountCode:merchantReference:value:currency:eventCode:success
+# (absent fields empty, no escaping), as the Adyen SDKs compute it. The first vector is the
+# example of Adyen's own library tests (Ruby HmacValidator spec: key, item and signature).
+AY_KEY = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056"
+AY_OTHER = "00112233445566778899AABBCCDDEEFF00112233445566778899AABBCCDDEEFF"
+AY_ITEM = {"additionalData": {"hmacSignature": "coqCmt/IZ4E3CzPvMY8zTjQVL5hYJUiBRg8UU+iCWo0="},
+           "amount": {"value": 1130, "currency": "EUR"}, "pspReference": "7914073381342284",
+           "eventCode": "AUTHORISATION", "eventDate": "2019-05-06T17:15:34.121+02:00",
+           "merchantAccountCode": "TestMerchant", "operations": ["CANCEL", "CAPTURE", "REFUND"],
+           "merchantReference": "TestPayment-1407325143704", "paymentMethod": "visa", "success": "true"}
+
+
+def adyen_sig(key_hex, item):
+    fields = [item.get("pspReference", ""), item.get("originalReference", ""), item.get("merchantAccountCode", ""),
+              item.get("merchantReference", ""), str(item["amount"]["value"]), item["amount"]["currency"],
+              item.get("eventCode", ""), item.get("success", "")]
+    return b64(bytes.fromhex(key_hex), ":".join(fields).encode())
+
+
+def adyen_signed(item, key_hex=AY_KEY):
+    return {**item, "additionalData": {**item.get("additionalData", {}), "hmacSignature": adyen_sig(key_hex, item)}}
+
+
+def adyen_body(*items):
+    return json.dumps({"live": "false", "notificationItems": [{"NotificationRequestItem": i} for i in items]})
+
+
+assert adyen_sig(AY_KEY, AY_ITEM) == AY_ITEM["additionalData"]["hmacSignature"]
+AY_REFUND = adyen_signed({"amount": {"value": 500, "currency": "EUR"}, "pspReference": "8815000000000001",
+                          "originalReference": "7914073381342284", "merchantAccountCode": "TestMerchant",
+                          "merchantReference": "INV:42", "eventCode": "REFUND", "success": "true"})
+AY_JSON = {"content-type": "application/json"}
+for name, provenance, key, body, expect in [
+    ("adyen official example (Adyen library tests)", "official-sdk-test", AY_KEY, adyen_body(AY_ITEM), "accepted"),
+    ("adyen amount changed", "derived-negative", AY_KEY,
+     adyen_body({**AY_ITEM, "amount": {"value": 1131, "currency": "EUR"}}), "invalid_signature"),
+    ("adyen success changed", "derived-negative", AY_KEY, adyen_body({**AY_ITEM, "success": "false"}),
+     "invalid_signature"),
+    # Honest limit: only the eight fields are signed; others (eventDate, reason, paymentMethod,
+    # the rest of additionalData) can be changed under a captured signature.
+    ("adyen unsigned field changed still verifies", "derived", AY_KEY,
+     adyen_body({**AY_ITEM, "paymentMethod": "mc"}), "accepted"),
+    ("adyen wrong key", "derived-negative", AY_OTHER, adyen_body(AY_ITEM), "invalid_signature"),
+    ("adyen two items, both signed (a colon in merchantReference)", "self-generated", AY_KEY,
+     adyen_body(AY_ITEM, AY_REFUND), "accepted"),
+    ("adyen two items, the second signed with another key", "derived-negative", AY_KEY,
+     adyen_body(AY_ITEM, adyen_signed(AY_REFUND, AY_OTHER)), "invalid_signature"),
+    ("adyen two items, the second unsigned", "derived-negative", AY_KEY,
+     adyen_body(AY_ITEM, {k: v for k, v in AY_REFUND.items() if k != "additionalData"}), "missing_signature"),
+    ("adyen no notificationItems", "derived-negative", AY_KEY, json.dumps({"live": "false"}), "missing_signature"),
+    ("adyen empty notificationItems", "derived-negative", AY_KEY, adyen_body(), "missing_signature"),
+    ("adyen hmacSignature not base64 of 32 bytes", "derived-negative", AY_KEY,
+     adyen_body({**AY_ITEM, "additionalData": {"hmacSignature": "c2hvcnQ="}}), "malformed_signature"),
+    ("adyen success as a boolean is not guessed at", "derived-negative", AY_KEY,
+     adyen_body({**AY_ITEM, "success": True}), "malformed_signature"),
+    ("adyen amount missing", "derived-negative", AY_KEY,
+     adyen_body({k: v for k, v in AY_ITEM.items() if k != "amount"}), "malformed_signature"),
+    ("adyen repeated pspReference", "derived-negative", AY_KEY,
+     adyen_body(AY_ITEM).replace('"pspReference": ', '"pspReference": "1", "pspReference": ', 1),
+     "malformed_signature"),
+    ("adyen body not JSON", "derived-negative", AY_KEY, "notificationItems=1", "malformed_signature"),
+]:
+    add(name, "adyen", provenance, key, AY_JSON, body, None, expect)
+
 OUT.write_text(json.dumps(vectors, indent=1) + "\n")
 print(f"wrote {len(vectors)} vectors to {OUT}")

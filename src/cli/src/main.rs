@@ -13,7 +13,7 @@ use webhook_guard_core::config::{KeyEncoding, Provider, TimestampUnit};
 use webhook_guard_core::decrypt::{seal_gcm, Cipher, NonceSource};
 use webhook_guard_core::memhost::MemHost;
 use webhook_guard_core::scheme::{Scheme, SigFormat};
-use webhook_guard_core::sign::{sign, SignInput};
+use webhook_guard_core::sign::{sign, sign_adyen, SignInput};
 use webhook_guard_core::{presets, Guard, RequestInfo, Route, RouteInfo};
 
 #[derive(Parser)]
@@ -59,10 +59,11 @@ enum Command {
 struct SignArgs {
     /// A preset: github, stripe, slack, shopify, standard-webhooks, svix, zoom, paddle, twitch,
     /// pagerduty, linear, intercom, bitbucket, jira, gitlab, paystack, razorpay, lemon-squeezy,
-    /// vercel, woocommerce, typeform, mux, sentry, calendly, meta, mailgun (prints the body to
-    /// send: the signature block around the event data given as the body, --id is the token;
-    /// public-key presets such as
-    /// discord and telnyx are signed with the provider's private key, not here).
+    /// vercel, woocommerce, typeform, mux, sentry, calendly, meta; mailgun prints the body to
+    /// send (the signature block around the event data given as the body; --id is the token);
+    /// adyen prints the notification given as the body with every item's hmacSignature set (the
+    /// key in hex). Public-key presets such as discord and telnyx are signed with the provider's
+    /// private key, not here.
     #[arg(long, conflicts_with_all = ["config", "policy"])]
     provider: Option<String>,
     /// A plugin configuration (for custom schemes)...
@@ -318,6 +319,16 @@ fn run_sign(a: &SignArgs) -> Result<ExitCode, String> {
         path: &a.path,
         headers: &a.headers,
     };
+    if scheme
+        .sources
+        .first()
+        .is_some_and(|s| matches!(s.format, SigFormat::AdyenItems))
+    {
+        // Adyen: every notification item gets its hmacSignature; the body is what to post.
+        let signed = sign_adyen(&key, &body)?;
+        println!("{}", String::from_utf8_lossy(&signed));
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut headers = sign(&scheme, &key, &input)?;
     if scheme
         .sources

@@ -359,6 +359,7 @@ pub enum Provider {
     Telnyx,
     Hubspot,
     Mailgun,
+    Adyen,
     Custom,
 }
 
@@ -398,6 +399,7 @@ impl Provider {
             Provider::Telnyx => "telnyx",
             Provider::Hubspot => "hubspot",
             Provider::Mailgun => "mailgun",
+            Provider::Adyen => "adyen",
             Provider::Custom => "custom",
         }
     }

@@ -97,6 +97,9 @@ pub fn dedup_key(provider: Provider) -> Option<KeySource> {
         Provider::Hubspot => Some(KeySource::Signature),
         // The signed `token` of the body's signature block (not the body, which is unsigned).
         Provider::Mailgun => Some(KeySource::Token),
+        // The signed fields of every item (pspReference, eventCode, success, amount...): a
+        // notification sent again is the same request (see verify::adyen_match).
+        Provider::Adyen => Some(KeySource::Signature),
     }
 }
 
@@ -589,6 +592,24 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             alternates: Vec::new(),
             delivery_id: None,
             default_tolerance_s: MAILGUN_TOLERANCE_SECONDS,
+            body_sha256_query: false,
+        },
+        // Base64 HMAC-SHA256 per notification item over
+        // `pspReference:originalReference:merchantAccountCode:merchantReference:value:currency:eventCode:success`
+        // under the hex-decoded HMAC key; no timestamp is signed.
+        Provider::Adyen => Scheme {
+            sources: vec![SigSource {
+                headers: Vec::new(),
+                format: SigFormat::AdyenItems,
+                algorithm: Algorithm::HmacSha256,
+                encoding: Encoding::Base64,
+            }],
+            timestamp: None,
+            template: Vec::new(),
+            key_encoding: KeyEncoding::Hex,
+            alternates: Vec::new(),
+            delivery_id: None,
+            default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
             body_sha256_query: false,
         },
         Provider::Square | Provider::Twilio | Provider::Hubspot | Provider::Custom => return None,

@@ -52,6 +52,10 @@ pub enum SigFormat {
     /// `signature`), read once the body is buffered (`verify::body_fields`). The scheme's
     /// headers are not consulted. The rest of the body is not signed.
     BodyFields,
+    /// Adyen: every `notificationItems[].NotificationRequestItem` of the JSON body carries its
+    /// own `additionalData.hmacSignature` over some of its fields (`verify::adyen_items`);
+    /// every item must verify. The scheme's headers and template are not used.
+    AdyenItems,
 }
 
 #[derive(Debug, Clone)]

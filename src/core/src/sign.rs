@@ -116,6 +116,9 @@ pub fn sign(
         SigFormat::Versioned { version } => format!("{version},{encoded}"),
         // The token is the secret itself.
         SigFormat::Token => String::from_utf8_lossy(key).into_owned(),
+        SigFormat::AdyenItems => {
+            return Err("Adyen signs each notification item: see sign_adyen".into())
+        }
         // Mailgun: the fields of the body's signature block, not headers.
         SigFormat::BodyFields => {
             return Ok(vec![
@@ -138,4 +141,36 @@ pub fn sign(
         }
     }
     Ok(out)
+}
+
+/// Adyen: the notification body with `additionalData.hmacSignature` set in every
+/// `notificationItems[].NotificationRequestItem` (base64 HMAC-SHA256 of its signed string under
+/// `key`, the hex-decoded HMAC key), serialized again.
+pub fn sign_adyen(key: &[u8], body: &[u8]) -> Result<Vec<u8>, String> {
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let items = doc
+        .get_mut("notificationItems")
+        .and_then(serde_json::Value::as_array_mut)
+        .ok_or("the body has no notificationItems array")?;
+    for wrapper in items.iter_mut() {
+        let item = wrapper
+            .get_mut("NotificationRequestItem")
+            .and_then(serde_json::Value::as_object_mut)
+            .ok_or("an item has no NotificationRequestItem object")?;
+        let signed = crate::verify::adyen_signing_string(&serde_json::Value::Object(item.clone()))
+            .ok_or("an item's signed fields are not strings, or its amount is not an integer value and a currency")?;
+        let mac = compute_mac(crate::config::Algorithm::HmacSha256, key, &[&signed])
+            .ok_or("cannot compute the MAC")?;
+        let additional = item
+            .entry("additionalData")
+            .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()))
+            .as_object_mut()
+            .ok_or("additionalData is not an object")?;
+        additional.insert(
+            "hmacSignature".into(),
+            serde_json::Value::String(base64_encode(&mac)),
+        );
+    }
+    serde_json::to_vec(&doc).map_err(|e| e.to_string())
 }

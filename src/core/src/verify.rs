@@ -169,7 +169,7 @@ fn find_signature<'s, 'h, H: Header>(
     headers: &'h [H],
 ) -> Result<(usize, &'s SigSource, &'h [u8]), Reason> {
     for (i, source) in scheme.sources.iter().enumerate() {
-        if matches!(source.format, SigFormat::BodyFields) {
+        if matches!(source.format, SigFormat::BodyFields | SigFormat::AdyenItems) {
             // In the body: read once it is buffered (`body_fields`).
             return Ok((i, source, &[]));
         }
@@ -235,7 +235,7 @@ pub fn parse_candidates(source: &SigSource, value: &[u8]) -> Result<Candidates, 
             Ok((candidates, ts))
         }
         SigFormat::Token => Ok((vec![value.to_vec()], None)),
-        SigFormat::BodyFields => Ok((Vec::new(), None)),
+        SigFormat::BodyFields | SigFormat::AdyenItems => Ok((Vec::new(), None)),
         SigFormat::Versioned { version } => {
             let mut candidates = Vec::new();
             let mut seen = 0usize;
@@ -688,4 +688,205 @@ pub fn body_fields(scheme: &Scheme, ex: &Extracted, body: &[u8]) -> Result<Extra
     out.timestamp = Some(Timestamp { raw: raw_ts, ms });
     out.token = token;
     Ok(out)
+}
+
+/// Most notification items verified in one Adyen request.
+pub const MAX_ADYEN_ITEMS: usize = 64;
+
+/// A JSON value like `serde_json::Value`, but a key repeated in any object is an error (a
+/// repeated signed field is ambiguous: another parser might read the other one).
+struct Strict;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Strict {
+    type Value = serde_json::Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Strict {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        serde::de::DeserializeSeed::deserialize(Strict, d)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(Strict)? {
+            out.push(v);
+        }
+        Ok(serde_json::Value::Array(out))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom("repeated key"));
+            }
+            let value = map.next_value_seed(Strict)?;
+            out.insert(key, value);
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+}
+
+/// Adyen's signed string of one `NotificationRequestItem`:
+/// `pspReference:originalReference:merchantAccountCode:merchantReference:value:currency:eventCode:success`
+/// (the `Adyen` SDK's `generate_notification_sig`): an absent field is empty, `amount.value`
+/// an integer in decimal, every other field a string. Anything else (null, a boolean, a
+/// fraction, no `amount`) is refused rather than guessed at: `None`.
+pub fn adyen_signing_string(item: &serde_json::Value) -> Option<Vec<u8>> {
+    let text = |v: Option<&serde_json::Value>| -> Option<String> {
+        match v {
+            None => Some(String::new()),
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(_) => None,
+        }
+    };
+    let amount = item.get("amount")?.as_object()?;
+    let value = match amount.get("value")? {
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .map(|v| v.to_string())
+            .or_else(|| n.as_u64().map(|v| v.to_string()))?,
+        _ => return None,
+    };
+    let currency = match amount.get("currency")? {
+        serde_json::Value::String(s) => s.clone(),
+        _ => return None,
+    };
+    let fields = [
+        text(item.get("pspReference"))?,
+        text(item.get("originalReference"))?,
+        text(item.get("merchantAccountCode"))?,
+        text(item.get("merchantReference"))?,
+        value,
+        currency,
+        text(item.get("eventCode"))?,
+        text(item.get("success"))?,
+    ];
+    Some(fields.join(":").into_bytes())
+}
+
+/// One Adyen notification item: its signed string and its decoded `hmacSignature`.
+pub type AdyenItem = (Vec<u8>, Vec<u8>);
+
+/// Each item of an Adyen notification: its signed string and its decoded `hmacSignature`.
+/// No items, or an item without a signature, is `missing_signature`; an ill-formed body,
+/// item, signature or signed field (or a repeated key anywhere) is `malformed_signature`.
+pub fn adyen_items(body: &[u8]) -> Result<Vec<AdyenItem>, Reason> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let doc = serde::de::DeserializeSeed::deserialize(Strict, &mut de)
+        .map_err(|_| Reason::MalformedSignature)?;
+    de.end().map_err(|_| Reason::MalformedSignature)?;
+    let items = match doc.get("notificationItems") {
+        None => return Err(Reason::MissingSignature),
+        Some(serde_json::Value::Array(items)) => items,
+        Some(_) => return Err(Reason::MalformedSignature),
+    };
+    if items.is_empty() {
+        return Err(Reason::MissingSignature);
+    }
+    if items.len() > MAX_ADYEN_ITEMS {
+        return Err(Reason::MalformedSignature);
+    }
+    items
+        .iter()
+        .map(|wrapper| {
+            let item = wrapper
+                .get("NotificationRequestItem")
+                .filter(|i| i.is_object())
+                .ok_or(Reason::MalformedSignature)?;
+            let sig = match item.get("additionalData").map(|a| a.get("hmacSignature")) {
+                None | Some(None) => return Err(Reason::MissingSignature),
+                Some(Some(serde_json::Value::String(s))) => s,
+                Some(Some(_)) => return Err(Reason::MalformedSignature),
+            };
+            let mac = decode_mac(
+                crate::config::Encoding::Base64,
+                sig.as_bytes(),
+                Algorithm::HmacSha256.signature_lengths(),
+            )
+            .ok_or(Reason::MalformedSignature)?;
+            let signed = adyen_signing_string(item).ok_or(Reason::MalformedSignature)?;
+            Ok((signed, mac))
+        })
+        .collect()
+}
+
+/// The first key under which **every** item verifies (compared in constant time). The match's
+/// MAC, the dedup material, is the HMAC-SHA256 under that key of all items' signed strings,
+/// each length-prefixed: the same notification sent again has the same one.
+pub fn adyen_match<K: AsRef<[u8]>>(keys: &[K], items: &[AdyenItem]) -> Option<Match> {
+    if items.is_empty() {
+        return None;
+    }
+    keys.iter().enumerate().find_map(|(i, key)| {
+        let key = key.as_ref();
+        let all: bool = items
+            .iter()
+            .map(|(signed, mac)| {
+                compute_mac(Algorithm::HmacSha256, key, &[signed])
+                    .map_or(subtle::Choice::from(0), |m| m.ct_eq(mac))
+            })
+            .fold(subtle::Choice::from(1), |acc, c| acc & c)
+            .into();
+        if !all {
+            return None;
+        }
+        let lengths: Vec<[u8; 8]> = items
+            .iter()
+            .map(|(s, _)| u64::try_from(s.len()).unwrap_or(u64::MAX).to_be_bytes())
+            .collect();
+        let parts: Vec<&[u8]> = items
+            .iter()
+            .zip(&lengths)
+            .flat_map(|((s, _), l)| [l.as_slice(), s.as_slice()])
+            .collect();
+        let mac = compute_mac(Algorithm::HmacSha256, key, &parts)?;
+        Some(Match {
+            key_index: i,
+            template: 0,
+            mac,
+        })
+    })
 }

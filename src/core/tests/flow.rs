@@ -901,3 +901,61 @@ fn mailgun_parent_signature_verifies_under_the_parent_key_and_must_be_well_forme
     let r = mailgun_finish(&g, &h, &json_ct, body.as_bytes()).unwrap_err();
     assert_eq!(r.reason, Reason::InvalidSignature);
 }
+
+fn adyen_item(key_hex: &str, psp: &str, event: &str) -> Value {
+    use base64::Engine;
+    let signed = format!("{psp}::TestMerchant:ref-1:1130:EUR:{event}:true");
+    let mac = compute_mac(
+        Algorithm::HmacSha256,
+        &hex::decode(key_hex).unwrap(),
+        &[signed.as_bytes()],
+    )
+    .unwrap();
+    json!({"NotificationRequestItem": {
+        "pspReference": psp, "merchantAccountCode": "TestMerchant", "merchantReference": "ref-1",
+        "amount": {"value": 1130, "currency": "EUR"}, "eventCode": event, "success": "true",
+        "additionalData": {"hmacSignature": base64::engine::general_purpose::STANDARD.encode(mac)}}})
+}
+
+#[test]
+fn adyen_needs_every_item_signed_dedups_the_notification_and_rotates_keys() {
+    let (old, new) = (
+        "00112233445566778899aabbccddeeff",
+        "ffeeddccbbaa99887766554433221100",
+    );
+    let g = guard(
+        json!([{"name": "ay", "match": {"path_prefix": "/ay"}, "provider": "adyen",
+                "secrets": [{"inline": new}, {"inline": old}]}]),
+        &[],
+    );
+    let h = MemHost::new(g.counter_names(), NOW * 1000);
+    let ct = headers(&[("content-type", b"application/json")]);
+    let run = |items: Vec<Value>| {
+        let body = json!({"live": "false", "notificationItems": items}).to_string();
+        let pending = g.begin(&h, 0, info("/ay"), &ct)?;
+        g.finish(&h, &pending, body.as_bytes())
+    };
+    // Signed with the previous key: accepted (key index 1), and the same notification again
+    // is a replay once the first was delivered.
+    let a = run(vec![adyen_item(old, "psp1", "AUTHORISATION")]).unwrap();
+    assert_eq!(a.key_index, 1);
+    g.settle(
+        &h,
+        a.claim.unwrap(),
+        webhook_guard_core::Upstream::Answered(200),
+    );
+    let r = run(vec![adyen_item(old, "psp1", "AUTHORISATION")]).unwrap_err();
+    assert_eq!(r.reason, Reason::Replayed);
+    // Another event of the same payment is another delivery.
+    assert!(run(vec![adyen_item(new, "psp1", "CAPTURE")]).is_ok());
+    // Items signed with two different keys: no one key verifies every item.
+    let r = run(vec![
+        adyen_item(new, "psp2", "AUTHORISATION"),
+        adyen_item(old, "psp3", "AUTHORISATION"),
+    ])
+    .unwrap_err();
+    assert_eq!(r.reason, Reason::InvalidSignature);
+    for (_, line) in h.logs() {
+        assert!(!line.contains(old) && !line.contains(new));
+    }
+}

@@ -201,6 +201,9 @@ mod parsers {
             for b in [body.as_bytes(), bytes.as_slice()] {
                 let _ = json::top_level(b, "id");
                 let _ = json::top_level_string(b, "event");
+                if let Ok(items) = webhook_guard_core::verify::adyen_items(b) {
+                    prop_assert!(!items.is_empty() && items.len() <= webhook_guard_core::verify::MAX_ADYEN_ITEMS);
+                }
                 let (kind, m) = material(&KeySource::JsonPointer(pointer.clone()), b"mac", &[], &[], b);
                 prop_assert!(kind == "json" || (kind == "sig" && m.as_ref() == b"mac"));
                 for unit in [config::TimestampUnit::Seconds, config::TimestampUnit::Milliseconds, config::TimestampUnit::Rfc3339] {

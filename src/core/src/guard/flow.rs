@@ -274,7 +274,19 @@ impl Guard {
             &pending.extracted
         };
         let keys = policy.keys(host);
-        let Some(matched) = verify::matching_key(&policy.scheme, ex, &keys, body) else {
+        let matched = if policy
+            .scheme
+            .sources
+            .get(ex.source)
+            .is_some_and(|s| matches!(s.format, SigFormat::AdyenItems))
+        {
+            // Adyen: one signature per notification item, all of which must verify.
+            let items = verify::adyen_items(body).map_err(|reason| fail(reason, Some("body")))?;
+            verify::adyen_match(&keys, &items)
+        } else {
+            verify::matching_key(&policy.scheme, ex, &keys, body)
+        };
+        let Some(matched) = matched else {
             return Err(fail(Reason::InvalidSignature, None));
         };
         let key_index = matched.key_index;
