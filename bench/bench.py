@@ -939,7 +939,7 @@ def report(res: dict, a, date: str | None = None) -> str:
             f"{few['entries']:,} live entries -> {many['entries']:,}: RSS {few['rss_mib']:.1f} -> "
             f"{many['rss_mib']:.1f} MiB, {st['bytes_per_entry']:.0f} bytes of RSS per added entry ("
             + ("25 bytes in shared data" if build == "wasm" else
-               "a 25-byte hash-table slot, in tables that grow by doubling, one per shard")
+               "a 24-byte entry in a sorted array of fixed 192-byte chunks, one array per shard")
             + f"; RSS also moves with allocator reuse); accepted path {few['accepted']['cpu_us_per_req']:.1f} -> "
             f"{many['accepted']['cpu_us_per_req']:.1f} µs CPU/req (x{st['cpu_ratio_accepted']:.2f}); replay path "
             f"{few['replay']['cpu_us_per_req']:.1f} -> {many['replay']['cpu_us_per_req']:.1f} µs CPU/req "

@@ -2,8 +2,8 @@
 //!
 //! Layout: `[VERSION]` then `n` entries of `ENTRY_BYTES`:
 //! `[key hash: 16][expiry ms: u64 LE][state: u8]`. Unordered; shards stay small, so a linear
-//! scan over the raw bytes beats decoding. (The native build keeps its shards as hash tables:
-//! `memory::Table`; both are `Entries`.)
+//! scan over the raw bytes beats decoding. (The native build keeps its shards as sorted arrays
+//! in fixed-size chunks: `memory::Table`; both are `Entries`.)
 #![deny(clippy::arithmetic_side_effects)]
 
 pub const VERSION: u8 = 1;
