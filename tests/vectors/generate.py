@@ -625,5 +625,47 @@ for name, provenance, key, body, expect in [
 ]:
     add(name, "adyen", provenance, key, AY_JSON, body, None, expect)
 
+# --- Vonage signed webhooks: `Authorization: Bearer <JWT>`, HS256 under the signature secret,
+# claims iat (s), jti, iss, payload_hash (hex SHA-256 of the body). Signed here with hmac, not
+# with our code (the vonage SDK's verify_signature accepts these tokens: tests/e2e). Window 300 s.
+VG_SECRET = "vonage-signature-secret-0123456789abcdef"
+
+
+def b64url(raw):
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def vonage_jwt(secret, body, ts, jti="0b7c3a92-5f6e-4d1a-9c1e-2a4b6c8d0e1f", header=None, claims=None):
+    head = b64url(json.dumps(header or {"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+    payload = {"iat": ts, "jti": jti, "iss": "Vonage", "payload_hash": hashlib.sha256(body.encode()).hexdigest(),
+               "api_key": "abcd1234", "application_id": "aaaaaaaa-bbbb-cccc-dddd-0123456789ab"}
+    payload.update(claims or {})
+    signed = f"{head}.{b64url(json.dumps(payload, separators=(',', ':')).encode())}"
+    return f"Bearer {signed}.{b64url(hmac.new(secret.encode(), signed.encode(), hashlib.sha256).digest())}"
+
+
+VG_BODY = '{"message_uuid":"aaaaaaaa-bbbb-cccc-dddd-0123456789ab","to":"447700900000","status":"delivered"}'
+catalog("vonage", VG_SECRET, lambda sec, b, t: {"authorization": vonage_jwt(sec, b, t)}, VG_BODY, T, 300,
+        "authorization")
+for name, provenance, auth, expect in [
+    ("vonage window edge (300 s)", "self-generated", vonage_jwt(VG_SECRET, VG_BODY, T - 300), "accepted"),
+    ("vonage lower-case bearer", "self-generated", "bearer " + vonage_jwt(VG_SECRET, VG_BODY, T)[7:], "accepted"),
+    ("vonage alg none", "derived-negative",
+     vonage_jwt(VG_SECRET, VG_BODY, T, header={"alg": "none"}).rsplit(".", 1)[0] + ".", "malformed_signature"),
+    ("vonage alg HS512", "derived-negative", vonage_jwt(VG_SECRET, VG_BODY, T, header={"alg": "HS512"}),
+     "malformed_signature"),
+    ("vonage payload_hash of another body", "derived-negative",
+     vonage_jwt(VG_SECRET, VG_BODY, T, claims={"payload_hash": hashlib.sha256(b"{}").hexdigest()}),
+     "invalid_signature"),
+    ("vonage no payload_hash", "derived-negative", vonage_jwt(VG_SECRET, VG_BODY, T, claims={"payload_hash": None}),
+     "malformed_signature"),
+    ("vonage iat as a string", "derived-negative", vonage_jwt(VG_SECRET, VG_BODY, T, claims={"iat": str(T)}),
+     "malformed_signature"),
+    ("vonage empty jti", "derived-negative", vonage_jwt(VG_SECRET, VG_BODY, T, jti=""), "malformed_signature"),
+    ("vonage not a bearer token", "derived-negative", "Basic dXNlcjpwYXNz", "malformed_signature"),
+    ("vonage padded signature", "derived-negative", vonage_jwt(VG_SECRET, VG_BODY, T) + "=", "malformed_signature"),
+]:
+    add(name, "vonage", provenance, VG_SECRET, {"authorization": auth}, VG_BODY, T, expect)
+
 OUT.write_text(json.dumps(vectors, indent=1) + "\n")
 print(f"wrote {len(vectors)} vectors to {OUT}")

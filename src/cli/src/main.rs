@@ -62,7 +62,8 @@ struct SignArgs {
     /// vercel, woocommerce, typeform, mux, sentry, calendly, meta; mailgun prints the body to
     /// send (the signature block around the event data given as the body; --id is the token);
     /// adyen prints the notification given as the body with every item's hmacSignature set (the
-    /// key in hex). Public-key presets such as discord and telnyx are signed with the provider's
+    /// key in hex); vonage prints the `authorization: Bearer <JWT>` header (--id is the jti).
+    /// Public-key presets such as discord and telnyx are signed with the provider's
     /// private key, not here.
     #[arg(long, conflicts_with_all = ["config", "policy"])]
     provider: Option<String>,

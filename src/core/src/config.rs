@@ -360,6 +360,7 @@ pub enum Provider {
     Hubspot,
     Mailgun,
     Adyen,
+    Vonage,
     Custom,
 }
 
@@ -400,6 +401,7 @@ impl Provider {
             Provider::Hubspot => "hubspot",
             Provider::Mailgun => "mailgun",
             Provider::Adyen => "adyen",
+            Provider::Vonage => "vonage",
             Provider::Custom => "custom",
         }
     }

@@ -100,6 +100,8 @@ pub fn dedup_key(provider: Provider) -> Option<KeySource> {
         // The signed fields of every item (pspReference, eventCode, success, amount...): a
         // notification sent again is the same request (see verify::adyen_match).
         Provider::Adyen => Some(KeySource::Signature),
+        // The JWT's signed `jti` (unique per token): a captured request is admitted once.
+        Provider::Vonage => Some(KeySource::Token),
     }
 }
 
@@ -607,6 +609,26 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             timestamp: None,
             template: Vec::new(),
             key_encoding: KeyEncoding::Hex,
+            alternates: Vec::new(),
+            delivery_id: None,
+            default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+            body_sha256_query: false,
+        },
+        // `Authorization: Bearer <JWT>`, HS256 under the signature secret; `iat` (seconds) is
+        // the signed timestamp, `payload_hash` the hex SHA-256 of the body, `jti` the dedup key.
+        Provider::Vonage => Scheme {
+            sources: vec![SigSource {
+                headers: vec!["authorization".to_string()],
+                format: SigFormat::Jwt,
+                algorithm: Algorithm::HmacSha256,
+                encoding: Encoding::Base64,
+            }],
+            timestamp: Some(TimestampSpec {
+                source: TimestampSource::SignatureParam,
+                unit: TimestampUnit::Seconds,
+            }),
+            template: vec![Part::Jwt],
+            key_encoding: KeyEncoding::Utf8,
             alternates: Vec::new(),
             delivery_id: None,
             default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,

@@ -15,6 +15,9 @@ pub enum Part {
     /// The `token` field next to a `BodyFields` signature (Mailgun); not a placeholder of
     /// custom templates.
     Token,
+    /// The `header.payload` of a `Jwt` signature (Vonage); not a placeholder of custom
+    /// templates.
+    Jwt,
 }
 
 pub fn parse(template: &str) -> Result<Vec<Part>, String> {
