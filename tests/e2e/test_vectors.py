@@ -441,3 +441,57 @@ def test_adyen_cli_and_sdk_agree(catalog_stack):
         other["NotificationRequestItem"], "AB" * 32).decode()
     mixed = {"live": "false", "notificationItems": [signed["notificationItems"][0], other]}
     assert catalog_stack.post(path, json.dumps(mixed).encode(), ct).json()["error"] == "invalid_signature"
+
+
+def test_vonage_cli_and_sdk_agree(catalog_stack):
+    """`webhook-guard sign --provider vonage` prints a bearer JWT that the vonage SDK's
+    verify_signature accepts under the signature secret (and refuses under another), whose
+    payload_hash is the body's SHA-256. Through Envoy it is accepted once, then a replay (same
+    jti); the same claims under `alg: none`, or a token whose body hash is another body's, are
+    refused."""
+    import base64
+    import subprocess
+
+    import jwt
+    from vonage_jwt import verify_signature
+
+    from harness import CLI
+
+    secret = catalog_stack.catalog_secrets["vonage"]
+    path = "/webhooks/catalog/vonage"
+    body = json.dumps({"message_uuid": uuid.uuid4().hex, "status": "delivered"})
+    jti = str(uuid.uuid4())
+    out = subprocess.run([str(CLI), "sign", "--provider", "vonage", "--secret-env", "WG_SECRET", "--id", jti,
+                          "--body", body], capture_output=True, text=True, timeout=30, check=True,
+                         env={"PATH": "/usr/bin:/bin", "WG_SECRET": secret}).stdout
+    assert secret not in out
+    name, value = out.strip().split(": ", 1)
+    assert name == "authorization" and value.startswith("Bearer ")
+    token = value.removeprefix("Bearer ")
+    assert verify_signature(token, secret)
+    assert not verify_signature(token, secret + "x")
+    claims = jwt.decode(token, secret, algorithms=["HS256"])
+    assert claims["jti"] == jti and claims["payload_hash"] == hashlib.sha256(body.encode()).hexdigest()
+    assert abs(claims["iat"] - time.time()) < 60
+    ct = {"content-type": "application/json"}
+    resp = catalog_stack.post(path, body.encode(), {**ct, "authorization": value})
+    assert resp.status_code == 200, resp.text
+    assert catalog_stack.post(path, body.encode(), {**ct, "authorization": value}).json() == {
+        "error": "replayed", "policy": "vonage"}
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    fresh = {**claims, "jti": str(uuid.uuid4()), "iat": int(time.time())}
+    none_header = b64(b'{"alg":"none","typ":"JWT"}')
+    unsigned = f"{none_header}.{b64(json.dumps(fresh).encode())}."
+    resp = catalog_stack.post(path, body.encode(), {**ct, "authorization": f"Bearer {unsigned}"})
+    assert resp.status_code == 400 and resp.json()["error"] == "malformed_signature"
+    # HS512 under the same secret: another algorithm, refused before any MAC is computed.
+    other_alg = jwt.encode(fresh, secret, algorithm="HS512")
+    resp = catalog_stack.post(path, body.encode(), {**ct, "authorization": f"Bearer {other_alg}"})
+    assert resp.json()["error"] == "malformed_signature"
+    # A valid token for another body: the MAC verifies, the payload hash does not.
+    moved = jwt.encode({**fresh, "payload_hash": hashlib.sha256(b"{}").hexdigest()}, secret, algorithm="HS256")
+    resp = catalog_stack.post(path, body.encode(), {**ct, "authorization": f"Bearer {moved}"})
+    assert resp.status_code == 401 and resp.json()["error"] == "invalid_signature"
