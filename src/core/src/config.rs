@@ -361,6 +361,7 @@ pub enum Provider {
     Mailgun,
     Adyen,
     Vonage,
+    Plivo,
     Custom,
 }
 
@@ -402,6 +403,7 @@ impl Provider {
             Provider::Mailgun => "mailgun",
             Provider::Adyen => "adyen",
             Provider::Vonage => "vonage",
+            Provider::Plivo => "plivo",
             Provider::Custom => "custom",
         }
     }

@@ -61,6 +61,8 @@ pub enum SigFormat {
     /// (`verify::parse_jwt`). The MAC covers the JWT's `header.payload`; the template is
     /// `[Part::Jwt]`.
     Jwt,
+    /// Values separated by `sep`, each an encoded MAC (Plivo V3's comma-separated list).
+    List { sep: char },
 }
 
 #[derive(Debug, Clone)]

@@ -86,7 +86,12 @@ pub fn sign(
         }
     }
     // Sign a body's form parameters as Twilio does (callers pass form bodies for such schemes).
-    let form = if scheme.template.contains(&Part::FormParams) {
+    let form = if scheme.template.contains(&Part::PlivoUrl) {
+        // Plivo V3: callers pass a form body (or none).
+        let params = crate::form::plivo_params(input.body)
+            .ok_or("a form parameter is repeated: Plivo signs one value per name")?;
+        crate::form::plivo_url_tail(input.path.as_bytes(), &params)
+    } else if scheme.template.contains(&Part::FormParams) {
         crate::form::sorted_params(input.body)
     } else {
         Vec::new()
@@ -105,6 +110,7 @@ pub fn sign(
             Part::FormParams => form.as_slice(),
             Part::Token => input.id.unwrap_or("").as_bytes(),
             Part::Jwt => b"",
+            Part::PlivoUrl => form.as_slice(),
         })
         .collect();
     if scheme.template.contains(&Part::Token) && input.id.is_none_or(str::is_empty) {
@@ -129,6 +135,7 @@ pub fn sign(
         // The token is the secret itself.
         SigFormat::Token => String::from_utf8_lossy(key).into_owned(),
         SigFormat::Jwt => return Err("a JWT is signed by sign_jwt".into()),
+        SigFormat::List { .. } => encoded,
         SigFormat::AdyenItems => {
             return Err("Adyen signs each notification item: see sign_adyen".into())
         }

@@ -254,6 +254,21 @@ pub fn parse_candidates(source: &SigSource, value: &[u8]) -> Result<Candidates, 
         SigFormat::BodyFields | SigFormat::AdyenItems => Ok((Vec::new(), None)),
         // Parsed whole by `parse_jwt` (in `extract`).
         SigFormat::Jwt => Err(Reason::MalformedSignature),
+        SigFormat::List { sep } => {
+            let mut buf = [0u8; 4];
+            let sep = sep.encode_utf8(&mut buf).as_bytes();
+            let mut candidates = Vec::new();
+            for (seen, item) in split_bytes(value, sep).enumerate() {
+                if seen >= MAX_CANDIDATES {
+                    return Err(Reason::MalformedSignature);
+                }
+                candidates.extend(decode_mac(source.encoding, item.trim_ascii(), len));
+            }
+            if candidates.is_empty() {
+                return Err(Reason::MalformedSignature);
+            }
+            Ok((candidates, None))
+        }
         SigFormat::Versioned { version } => {
             let mut candidates = Vec::new();
             let mut seen = 0usize;
@@ -356,6 +371,8 @@ pub fn signed_parts<'a>(
             Part::FormParams => form,
             Part::Token => ex.token.as_slice(),
             Part::Jwt => ex.jwt_signed.as_slice(),
+            // Computed with the form parameters (`form_part`).
+            Part::PlivoUrl => form,
         })
         .collect()
 }
@@ -364,11 +381,28 @@ pub fn signed_parts<'a>(
 /// `bodySHA256` (then the body is covered by that hash and no parameters are signed, as in
 /// Twilio's SDK).
 pub fn form_part(scheme: &Scheme, ex: &Extracted, body: &[u8]) -> Vec<u8> {
+    if scheme.template.contains(&Part::PlivoUrl) {
+        // Plivo V3: the path, query and form parameters as its SDK signs them (a body that is
+        // not a form of distinct names never verifies: `plivo_body_ok`).
+        let params = if ex.form_encoded {
+            crate::form::plivo_params(body).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        return crate::form::plivo_url_tail(&ex.path, &params);
+    }
     if ex.form_encoded && ex.body_sha256.is_none() && scheme.template.contains(&Part::FormParams) {
         crate::form::sorted_params(body)
     } else {
         Vec::new()
     }
+}
+
+/// Plivo V3: whether the body is covered by the signature: empty, or a form body with at least
+/// one parameter and no name repeated (its parameters are signed; any other body is not).
+pub fn plivo_body_ok(ex: &Extracted, body: &[u8]) -> bool {
+    body.is_empty()
+        || (ex.form_encoded && crate::form::plivo_params(body).is_some_and(|p| !p.is_empty()))
 }
 
 /// Twilio: whether the body is what the signature covers. With `bodySHA256=<hex>` in the

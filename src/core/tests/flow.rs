@@ -1067,3 +1067,114 @@ fn vonage_jwt_verifies_hs256_only_the_body_hash_the_window_and_dedups_on_jti() {
         assert!(!line.contains(old) && !line.contains(new));
     }
 }
+
+fn plivo_sig(token: &str, url: &str, nonce: &str) -> Vec<u8> {
+    use base64::Engine;
+    let mac = compute_mac(
+        Algorithm::HmacSha256,
+        token.as_bytes(),
+        &[url.as_bytes(), b".", nonce.as_bytes()],
+    )
+    .unwrap();
+    base64::engine::general_purpose::STANDARD
+        .encode(mac)
+        .into_bytes()
+}
+
+#[test]
+fn plivo_v3_signs_the_url_sorted_params_and_nonce_and_dedups_on_the_nonce() {
+    let token = "MAXXXXXXXXXXXXXXXXXX-auth-token";
+    let g = guard(
+        json!([{"name": "pl", "match": {"path_prefix": "/pl"}, "provider": "plivo",
+                "public_origin": "https://hooks.example.com",
+                "secrets": [{"inline": "new-token-0123456789"}, {"inline": token}]}]),
+        &[],
+    );
+    let h = MemHost::new(g.counter_names(), NOW * 1000);
+    let form: &[u8] = b"application/x-www-form-urlencoded";
+    let run = |path: &str, sig: Option<&[u8]>, nonce: Option<&str>, ct: &[u8], body: &[u8]| {
+        let mut list: Vec<(&str, &[u8])> = vec![("content-type", ct)];
+        if let Some(s) = sig {
+            list.push(("x-plivo-signature-v3", s));
+        }
+        if let Some(n) = nonce {
+            list.push(("x-plivo-signature-v3-nonce", n.as_bytes()));
+        }
+        let pending = g.begin(&h, 0, info(path), &headers(&list))?;
+        g.finish(&h, &pending, body)
+    };
+    // As the plivo SDK's construct_post_url builds it (checked against the SDK in tests/e2e).
+    let url = "https://hooks.example.com/pl/cb?a=1&a=x y&b=2.CallUUIDu-1Froma bTo+14155550100";
+    let path = "/pl/cb?b=2&a=x+y&a=1";
+    let body = b"To=%2B14155550100&From=a+b&CallUUID=u-1";
+    let sig = plivo_sig(token, url, "n-1");
+    // Several comma-separated signatures: any may match (the old key's here).
+    let listed = [b"AAAA,".as_slice(), &sig].concat();
+    let a = run(path, Some(&listed), Some("n-1"), form, body).unwrap();
+    assert_eq!(a.key_index, 1);
+    g.settle(
+        &h,
+        a.claim.unwrap(),
+        webhook_guard_core::Upstream::Answered(200),
+    );
+    assert_eq!(
+        run(path, Some(&sig), Some("n-1"), form, body)
+            .unwrap_err()
+            .reason,
+        Reason::Replayed
+    );
+    // Another nonce, another parameter value, another path or query: invalid.
+    let invalid = |p: &str, s: &[u8], n: &str, ct: &[u8], b: &[u8]| {
+        assert_eq!(
+            run(p, Some(s), Some(n), ct, b).unwrap_err().reason,
+            Reason::InvalidSignature
+        );
+    };
+    invalid(path, &sig, "n-2", form, body);
+    invalid(
+        path,
+        &sig,
+        "n-1",
+        form,
+        b"To=%2B14155550101&From=a+b&CallUUID=u-1",
+    );
+    invalid("/pl/cb?b=3&a=x+y&a=1", &sig, "n-1", form, body);
+    invalid("/pl/other?b=2&a=x+y&a=1", &sig, "n-1", form, body);
+    // A repeated form name is ambiguous; a JSON body is not covered (only form parameters are).
+    invalid(
+        path,
+        &sig,
+        "n-1",
+        form,
+        b"To=%2B14155550100&From=a+b&CallUUID=u-1&To=x",
+    );
+    let url_only = plivo_sig(
+        token,
+        "https://hooks.example.com/pl/cb?a=1&a=x y&b=2",
+        "n-3",
+    );
+    invalid(path, &url_only, "n-3", b"application/json", br#"{"x":1}"#);
+    // No parameters at all: the URL only, with the `;params` of the last segment dropped.
+    let bare = plivo_sig(token, "https://hooks.example.com/pl/cb", "n-4");
+    assert!(run("/pl/cb;v=1", Some(&bare), Some("n-4"), form, b"").is_ok());
+    let with_form = plivo_sig(token, "https://hooks.example.com/pl/cb?Digits1", "n-5");
+    assert!(run("/pl/cb", Some(&with_form), Some("n-5"), form, b"Digits=1").is_ok());
+    // Missing signature or nonce; a list with nothing that decodes.
+    assert_eq!(
+        run(path, None, Some("n-6"), form, body).unwrap_err().reason,
+        Reason::MissingSignature
+    );
+    assert_eq!(
+        run(path, Some(&sig), None, form, body).unwrap_err().reason,
+        Reason::MissingHeader
+    );
+    assert_eq!(
+        run(path, Some(b"not base64!,also not"), Some("n-7"), form, body)
+            .unwrap_err()
+            .reason,
+        Reason::MalformedSignature
+    );
+    for (_, line) in h.logs() {
+        assert!(!line.contains(token));
+    }
+}

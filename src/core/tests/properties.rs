@@ -214,6 +214,19 @@ mod parsers {
             }
         }
 
+        /// Plivo V3's URL tail: any path and body, without panicking; the path up to its last
+        /// `/` is kept as is.
+        #[test]
+        fn plivo_url_tails_never_panic(path in prop::collection::vec(any::<u8>(), 0..120), body in prop::collection::vec(any::<u8>(), 0..200), text in "[a-z0-9%+=&;/?.]{0,80}") {
+            for (p, b) in [(path.as_slice(), body.as_slice()), (text.as_bytes(), text.as_bytes())] {
+                let params = form::plivo_params(b).unwrap_or_default();
+                let tail = form::plivo_url_tail(p, &params);
+                let path_only = p.split(|c| *c == b'?').next().unwrap_or(&[]);
+                let dir = &path_only[..path_only.iter().rposition(|c| *c == b'/').unwrap_or(0)];
+                prop_assert!(tail.starts_with(dir));
+            }
+        }
+
         #[test]
         fn timestamps_of_every_unit_parse_without_panicking(raw in prop::collection::vec(any::<u8>(), 0..40), text in "[0-9TZ:.+-]{0,40}") {
             for unit in [config::TimestampUnit::Seconds, config::TimestampUnit::Milliseconds, config::TimestampUnit::Rfc3339] {
