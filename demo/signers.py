@@ -332,13 +332,32 @@ def _vonage(secret, obj, ts, delivery):
     return body, {"authorization": f"Bearer {token}", "content-type": "application/json"}
 
 
+PLIVO_ORIGIN = "https://hooks.example.com"
+
+
+def _plivo(token, obj, ts, delivery):
+    # Plivo's own SDK signs (signature V3): construct_post_url builds the URL + sorted form
+    # parameters, get_signature_v3 the base64 HMAC-SHA256 of `{url}.{nonce}` under the auth token.
+    from urllib.parse import urlencode
+
+    from plivo.utils.signature_v3 import construct_post_url, get_signature_v3, validate_v3_signature
+    params = {k: str(v) for k, v in obj.items()}
+    nonce = str(int(hashlib.sha256(delivery.encode()).hexdigest(), 16))[:20]
+    url = PLIVO_ORIGIN + "/webhooks/catalog/plivo"
+    base = construct_post_url(url, dict(params)).decode()
+    sig = get_signature_v3(token.encode(), base, nonce.encode()).decode()
+    assert validate_v3_signature("POST", url, nonce, token, sig, params=dict(params))
+    return urlencode(params).encode(), {"x-plivo-signature-v3": sig, "x-plivo-signature-v3-nonce": nonce,
+                                        "content-type": "application/x-www-form-urlencoded"}
+
+
 def _hex_key(seed: str) -> str:
     return hashlib.sha256(seed.encode()).hexdigest().upper()
 
 
 # Policy settings a preset needs beyond its secret.
 CATALOG_POLICY = {"square": {"signed_url": SQUARE_URL}, "twilio": {"public_origin": TWILIO_ORIGIN},
-                  "hubspot": {"public_origin": HUBSPOT_ORIGIN}}
+                  "hubspot": {"public_origin": HUBSPOT_ORIGIN}, "plivo": {"public_origin": PLIVO_ORIGIN}}
 # Public-key presets: the signer holds the private key, the policy gets the public one.
 CATALOG_PUBLIC = {
     "discord": lambda private_hex: _public(private_hex).hex(),
@@ -383,4 +402,6 @@ CATALOG = {
     "adyen": (_adyen, False, "body:notificationItems", _hex_key, True),
     # A bearer JWT: iat is the signed timestamp, jti the dedup key, payload_hash covers the body.
     "vonage": (_vonage, True, "authorization", lambda s: s.ljust(32, "v"), True),
+    # The URL, its sorted form parameters and a signed nonce; nothing time-related is signed.
+    "plivo": (_plivo, False, "x-plivo-signature-v3", str, True),
 }
