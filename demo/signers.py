@@ -8,6 +8,7 @@ import datetime
 import hashlib
 import hmac
 import json
+import time
 from urllib.parse import quote_plus
 
 import stripe
@@ -311,13 +312,52 @@ def _adyen(key_hex, obj, ts, delivery):
     return body, {"content-type": "application/json"}
 
 
+def _vonage(secret, obj, ts, delivery):
+    # Vonage's signed webhooks: `Authorization: Bearer <JWT>`, HS256 under the signature secret,
+    # claims iat (s), jti, iss and payload_hash (hex SHA-256 of the raw body). The `vonage` SDK
+    # does not sign these (it only verifies): PyJWT, the library its verifier uses, signs, and
+    # vonage_jwt.verify_signature accepts each token before it is sent.
+    import jwt
+    from vonage_jwt import verify_signature
+    body = json.dumps({"message_uuid": delivery, "status": "delivered", "event": obj}).encode()
+    claims = {"iat": ts, "jti": delivery, "iss": "Vonage", "payload_hash": hashlib.sha256(body).hexdigest(),
+              "api_key": "abcd1234", "application_id": "aaaaaaaa-bbbb-cccc-dddd-0123456789ab"}
+    token = jwt.encode(claims, secret, algorithm="HS256")
+    # The SDK verifies the very token sent, unless its iat is in the future (PyJWT, under the
+    # SDK, refuses those as immature: the `future` scenario signs one on purpose).
+    if ts <= time.time():
+        assert verify_signature(token, secret)
+    else:
+        assert jwt.decode(token, secret, algorithms=["HS256"], options={"verify_iat": False})["jti"] == delivery
+    return body, {"authorization": f"Bearer {token}", "content-type": "application/json"}
+
+
+PLIVO_ORIGIN = "https://hooks.example.com"
+
+
+def _plivo(token, obj, ts, delivery):
+    # Plivo's own SDK signs (signature V3): construct_post_url builds the URL + sorted form
+    # parameters, get_signature_v3 the base64 HMAC-SHA256 of `{url}.{nonce}` under the auth token.
+    from urllib.parse import urlencode
+
+    from plivo.utils.signature_v3 import construct_post_url, get_signature_v3, validate_v3_signature
+    params = {k: str(v) for k, v in obj.items()}
+    nonce = str(int(hashlib.sha256(delivery.encode()).hexdigest(), 16))[:20]
+    url = PLIVO_ORIGIN + "/webhooks/catalog/plivo"
+    base = construct_post_url(url, dict(params)).decode()
+    sig = get_signature_v3(token.encode(), base, nonce.encode()).decode()
+    assert validate_v3_signature("POST", url, nonce, token, sig, params=dict(params))
+    return urlencode(params).encode(), {"x-plivo-signature-v3": sig, "x-plivo-signature-v3-nonce": nonce,
+                                        "content-type": "application/x-www-form-urlencoded"}
+
+
 def _hex_key(seed: str) -> str:
     return hashlib.sha256(seed.encode()).hexdigest().upper()
 
 
 # Policy settings a preset needs beyond its secret.
 CATALOG_POLICY = {"square": {"signed_url": SQUARE_URL}, "twilio": {"public_origin": TWILIO_ORIGIN},
-                  "hubspot": {"public_origin": HUBSPOT_ORIGIN}}
+                  "hubspot": {"public_origin": HUBSPOT_ORIGIN}, "plivo": {"public_origin": PLIVO_ORIGIN}}
 # Public-key presets: the signer holds the private key, the policy gets the public one.
 CATALOG_PUBLIC = {
     "discord": lambda private_hex: _public(private_hex).hex(),
@@ -360,4 +400,8 @@ CATALOG = {
     "mailgun": (_mailgun, True, "body:signature", str, True),
     # One signature per notification item, inside the body; the HMAC key is hex.
     "adyen": (_adyen, False, "body:notificationItems", _hex_key, True),
+    # A bearer JWT: iat is the signed timestamp, jti the dedup key, payload_hash covers the body.
+    "vonage": (_vonage, True, "authorization", lambda s: s.ljust(32, "v"), True),
+    # The URL, its sorted form parameters and a signed nonce; nothing time-related is signed.
+    "plivo": (_plivo, False, "x-plivo-signature-v3", str, True),
 }

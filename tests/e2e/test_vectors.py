@@ -441,3 +441,100 @@ def test_adyen_cli_and_sdk_agree(catalog_stack):
         other["NotificationRequestItem"], "AB" * 32).decode()
     mixed = {"live": "false", "notificationItems": [signed["notificationItems"][0], other]}
     assert catalog_stack.post(path, json.dumps(mixed).encode(), ct).json()["error"] == "invalid_signature"
+
+
+def test_vonage_cli_and_sdk_agree(catalog_stack):
+    """`webhook-guard sign --provider vonage` prints a bearer JWT that the vonage SDK's
+    verify_signature accepts under the signature secret (and refuses under another), whose
+    payload_hash is the body's SHA-256. Through Envoy it is accepted once, then a replay (same
+    jti); the same claims under `alg: none`, or a token whose body hash is another body's, are
+    refused."""
+    import base64
+    import subprocess
+
+    import jwt
+    from vonage_jwt import verify_signature
+
+    from harness import CLI
+
+    secret = catalog_stack.catalog_secrets["vonage"]
+    path = "/webhooks/catalog/vonage"
+    body = json.dumps({"message_uuid": uuid.uuid4().hex, "status": "delivered"})
+    jti = str(uuid.uuid4())
+    out = subprocess.run([str(CLI), "sign", "--provider", "vonage", "--secret-env", "WG_SECRET", "--id", jti,
+                          "--body", body], capture_output=True, text=True, timeout=30, check=True,
+                         env={"PATH": "/usr/bin:/bin", "WG_SECRET": secret}).stdout
+    assert secret not in out
+    name, value = out.strip().split(": ", 1)
+    assert name == "authorization" and value.startswith("Bearer ")
+    token = value.removeprefix("Bearer ")
+    assert verify_signature(token, secret)
+    assert not verify_signature(token, secret + "x")
+    claims = jwt.decode(token, secret, algorithms=["HS256"])
+    assert claims["jti"] == jti and claims["payload_hash"] == hashlib.sha256(body.encode()).hexdigest()
+    assert abs(claims["iat"] - time.time()) < 60
+    ct = {"content-type": "application/json"}
+    resp = catalog_stack.post(path, body.encode(), {**ct, "authorization": value})
+    assert resp.status_code == 200, resp.text
+    assert catalog_stack.post(path, body.encode(), {**ct, "authorization": value}).json() == {
+        "error": "replayed", "policy": "vonage"}
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    fresh = {**claims, "jti": str(uuid.uuid4()), "iat": int(time.time())}
+    none_header = b64(b'{"alg":"none","typ":"JWT"}')
+    unsigned = f"{none_header}.{b64(json.dumps(fresh).encode())}."
+    resp = catalog_stack.post(path, body.encode(), {**ct, "authorization": f"Bearer {unsigned}"})
+    assert resp.status_code == 400 and resp.json()["error"] == "malformed_signature"
+    # HS512 under the same secret: another algorithm, refused before any MAC is computed.
+    other_alg = jwt.encode(fresh, secret, algorithm="HS512")
+    resp = catalog_stack.post(path, body.encode(), {**ct, "authorization": f"Bearer {other_alg}"})
+    assert resp.json()["error"] == "malformed_signature"
+    # A valid token for another body: the MAC verifies, the payload hash does not.
+    moved = jwt.encode({**fresh, "payload_hash": hashlib.sha256(b"{}").hexdigest()}, secret, algorithm="HS256")
+    resp = catalog_stack.post(path, body.encode(), {**ct, "authorization": f"Bearer {moved}"})
+    assert resp.status_code == 401 and resp.json()["error"] == "invalid_signature"
+
+
+def test_plivo_cli_and_sdk_agree(catalog_stack, tmp_path):
+    """`webhook-guard sign` (a plivo policy) signs a form body, a path with a query and a nonce;
+    the plivo SDK's validate_v3_signature accepts it (and refuses it under another token).
+    Through Envoy it is accepted once, then a replay (same nonce); another query value, a
+    repeated form name or a JSON body is invalid_signature."""
+    import subprocess
+
+    from plivo.utils.signature_v3 import validate_v3_signature
+
+    from harness import CLI
+    from signers import PLIVO_ORIGIN
+
+    token = catalog_stack.catalog_secrets["plivo"]
+    config = tmp_path / "plivo.json"
+    config.write_text(json.dumps({"policies": [{"name": "plivo", "match": {"path_prefix": "/webhooks/catalog/plivo"},
+                                                "provider": "plivo", "public_origin": PLIVO_ORIGIN,
+                                                "secrets": [{"env": "WG_SECRET"}]}]}))
+    path = "/webhooks/catalog/plivo/cb?b=2&a=x+y&a=1"
+    body = "To=%2B14155550100&From=a+b&CallUUID=" + uuid.uuid4().hex
+    nonce = str(uuid.uuid4().int)[:20]
+    out = subprocess.run([str(CLI), "sign", "--config", str(config), "--policy", "plivo", "--path", path, "--id", nonce,
+                          "--body", body], capture_output=True, text=True, timeout=30, check=True,
+                         env={"PATH": "/usr/bin:/bin", "WG_SECRET": token}).stdout
+    assert token not in out
+    headers = dict(line.split(": ", 1) for line in out.strip().splitlines())
+    assert headers["x-plivo-signature-v3-nonce"] == nonce
+    sig = headers["x-plivo-signature-v3"]
+    params = {"To": "+14155550100", "From": "a b", "CallUUID": body.rsplit("=", 1)[1]}
+    assert validate_v3_signature("POST", PLIVO_ORIGIN + path, nonce, token, sig, params=dict(params))
+    assert not validate_v3_signature("POST", PLIVO_ORIGIN + path, nonce, token + "x", sig, params=dict(params))
+    ct = {"content-type": "application/x-www-form-urlencoded"}
+    resp = catalog_stack.post(path, body.encode(), {**ct, **headers})
+    assert resp.status_code == 200, resp.text
+    assert catalog_stack.post(path, body.encode(), {**ct, **headers}).json() == {"error": "replayed", "policy": "plivo"}
+    fresh = {**headers, "x-plivo-signature-v3-nonce": "1" + nonce}
+    assert catalog_stack.post(path, body.encode(), {**ct, **fresh}).json()["error"] == "invalid_signature"
+    assert catalog_stack.post(path.replace("b=2", "b=3"), body.encode(), {**ct, **headers}).json()["error"] == \
+        "invalid_signature"
+    assert catalog_stack.post(path, (body + "&To=x").encode(), {**ct, **headers}).json()["error"] == "invalid_signature"
+    resp = catalog_stack.post(path, b'{"To":"+14155550100"}', {**headers, "content-type": "application/json"})
+    assert resp.json()["error"] == "invalid_signature"

@@ -625,5 +625,111 @@ for name, provenance, key, body, expect in [
 ]:
     add(name, "adyen", provenance, key, AY_JSON, body, None, expect)
 
+# --- Vonage signed webhooks: `Authorization: Bearer <JWT>`, HS256 under the signature secret,
+# claims iat (s), jti, iss, payload_hash (hex SHA-256 of the body). Signed here with hmac, not
+# with our code (the vonage SDK's verify_signature accepts these tokens: tests/e2e). Window 300 s.
+VG_SECRET = "vonage-signature-secret-0123456789abcdef"
+
+
+def b64url(raw):
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def vonage_jwt(secret, body, ts, jti="0b7c3a92-5f6e-4d1a-9c1e-2a4b6c8d0e1f", header=None, claims=None):
+    head = b64url(json.dumps(header or {"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+    payload = {"iat": ts, "jti": jti, "iss": "Vonage", "payload_hash": hashlib.sha256(body.encode()).hexdigest(),
+               "api_key": "abcd1234", "application_id": "aaaaaaaa-bbbb-cccc-dddd-0123456789ab"}
+    payload.update(claims or {})
+    signed = f"{head}.{b64url(json.dumps(payload, separators=(',', ':')).encode())}"
+    return f"Bearer {signed}.{b64url(hmac.new(secret.encode(), signed.encode(), hashlib.sha256).digest())}"
+
+
+VG_BODY = '{"message_uuid":"aaaaaaaa-bbbb-cccc-dddd-0123456789ab","to":"447700900000","status":"delivered"}'
+catalog("vonage", VG_SECRET, lambda sec, b, t: {"authorization": vonage_jwt(sec, b, t)}, VG_BODY, T, 300,
+        "authorization")
+for name, provenance, auth, expect in [
+    ("vonage window edge (300 s)", "self-generated", vonage_jwt(VG_SECRET, VG_BODY, T - 300), "accepted"),
+    ("vonage lower-case bearer", "self-generated", "bearer " + vonage_jwt(VG_SECRET, VG_BODY, T)[7:], "accepted"),
+    ("vonage alg none", "derived-negative",
+     vonage_jwt(VG_SECRET, VG_BODY, T, header={"alg": "none"}).rsplit(".", 1)[0] + ".", "malformed_signature"),
+    ("vonage alg HS512", "derived-negative", vonage_jwt(VG_SECRET, VG_BODY, T, header={"alg": "HS512"}),
+     "malformed_signature"),
+    ("vonage payload_hash of another body", "derived-negative",
+     vonage_jwt(VG_SECRET, VG_BODY, T, claims={"payload_hash": hashlib.sha256(b"{}").hexdigest()}),
+     "invalid_signature"),
+    ("vonage no payload_hash", "derived-negative", vonage_jwt(VG_SECRET, VG_BODY, T, claims={"payload_hash": None}),
+     "malformed_signature"),
+    ("vonage iat as a string", "derived-negative", vonage_jwt(VG_SECRET, VG_BODY, T, claims={"iat": str(T)}),
+     "malformed_signature"),
+    ("vonage empty jti", "derived-negative", vonage_jwt(VG_SECRET, VG_BODY, T, jti=""), "malformed_signature"),
+    ("vonage not a bearer token", "derived-negative", "Basic dXNlcjpwYXNz", "malformed_signature"),
+    ("vonage padded signature", "derived-negative", vonage_jwt(VG_SECRET, VG_BODY, T) + "=", "malformed_signature"),
+]:
+    add(name, "vonage", provenance, VG_SECRET, {"authorization": auth}, VG_BODY, T, expect)
+
+# --- Plivo V3: base64 HMAC-SHA256 under the auth token of `{url}.{nonce}`, the URL built as the
+# plivo SDK's construct_post_url does (path, `?` + sorted decoded query `k=v&...`, `.` when there
+# are both, sorted form parameters `kv...`). Built here from the SDK's documented steps with
+# urllib/hmac (the SDK's validate_v3_signature accepts what the CLI signs: tests/e2e).
+from urllib.parse import parse_qs, unquote_plus  # noqa: E402
+
+PL_TOKEN, PL_ORIGIN, PL_NONCE = "MAXXXXXXXXXXXXXXXXXX-plivo-auth-token", "https://hooks.example.com", "05429567804466091622"
+PL_CT = {"content-type": "application/x-www-form-urlencoded"}
+
+
+def plivo_sig(token, path, body, nonce=PL_NONCE):
+    path_only, _, query = path.partition("?")
+    q = "&".join(f"{k}={v}" for k, vs in sorted(parse_qs(query, keep_blank_values=True).items()) for v in sorted(vs))
+    params = dict(sorted((unquote_plus(k), unquote_plus(v)) for k, _, v in (p.partition("=") for p in body.split("&") if p)))
+    url = PL_ORIGIN + path_only
+    if q or params:
+        url += "?" + q
+    if q and params:
+        url += "."
+    url += "".join(k + v for k, v in params.items())
+    return base64.b64encode(hmac.new(token.encode(), f"{url}.{nonce}".encode(), hashlib.sha256).digest()).decode()
+
+
+PL_BODY = "CallUUID=2a4b6c8d&Digits=1234&From=14155550100&To=14155550199"
+PL_POLICY = {"public_origin": PL_ORIGIN}
+
+
+def pl_headers(token, path, body, nonce, ct=PL_CT):
+    return {"x-plivo-signature-v3": plivo_sig(token, path, body, nonce), "x-plivo-signature-v3-nonce": nonce, **ct}
+
+
+# Each vector its own path and nonce (the e2e suite gives each a policy, matched by path prefix).
+for k, (name, provenance, make, body, expect) in enumerate([
+    ("plivo accepted", "self-generated", lambda p, n: pl_headers(PL_TOKEN, p, PL_BODY, n), PL_BODY, "accepted"),
+    ("plivo tampered body", "derived-negative", lambda p, n: pl_headers(PL_TOKEN, p, PL_BODY, n),
+     PL_BODY.replace("1234", "1235"), "invalid_signature"),
+    ("plivo wrong secret", "derived-negative", lambda p, n: pl_headers("not-" + PL_TOKEN, p, PL_BODY, n), PL_BODY,
+     "invalid_signature"),
+    ("plivo missing signature", "derived-negative",
+     lambda p, n: {"x-plivo-signature-v3-nonce": n, **PL_CT}, PL_BODY, "missing_signature"),
+    ("plivo query sorted and decoded", "self-generated",
+     lambda p, n: pl_headers(PL_TOKEN, p + "?b=2&a=x+y&a=1", PL_BODY, n), PL_BODY, "accepted"),
+    ("plivo rolled token: several signatures, one valid", "self-generated",
+     lambda p, n: {**pl_headers(PL_TOKEN, p, PL_BODY, n), "x-plivo-signature-v3": plivo_sig("old-token", p, PL_BODY, n)
+                   + "," + plivo_sig(PL_TOKEN, p, PL_BODY, n)}, PL_BODY, "accepted"),
+    ("plivo no parameters: the URL only", "self-generated", lambda p, n: pl_headers(PL_TOKEN, p, "", n), "",
+     "accepted"),
+    ("plivo another nonce", "derived-negative",
+     lambda p, n: {**pl_headers(PL_TOKEN, p, PL_BODY, n), "x-plivo-signature-v3-nonce": "1" + n}, PL_BODY,
+     "invalid_signature"),
+    ("plivo missing nonce", "derived-negative",
+     lambda p, n: {"x-plivo-signature-v3": plivo_sig(PL_TOKEN, p, PL_BODY, n), **PL_CT}, PL_BODY, "missing_header"),
+    ("plivo repeated form parameter is ambiguous", "derived-negative", lambda p, n: pl_headers(PL_TOKEN, p, PL_BODY, n),
+     PL_BODY + "&Digits=9", "invalid_signature"),
+    ("plivo JSON body is not covered", "derived-negative",
+     lambda p, n: pl_headers(PL_TOKEN, p, "", n, {"content-type": "application/json"}), '{"Digits":"1234"}',
+     "invalid_signature"),
+]):
+    path = f"/webhooks/plivo/{k}/cb"
+    nonce = f"{PL_NONCE[:-2]}{k:02d}"
+    headers = make(path, nonce)
+    full = path + "?b=2&a=x+y&a=1" if "query" in name else path
+    add(name, "plivo", provenance, PL_TOKEN, headers, body, None, expect, path=full, policy=PL_POLICY)
+
 OUT.write_text(json.dumps(vectors, indent=1) + "\n")
 print(f"wrote {len(vectors)} vectors to {OUT}")

@@ -62,7 +62,10 @@ struct SignArgs {
     /// vercel, woocommerce, typeform, mux, sentry, calendly, meta; mailgun prints the body to
     /// send (the signature block around the event data given as the body; --id is the token);
     /// adyen prints the notification given as the body with every item's hmacSignature set (the
-    /// key in hex). Public-key presets such as discord and telnyx are signed with the provider's
+    /// key in hex); vonage prints the `authorization: Bearer <JWT>` header (--id is the jti);
+    /// plivo (with --config and --policy, for its public_origin) signs a form body and the
+    /// --path, --id being the nonce.
+    /// Public-key presets such as discord and telnyx are signed with the provider's
     /// private key, not here.
     #[arg(long, conflicts_with_all = ["config", "policy"])]
     provider: Option<String>,
@@ -245,7 +248,7 @@ fn provider_scheme(name: &str) -> Result<Scheme, String> {
         })?;
     presets::scheme(provider, false)
         .ok_or_else(|| {
-            "custom, and presets that need policy settings (square, twilio, hubspot), sign with --config and --policy"
+            "custom, and presets that need policy settings (square, twilio, hubspot, plivo), sign with --config and --policy"
                 .to_string()
         })
 }

@@ -546,15 +546,15 @@ fn compile_policy(at: &str, p: RawPolicy, cx: &mut Context) -> Result<Policy, Co
                 "square needs the notification URL exactly as registered at Square (http(s)://...)",
             )),
         },
-        (Provider::Twilio | Provider::Hubspot, None) => match &p.public_origin {
+        (Provider::Twilio | Provider::Hubspot | Provider::Plivo, None) => match &p.public_origin {
             Some(origin)
                 if (origin.starts_with("https://") || origin.starts_with("http://"))
                     && !origin.trim_start_matches("https://").trim_start_matches("http://").contains('/') =>
             {
-                if p.provider == Provider::Twilio {
-                    presets::twilio(origin)
-                } else {
-                    presets::hubspot(origin)
+                match p.provider {
+                    Provider::Twilio => presets::twilio(origin),
+                    Provider::Plivo => presets::plivo(origin),
+                    _ => presets::hubspot(origin),
                 }
             }
             _ => {
@@ -567,10 +567,15 @@ fn compile_policy(at: &str, p: RawPolicy, cx: &mut Context) -> Result<Policy, Co
         (other, None) => presets::scheme(other, p.accept_legacy_sha1)
             .ok_or_else(|| err(format!("{at}.provider"), "unknown provider"))?,
     };
-    if p.public_origin.is_some() && !matches!(p.provider, Provider::Twilio | Provider::Hubspot) {
+    if p.public_origin.is_some()
+        && !matches!(
+            p.provider,
+            Provider::Twilio | Provider::Hubspot | Provider::Plivo
+        )
+    {
         return Err(err(
             format!("{at}.public_origin"),
-            "only applies to providers 'twilio' and 'hubspot'",
+            "only applies to providers 'twilio', 'hubspot' and 'plivo'",
         ));
     }
     if p.signed_url.is_some() && p.provider != Provider::Square {

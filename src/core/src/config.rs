@@ -360,6 +360,8 @@ pub enum Provider {
     Hubspot,
     Mailgun,
     Adyen,
+    Vonage,
+    Plivo,
     Custom,
 }
 
@@ -400,6 +402,8 @@ impl Provider {
             Provider::Hubspot => "hubspot",
             Provider::Mailgun => "mailgun",
             Provider::Adyen => "adyen",
+            Provider::Vonage => "vonage",
+            Provider::Plivo => "plivo",
             Provider::Custom => "custom",
         }
     }

@@ -62,6 +62,75 @@ pub fn sorted_params(body: &[u8]) -> Vec<u8> {
         .collect()
 }
 
+/// Decoded `name=value` pairs of a form body or query (`+` is a space; a piece without `=` has
+/// an empty value; empty pieces are skipped), in order.
+fn pairs(raw: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    raw.split(|b| *b == b'&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let mut kv = p.splitn(2, |b| *b == b'=');
+            (
+                decode(kv.next().unwrap_or(&[])),
+                decode(kv.next().unwrap_or(&[])),
+            )
+        })
+        .collect()
+}
+
+/// Plivo V3: the form parameters of a body, sorted by name; `None` when a name repeats (the
+/// `plivo` SDK is given one value per name: which one the sender signed is ambiguous).
+pub fn plivo_params(body: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut params = pairs(body);
+    params.sort();
+    if params.windows(2).any(|w| matches!(w, [a, b] if a.0 == b.0)) {
+        return None;
+    }
+    Some(params)
+}
+
+/// Plivo V3's URL after the origin, as the `plivo` SDK's `construct_post_url` builds it: the
+/// path (the `;params` of its last segment dropped, as `urlparse` does), then, when there are
+/// query or form parameters, `?` and the query parameters decoded and sorted (`k=v`, joined by
+/// `&`; a repeated name's values sorted), then `.` when there are both, then the form
+/// parameters sorted by name, each `name` + `value`, concatenated.
+pub fn plivo_url_tail(path: &[u8], params: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let mut split = path.splitn(2, |b| *b == b'?');
+    let mut path_only = split.next().unwrap_or(&[]);
+    let query = split.next().unwrap_or(&[]);
+    let last_slash = path_only.iter().rposition(|b| *b == b'/').unwrap_or(0);
+    if let Some(semi) = path_only
+        .get(last_slash..)
+        .and_then(|seg| seg.iter().position(|b| *b == b';'))
+    {
+        path_only = path_only
+            .get(..last_slash.saturating_add(semi))
+            .unwrap_or(path_only);
+    }
+    let mut q = pairs(query);
+    q.sort();
+    let query_text: Vec<u8> = q
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (k, v))| {
+            let sep: &[u8] = if i == 0 { b"" } else { b"&" };
+            [sep, k.as_slice(), b"=", v.as_slice()].concat()
+        })
+        .collect();
+    let mut out = path_only.to_vec();
+    if !query_text.is_empty() || !params.is_empty() {
+        out.push(b'?');
+        out.extend_from_slice(&query_text);
+    }
+    if !query_text.is_empty() && !params.is_empty() {
+        out.push(b'.');
+    }
+    for (k, v) in params {
+        out.extend_from_slice(k);
+        out.extend_from_slice(v);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

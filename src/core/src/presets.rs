@@ -100,6 +100,10 @@ pub fn dedup_key(provider: Provider) -> Option<KeySource> {
         // The signed fields of every item (pspReference, eventCode, success, amount...): a
         // notification sent again is the same request (see verify::adyen_match).
         Provider::Adyen => Some(KeySource::Signature),
+        // The JWT's signed `jti` (unique per token): a captured request is admitted once.
+        Provider::Vonage => Some(KeySource::Token),
+        // The signed nonce header (the template's only header).
+        Provider::Plivo => header("x-plivo-signature-v3-nonce"),
     }
 }
 
@@ -129,6 +133,33 @@ pub fn hubspot(public_origin: &str) -> Scheme {
         key_encoding: KeyEncoding::Utf8,
         alternates: Vec::new(),
         delivery_id: None,
+        default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+        body_sha256_query: false,
+    }
+}
+
+/// Plivo V3 signs `{url}.{nonce}`: the URL it requested (the policy's origin, the request's
+/// path, its query parameters sorted, then the sorted form parameters: `Part::PlivoUrl`) and
+/// the `X-Plivo-Signature-V3-Nonce` header; base64 HMAC-SHA256 under the auth token, several
+/// signatures comma-separated in `X-Plivo-Signature-V3`. No timestamp is signed.
+pub fn plivo(public_origin: &str) -> Scheme {
+    Scheme {
+        sources: vec![SigSource {
+            headers: vec!["x-plivo-signature-v3".to_string()],
+            format: SigFormat::List { sep: ',' },
+            algorithm: Algorithm::HmacSha256,
+            encoding: Encoding::Base64,
+        }],
+        timestamp: None,
+        template: vec![
+            lit(public_origin),
+            Part::PlivoUrl,
+            lit("."),
+            Part::Header("x-plivo-signature-v3-nonce".into()),
+        ],
+        key_encoding: KeyEncoding::Utf8,
+        alternates: Vec::new(),
+        delivery_id: Some(DeliveryId::Header("x-plivo-signature-v3-nonce".into())),
         default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
         body_sha256_query: false,
     }
@@ -612,7 +643,31 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
             default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
             body_sha256_query: false,
         },
-        Provider::Square | Provider::Twilio | Provider::Hubspot | Provider::Custom => return None,
+        // `Authorization: Bearer <JWT>`, HS256 under the signature secret; `iat` (seconds) is
+        // the signed timestamp, `payload_hash` the hex SHA-256 of the body, `jti` the dedup key.
+        Provider::Vonage => Scheme {
+            sources: vec![SigSource {
+                headers: vec!["authorization".to_string()],
+                format: SigFormat::Jwt,
+                algorithm: Algorithm::HmacSha256,
+                encoding: Encoding::Base64,
+            }],
+            timestamp: Some(TimestampSpec {
+                source: TimestampSource::SignatureParam,
+                unit: TimestampUnit::Seconds,
+            }),
+            template: vec![Part::Jwt],
+            key_encoding: KeyEncoding::Utf8,
+            alternates: Vec::new(),
+            delivery_id: None,
+            default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+            body_sha256_query: false,
+        },
+        Provider::Square
+        | Provider::Twilio
+        | Provider::Hubspot
+        | Provider::Plivo
+        | Provider::Custom => return None,
     };
     Some(s)
 }

@@ -56,6 +56,13 @@ pub enum SigFormat {
     /// own `additionalData.hmacSignature` over some of its fields (`verify::adyen_items`);
     /// every item must verify. The scheme's headers and template are not used.
     AdyenItems,
+    /// Vonage: `Bearer <JWT>` (HS256 only) whose claims carry `iat` (the signed timestamp),
+    /// `jti` (the dedup key) and `payload_hash`, the hex SHA-256 of the body
+    /// (`verify::parse_jwt`). The MAC covers the JWT's `header.payload`; the template is
+    /// `[Part::Jwt]`.
+    Jwt,
+    /// Values separated by `sep`, each an encoded MAC (Plivo V3's comma-separated list).
+    List { sep: char },
 }
 
 #[derive(Debug, Clone)]

@@ -51,6 +51,17 @@ pub fn sign(
         }
         None => None,
     };
+    if matches!(source.format, SigFormat::Jwt) {
+        let iat = ts_text
+            .as_deref()
+            .ok_or("this scheme signs a timestamp: pass one")?;
+        let jti = input
+            .id
+            .filter(|id| !id.is_empty())
+            .ok_or("this scheme signs a jti: pass it as the delivery id")?;
+        let name = source.headers.first().ok_or("no signature header name")?;
+        return Ok(vec![(name.clone(), sign_jwt(key, iat, jti, input.body)?)]);
+    }
     let id_header = match &scheme.delivery_id {
         Some(DeliveryId::Header(h)) => Some(h.as_str()),
         _ => None,
@@ -75,7 +86,12 @@ pub fn sign(
         }
     }
     // Sign a body's form parameters as Twilio does (callers pass form bodies for such schemes).
-    let form = if scheme.template.contains(&Part::FormParams) {
+    let form = if scheme.template.contains(&Part::PlivoUrl) {
+        // Plivo V3: callers pass a form body (or none).
+        let params = crate::form::plivo_params(input.body)
+            .ok_or("a form parameter is repeated: Plivo signs one value per name")?;
+        crate::form::plivo_url_tail(input.path.as_bytes(), &params)
+    } else if scheme.template.contains(&Part::FormParams) {
         crate::form::sorted_params(input.body)
     } else {
         Vec::new()
@@ -93,6 +109,8 @@ pub fn sign(
             Part::Path => input.path.as_bytes(),
             Part::FormParams => form.as_slice(),
             Part::Token => input.id.unwrap_or("").as_bytes(),
+            Part::Jwt => b"",
+            Part::PlivoUrl => form.as_slice(),
         })
         .collect();
     if scheme.template.contains(&Part::Token) && input.id.is_none_or(str::is_empty) {
@@ -116,6 +134,8 @@ pub fn sign(
         SigFormat::Versioned { version } => format!("{version},{encoded}"),
         // The token is the secret itself.
         SigFormat::Token => String::from_utf8_lossy(key).into_owned(),
+        SigFormat::Jwt => return Err("a JWT is signed by sign_jwt".into()),
+        SigFormat::List { .. } => encoded,
         SigFormat::AdyenItems => {
             return Err("Adyen signs each notification item: see sign_adyen".into())
         }
@@ -173,4 +193,29 @@ pub fn sign_adyen(key: &[u8], body: &[u8]) -> Result<Vec<u8>, String> {
         );
     }
     serde_json::to_vec(&doc).map_err(|e| e.to_string())
+}
+
+/// Vonage: `Bearer <JWT>`, HS256 under `key`, with the claims Vonage sends: `iat` (`iat`, in
+/// seconds, as decimal text), `jti`, `iss` and `payload_hash` (hex SHA-256 of `body`).
+pub fn sign_jwt(key: &[u8], iat: &str, jti: &str, body: &[u8]) -> Result<String, String> {
+    use base64::Engine;
+    use sha2::Digest;
+    let iat: u64 = iat.parse().map_err(|_| "iat is not a number of seconds")?;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let header = serde_json::json!({"alg": "HS256", "typ": "JWT"}).to_string();
+    let claims = serde_json::json!({
+        "iat": iat,
+        "jti": jti,
+        "iss": "Vonage",
+        "payload_hash": hex::encode(sha2::Sha256::digest(body)),
+    })
+    .to_string();
+    let signed = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
+    let mac = compute_mac(
+        crate::config::Algorithm::HmacSha256,
+        key,
+        &[signed.as_bytes()],
+    )
+    .ok_or("cannot compute the MAC")?;
+    Ok(format!("Bearer {signed}.{}", b64(&mac)))
 }

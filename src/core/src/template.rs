@@ -15,6 +15,13 @@ pub enum Part {
     /// The `token` field next to a `BodyFields` signature (Mailgun); not a placeholder of
     /// custom templates.
     Token,
+    /// The `header.payload` of a `Jwt` signature (Vonage); not a placeholder of custom
+    /// templates.
+    Jwt,
+    /// Plivo V3: the request's path (without `;params` of its last segment), then `?` and its
+    /// query parameters decoded and sorted as `k=v&...`, then `.` and the form parameters
+    /// sorted as `kv...` (`form::plivo_url_tail`); not a placeholder of custom templates.
+    PlivoUrl,
 }
 
 pub fn parse(template: &str) -> Result<Vec<Part>, String> {

@@ -76,8 +76,13 @@ pub struct Extracted {
     pub form_encoded: bool,
     /// Twilio: the `bodySHA256` parameter of the signed URL (hex), when present.
     pub body_sha256: Option<Vec<u8>>,
-    /// Mailgun: the body's signed `token` (empty until `body_fields` read it).
+    /// Mailgun: the body's signed `token` (empty until `body_fields` read it); Vonage: the
+    /// JWT's signed `jti`.
     pub token: Vec<u8>,
+    /// Vonage: the JWT's `header.payload`, the bytes its MAC covers.
+    pub jwt_signed: Vec<u8>,
+    /// Vonage: the JWT's `payload_hash` claim, decoded (the SHA-256 the body must have).
+    pub payload_hash: Option<Vec<u8>>,
 }
 
 /// A signature that verified: which key (0 = the first listed), under which of the scheme's
@@ -96,7 +101,16 @@ pub fn extract<H: Header>(
     path: &[u8],
 ) -> Result<Extracted, Reason> {
     let (source_index, source, sig_value) = find_signature(scheme, headers)?;
-    let (candidates, ts_param) = parse_candidates(source, sig_value)?;
+    let mut jwt = None;
+    let (candidates, ts_param) = if matches!(source.format, SigFormat::Jwt) {
+        let token = parse_jwt(sig_value)?;
+        let candidates = vec![token.mac.clone()];
+        let iat = token.iat.to_string().into_bytes();
+        jwt = Some(token);
+        (candidates, Some(iat))
+    } else {
+        parse_candidates(source, sig_value)?
+    };
 
     let timestamp = match &scheme.timestamp {
         None => None,
@@ -151,7 +165,9 @@ pub fn extract<H: Header>(
         path: path.to_vec(),
         form_encoded,
         body_sha256,
-        token: Vec::new(),
+        token: jwt.as_ref().map(|t| t.jti.clone()).unwrap_or_default(),
+        payload_hash: jwt.as_ref().map(|t| t.payload_hash.clone()),
+        jwt_signed: jwt.map(|t| t.signed).unwrap_or_default(),
     })
 }
 
@@ -236,6 +252,23 @@ pub fn parse_candidates(source: &SigSource, value: &[u8]) -> Result<Candidates, 
         }
         SigFormat::Token => Ok((vec![value.to_vec()], None)),
         SigFormat::BodyFields | SigFormat::AdyenItems => Ok((Vec::new(), None)),
+        // Parsed whole by `parse_jwt` (in `extract`).
+        SigFormat::Jwt => Err(Reason::MalformedSignature),
+        SigFormat::List { sep } => {
+            let mut buf = [0u8; 4];
+            let sep = sep.encode_utf8(&mut buf).as_bytes();
+            let mut candidates = Vec::new();
+            for (seen, item) in split_bytes(value, sep).enumerate() {
+                if seen >= MAX_CANDIDATES {
+                    return Err(Reason::MalformedSignature);
+                }
+                candidates.extend(decode_mac(source.encoding, item.trim_ascii(), len));
+            }
+            if candidates.is_empty() {
+                return Err(Reason::MalformedSignature);
+            }
+            Ok((candidates, None))
+        }
         SigFormat::Versioned { version } => {
             let mut candidates = Vec::new();
             let mut seen = 0usize;
@@ -337,6 +370,9 @@ pub fn signed_parts<'a>(
             Part::Path => ex.path.as_slice(),
             Part::FormParams => form,
             Part::Token => ex.token.as_slice(),
+            Part::Jwt => ex.jwt_signed.as_slice(),
+            // Computed with the form parameters (`form_part`).
+            Part::PlivoUrl => form,
         })
         .collect()
 }
@@ -345,11 +381,28 @@ pub fn signed_parts<'a>(
 /// `bodySHA256` (then the body is covered by that hash and no parameters are signed, as in
 /// Twilio's SDK).
 pub fn form_part(scheme: &Scheme, ex: &Extracted, body: &[u8]) -> Vec<u8> {
+    if scheme.template.contains(&Part::PlivoUrl) {
+        // Plivo V3: the path, query and form parameters as its SDK signs them (a body that is
+        // not a form of distinct names never verifies: `plivo_body_ok`).
+        let params = if ex.form_encoded {
+            crate::form::plivo_params(body).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        return crate::form::plivo_url_tail(&ex.path, &params);
+    }
     if ex.form_encoded && ex.body_sha256.is_none() && scheme.template.contains(&Part::FormParams) {
         crate::form::sorted_params(body)
     } else {
         Vec::new()
     }
+}
+
+/// Plivo V3: whether the body is covered by the signature: empty, or a form body with at least
+/// one parameter and no name repeated (its parameters are signed; any other body is not).
+pub fn plivo_body_ok(ex: &Extracted, body: &[u8]) -> bool {
+    body.is_empty()
+        || (ex.form_encoded && crate::form::plivo_params(body).is_some_and(|p| !p.is_empty()))
 }
 
 /// Twilio: whether the body is what the signature covers. With `bodySHA256=<hex>` in the
@@ -889,4 +942,118 @@ pub fn adyen_match<K: AsRef<[u8]>>(keys: &[K], items: &[AdyenItem]) -> Option<Ma
             mac,
         })
     })
+}
+
+/// Longest Vonage `jti` accepted (theirs are UUIDs).
+const MAX_JTI_BYTES: usize = 256;
+
+/// A Vonage signed-webhook JWT, checked for shape (not yet for its MAC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jwt {
+    /// `base64url(header).base64url(payload)`, as received: what the MAC covers.
+    pub signed: Vec<u8>,
+    /// The decoded signature (32 bytes: HMAC-SHA256).
+    pub mac: Vec<u8>,
+    /// `iat`, seconds since the epoch.
+    pub iat: u64,
+    pub jti: Vec<u8>,
+    /// The decoded `payload_hash` (32 bytes).
+    pub payload_hash: Vec<u8>,
+}
+
+fn base64url_decode(text: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    // Unpadded only, as JWS compact serialization requires.
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()
+}
+
+/// `Bearer <header>.<payload>.<signature>`: the header must be a JSON object whose `alg` is
+/// exactly `HS256` (no `none`, no other algorithm, no `crit`); the payload a JSON object
+/// (no key repeated) with an integer `iat`, a non-empty string `jti` and a 64-hex-digit
+/// `payload_hash`. Anything else is `malformed_signature`, as is a header that is not a
+/// Bearer token.
+pub fn parse_jwt(value: &[u8]) -> Result<Jwt, Reason> {
+    if value.len() > MAX_SIGNATURE_HEADER_BYTES {
+        return Err(Reason::MalformedSignature);
+    }
+    let scheme = value.get(..7).ok_or(Reason::MalformedSignature)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return Err(Reason::MalformedSignature);
+    }
+    let token = value
+        .get(7..)
+        .ok_or(Reason::MalformedSignature)?
+        .trim_ascii();
+    let mut segments = token.split(|b| *b == b'.');
+    let (Some(header), Some(payload), Some(signature), None) = (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) else {
+        return Err(Reason::MalformedSignature);
+    };
+    let strict = |bytes: &[u8]| -> Result<serde_json::Value, Reason> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let doc = serde::de::DeserializeSeed::deserialize(Strict, &mut de)
+            .map_err(|_| Reason::MalformedSignature)?;
+        de.end().map_err(|_| Reason::MalformedSignature)?;
+        if doc.is_object() {
+            Ok(doc)
+        } else {
+            Err(Reason::MalformedSignature)
+        }
+    };
+    let head = strict(&base64url_decode(header).ok_or(Reason::MalformedSignature)?)?;
+    // Algorithm confusion: only HS256, and no critical extensions we would not honour.
+    if head.get("alg").and_then(serde_json::Value::as_str) != Some("HS256")
+        || head.get("crit").is_some()
+    {
+        return Err(Reason::MalformedSignature);
+    }
+    let claims = strict(&base64url_decode(payload).ok_or(Reason::MalformedSignature)?)?;
+    let mac = base64url_decode(signature).ok_or(Reason::MalformedSignature)?;
+    if mac.len() != 32 {
+        return Err(Reason::MalformedSignature);
+    }
+    let iat = claims
+        .get("iat")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or(Reason::MalformedSignature)?;
+    let jti = match claims.get("jti") {
+        Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= MAX_JTI_BYTES => {
+            s.as_bytes().to_vec()
+        }
+        _ => return Err(Reason::MalformedSignature),
+    };
+    let payload_hash = match claims.get("payload_hash") {
+        Some(serde_json::Value::String(s)) if s.len() == 64 => {
+            hex::decode(s).map_err(|_| Reason::MalformedSignature)?
+        }
+        _ => return Err(Reason::MalformedSignature),
+    };
+    let signed_len = header.len().saturating_add(1).saturating_add(payload.len());
+    let signed = token.get(..signed_len).ok_or(Reason::MalformedSignature)?;
+    Ok(Jwt {
+        signed: signed.to_vec(),
+        mac,
+        iat,
+        jti,
+        payload_hash,
+    })
+}
+
+/// Vonage: whether the body hashes to the JWT's `payload_hash` (compared in constant time).
+/// A scheme without one always matches.
+pub fn payload_hash_matches(ex: &Extracted, body: &[u8]) -> bool {
+    use sha2::Digest;
+    match &ex.payload_hash {
+        None => true,
+        Some(want) => {
+            let digest = sha2::Sha256::digest(body);
+            want.len() == digest.len() && bool::from(want.as_slice().ct_eq(digest.as_slice()))
+        }
+    }
 }

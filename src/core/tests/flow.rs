@@ -959,3 +959,222 @@ fn adyen_needs_every_item_signed_dedups_the_notification_and_rotates_keys() {
         assert!(!line.contains(old) && !line.contains(new));
     }
 }
+
+fn vonage_jwt(secret: &str, iat: u64, jti: &str, body: &[u8]) -> Vec<u8> {
+    webhook_guard_core::sign::sign_jwt(secret.as_bytes(), &iat.to_string(), jti, body)
+        .unwrap()
+        .into_bytes()
+}
+
+#[test]
+fn vonage_jwt_verifies_hs256_only_the_body_hash_the_window_and_dedups_on_jti() {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let (old, new) = (
+        "previous-signature-secret-0123456789",
+        "current-signature-secret-0123456789",
+    );
+    let g = guard(
+        json!([{"name": "vg", "match": {"path_prefix": "/vg"}, "provider": "vonage",
+                "secrets": [{"inline": new}, {"inline": old}]}]),
+        &[],
+    );
+    let h = MemHost::new(g.counter_names(), NOW * 1000);
+    let body = br#"{"message_uuid":"m1","status":"delivered"}"#;
+    let run = |auth: Option<Vec<u8>>, body: &[u8]| {
+        let mut list: Vec<(&str, &[u8])> = vec![("content-type", b"application/json")];
+        if let Some(a) = auth.as_ref() {
+            list.push(("authorization", a));
+        }
+        let pending = g.begin(&h, 0, info("/vg"), &headers(&list))?;
+        g.finish(&h, &pending, body)
+    };
+    // Under the previous secret: accepted (key 1); the same token again is a replay.
+    let a = run(Some(vonage_jwt(old, NOW, "jti-1", body)), body).unwrap();
+    assert_eq!(a.key_index, 1);
+    g.settle(
+        &h,
+        a.claim.unwrap(),
+        webhook_guard_core::Upstream::Answered(200),
+    );
+    let r = run(Some(vonage_jwt(old, NOW, "jti-1", body)), body).unwrap_err();
+    assert_eq!(r.reason, Reason::Replayed);
+    // Another jti is another delivery.
+    assert!(run(Some(vonage_jwt(new, NOW, "jti-2", body)), body).is_ok());
+    // A body the token does not hash, another secret, a stale or future iat.
+    let r = run(Some(vonage_jwt(new, NOW, "jti-3", body)), b"{}").unwrap_err();
+    assert_eq!(r.reason, Reason::InvalidSignature);
+    let r = run(
+        Some(vonage_jwt(
+            "another-secret-xxxxxxxxxxxxxxxx",
+            NOW,
+            "jti-4",
+            body,
+        )),
+        body,
+    )
+    .unwrap_err();
+    assert_eq!(r.reason, Reason::InvalidSignature);
+    for iat in [NOW - 301, NOW + 301] {
+        let r = run(Some(vonage_jwt(new, iat, "jti-5", body)), body).unwrap_err();
+        assert_eq!(r.reason, Reason::TimestampOutOfWindow);
+    }
+    assert!(run(Some(vonage_jwt(new, NOW - 300, "jti-6", body)), body).is_ok());
+    // No header: missing. Not a bearer token, or a token that is not ours: malformed.
+    assert_eq!(
+        run(None, body).unwrap_err().reason,
+        Reason::MissingSignature
+    );
+    let claims = json!({"iat": NOW, "jti": "jti-7", "payload_hash":
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body))})
+    .to_string();
+    let good = vonage_jwt(new, NOW, "jti-7", body);
+    let good = String::from_utf8(good).unwrap();
+    let sig = good.rsplit('.').next().unwrap().to_string();
+    let forged = |head: &str| {
+        format!(
+            "Bearer {}.{}.{sig}",
+            b64(head.as_bytes()),
+            b64(claims.as_bytes())
+        )
+        .into_bytes()
+    };
+    for bad in [
+        b"Basic dXNlcjpwYXNz".to_vec(),
+        good.replacen("Bearer ", "", 1).into_bytes(),
+        forged(r#"{"alg":"none","typ":"JWT"}"#),
+        format!(
+            "Bearer {}.{}.",
+            b64(br#"{"alg":"none"}"#),
+            b64(claims.as_bytes())
+        )
+        .into_bytes(),
+        forged(r#"{"alg":"HS512","typ":"JWT"}"#),
+        forged(r#"{"alg":"RS256","typ":"JWT"}"#),
+        forged(r#"{"alg":"HS256","alg":"none"}"#),
+        forged(r#"{"alg":"hs256"}"#),
+        format!("{good}.x").into_bytes(),
+        good.replace('.', "").into_bytes(),
+        format!("{good}=").into_bytes(),
+    ] {
+        let r = run(Some(bad), body).unwrap_err();
+        assert_eq!(r.reason, Reason::MalformedSignature);
+    }
+    // A header `{"alg":"HS256"}` spelt differently changes the signed bytes: invalid, not accepted.
+    let r = run(Some(forged(r#"{"typ":"JWT","alg":"HS256"}"#)), body).unwrap_err();
+    assert_eq!(r.reason, Reason::InvalidSignature);
+    for (_, line) in h.logs() {
+        assert!(!line.contains(old) && !line.contains(new));
+    }
+}
+
+fn plivo_sig(token: &str, url: &str, nonce: &str) -> Vec<u8> {
+    use base64::Engine;
+    let mac = compute_mac(
+        Algorithm::HmacSha256,
+        token.as_bytes(),
+        &[url.as_bytes(), b".", nonce.as_bytes()],
+    )
+    .unwrap();
+    base64::engine::general_purpose::STANDARD
+        .encode(mac)
+        .into_bytes()
+}
+
+#[test]
+fn plivo_v3_signs_the_url_sorted_params_and_nonce_and_dedups_on_the_nonce() {
+    let token = "MAXXXXXXXXXXXXXXXXXX-auth-token";
+    let g = guard(
+        json!([{"name": "pl", "match": {"path_prefix": "/pl"}, "provider": "plivo",
+                "public_origin": "https://hooks.example.com",
+                "secrets": [{"inline": "new-token-0123456789"}, {"inline": token}]}]),
+        &[],
+    );
+    let h = MemHost::new(g.counter_names(), NOW * 1000);
+    let form: &[u8] = b"application/x-www-form-urlencoded";
+    let run = |path: &str, sig: Option<&[u8]>, nonce: Option<&str>, ct: &[u8], body: &[u8]| {
+        let mut list: Vec<(&str, &[u8])> = vec![("content-type", ct)];
+        if let Some(s) = sig {
+            list.push(("x-plivo-signature-v3", s));
+        }
+        if let Some(n) = nonce {
+            list.push(("x-plivo-signature-v3-nonce", n.as_bytes()));
+        }
+        let pending = g.begin(&h, 0, info(path), &headers(&list))?;
+        g.finish(&h, &pending, body)
+    };
+    // As the plivo SDK's construct_post_url builds it (checked against the SDK in tests/e2e).
+    let url = "https://hooks.example.com/pl/cb?a=1&a=x y&b=2.CallUUIDu-1Froma bTo+14155550100";
+    let path = "/pl/cb?b=2&a=x+y&a=1";
+    let body = b"To=%2B14155550100&From=a+b&CallUUID=u-1";
+    let sig = plivo_sig(token, url, "n-1");
+    // Several comma-separated signatures: any may match (the old key's here).
+    let listed = [b"AAAA,".as_slice(), &sig].concat();
+    let a = run(path, Some(&listed), Some("n-1"), form, body).unwrap();
+    assert_eq!(a.key_index, 1);
+    g.settle(
+        &h,
+        a.claim.unwrap(),
+        webhook_guard_core::Upstream::Answered(200),
+    );
+    assert_eq!(
+        run(path, Some(&sig), Some("n-1"), form, body)
+            .unwrap_err()
+            .reason,
+        Reason::Replayed
+    );
+    // Another nonce, another parameter value, another path or query: invalid.
+    let invalid = |p: &str, s: &[u8], n: &str, ct: &[u8], b: &[u8]| {
+        assert_eq!(
+            run(p, Some(s), Some(n), ct, b).unwrap_err().reason,
+            Reason::InvalidSignature
+        );
+    };
+    invalid(path, &sig, "n-2", form, body);
+    invalid(
+        path,
+        &sig,
+        "n-1",
+        form,
+        b"To=%2B14155550101&From=a+b&CallUUID=u-1",
+    );
+    invalid("/pl/cb?b=3&a=x+y&a=1", &sig, "n-1", form, body);
+    invalid("/pl/other?b=2&a=x+y&a=1", &sig, "n-1", form, body);
+    // A repeated form name is ambiguous; a JSON body is not covered (only form parameters are).
+    invalid(
+        path,
+        &sig,
+        "n-1",
+        form,
+        b"To=%2B14155550100&From=a+b&CallUUID=u-1&To=x",
+    );
+    let url_only = plivo_sig(
+        token,
+        "https://hooks.example.com/pl/cb?a=1&a=x y&b=2",
+        "n-3",
+    );
+    invalid(path, &url_only, "n-3", b"application/json", br#"{"x":1}"#);
+    // No parameters at all: the URL only, with the `;params` of the last segment dropped.
+    let bare = plivo_sig(token, "https://hooks.example.com/pl/cb", "n-4");
+    assert!(run("/pl/cb;v=1", Some(&bare), Some("n-4"), form, b"").is_ok());
+    let with_form = plivo_sig(token, "https://hooks.example.com/pl/cb?Digits1", "n-5");
+    assert!(run("/pl/cb", Some(&with_form), Some("n-5"), form, b"Digits=1").is_ok());
+    // Missing signature or nonce; a list with nothing that decodes.
+    assert_eq!(
+        run(path, None, Some("n-6"), form, body).unwrap_err().reason,
+        Reason::MissingSignature
+    );
+    assert_eq!(
+        run(path, Some(&sig), None, form, body).unwrap_err().reason,
+        Reason::MissingHeader
+    );
+    assert_eq!(
+        run(path, Some(b"not base64!,also not"), Some("n-7"), form, body)
+            .unwrap_err()
+            .reason,
+        Reason::MalformedSignature
+    );
+    for (_, line) in h.logs() {
+        assert!(!line.contains(token));
+    }
+}

@@ -63,7 +63,9 @@ proptest! {
         // Hex is case-insensitive: flipping only the case of a hex letter keeps the same MAC.
         let same_mac = before.eq_ignore_ascii_case(&h.1) && c.signature_header != "x-shopify-hmac-sha256"
             && c.signature_header != "shopify-hmac-sha256" && c.signature_header != "webhook-signature"
-            && c.signature_header != "svix-signature" && c.signature_header != "x-sig";
+            && c.signature_header != "svix-signature" && c.signature_header != "x-sig"
+            // A bearer JWT (Vonage): only the case of the word `Bearer` may change.
+            && (c.signature_header != "authorization" || at % before.len() < 6);
         // Base64 padding is optional, and a trailing list separator is ignored: "...=" and
         // "... " carry the same MAC.
         let unpadded = |v: &[u8]| v.iter().rposition(|b| *b != b'=' && *b != b' ').map(|i| v[..=i].to_vec());
@@ -175,6 +177,53 @@ mod parsers {
                         }
                     }
                 }
+            }
+        }
+
+        /// Vonage's bearer JWT: any header value parses without panicking, and a one-byte
+        /// change of a signed token never yields a token whose MAC still verifies.
+        #[test]
+        fn vonage_jwts_parse_without_panicking_and_resist_one_byte_changes(
+            raw in prop::collection::vec(any::<u8>(), 0..300),
+            segments in prop::collection::vec("[A-Za-z0-9_=+/-]{0,60}", 0..5),
+            body in prop::collection::vec(any::<u8>(), 0..64),
+            iat in any::<u64>(),
+            jti in "[a-z0-9-]{1,40}",
+            at in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            use webhook_guard_core::verify::{compute_mac, parse_jwt};
+            let _ = parse_jwt(&raw);
+            let joined = format!("Bearer {}", segments.join("."));
+            if let Ok(t) = parse_jwt(joined.as_bytes()) {
+                prop_assert!(t.mac.len() == 32 && t.payload_hash.len() == 32);
+            }
+            let key = b"property-test-signature-secret";
+            let token = webhook_guard_core::sign::sign_jwt(key, &iat.to_string(), &jti, &body);
+            let Ok(token) = token else { return Ok(()); };
+            let t = parse_jwt(token.as_bytes()).map_err(|r| TestCaseError::fail(format!("{r:?}")))?;
+            prop_assert_eq!(t.iat, iat);
+            prop_assert_eq!(compute_mac(config::Algorithm::HmacSha256, key, &[&t.signed]), Some(t.mac.clone()));
+            let mut bytes = token.into_bytes();
+            let i = at.index(bytes.len());
+            if let Some(b) = bytes.get_mut(i) { *b ^= flip; }
+            if let Ok(m) = parse_jwt(&bytes) {
+                // Only the scheme word's case may change and still parse to the same token.
+                let still = compute_mac(config::Algorithm::HmacSha256, key, &[&m.signed]) == Some(m.mac.clone());
+                prop_assert!(!still || (i < 6 && m == t));
+            }
+        }
+
+        /// Plivo V3's URL tail: any path and body, without panicking; the path up to its last
+        /// `/` is kept as is.
+        #[test]
+        fn plivo_url_tails_never_panic(path in prop::collection::vec(any::<u8>(), 0..120), body in prop::collection::vec(any::<u8>(), 0..200), text in "[a-z0-9%+=&;/?.]{0,80}") {
+            for (p, b) in [(path.as_slice(), body.as_slice()), (text.as_bytes(), text.as_bytes())] {
+                let params = form::plivo_params(b).unwrap_or_default();
+                let tail = form::plivo_url_tail(p, &params);
+                let path_only = p.split(|c| *c == b'?').next().unwrap_or(&[]);
+                let dir = &path_only[..path_only.iter().rposition(|c| *c == b'/').unwrap_or(0)];
+                prop_assert!(tail.starts_with(dir));
             }
         }
 

@@ -293,6 +293,19 @@ impl Guard {
         if policy.scheme.body_sha256_query && !verify::body_hash_matches(ex, body) {
             return Err(fail(Reason::InvalidSignature, Some("body")));
         }
+        // Plivo V3: only form parameters are signed; any other body is not covered.
+        if policy
+            .scheme
+            .template
+            .contains(&crate::template::Part::PlivoUrl)
+            && !verify::plivo_body_ok(ex, body)
+        {
+            return Err(fail(Reason::InvalidSignature, Some("body")));
+        }
+        // Vonage: the JWT verified; the body must be the one it hashes.
+        if !verify::payload_hash_matches(ex, body) {
+            return Err(fail(Reason::InvalidSignature, Some("payload_hash")));
+        }
         let now = host.now_ms();
         let ts_ms = match (&ex.timestamp, &policy.scheme.timestamp) {
             (Some(ts), _) => Some(ts.ms),

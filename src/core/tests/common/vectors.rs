@@ -134,7 +134,10 @@ fn build_cases() -> Vec<Case> {
                 timestamp_header: find(&|n| n.contains("timestamp") || n == "x-ts")
                     .filter(|_| signs_ts),
                 signature_header: find(&|n| {
-                    n.contains("signature") || n.contains("hmac") || n == "x-sig"
+                    n.contains("signature")
+                        || n.contains("hmac")
+                        || n == "x-sig"
+                        || n == "authorization"
                 })
                 .unwrap(),
                 body: body_of(&v),
