@@ -449,27 +449,13 @@ fn challenges_and_square_need_their_own_settings() {
 
 #[test]
 fn metas_subscription_handshake_is_answered_from_the_token() {
-    use webhook_guard_core::{Step, Stream};
     let g = guard(
         json!([{"name": "m", "match": {"path_prefix": "/"}, "provider": "meta", "secrets": [{"inline": "app"}],
                 "answer_challenges": true, "verify_token": {"inline": "my token"}}]),
         &[],
     );
     let host = MemHost::new(g.counter_names(), NOW * 1000);
-    let route = RouteInfo {
-        route_name: None,
-        authority: "h",
-        path: "/",
-        route_policy: None,
-    };
-    let get = |path: &str| {
-        let mut s = Stream::new();
-        let hs = headers(&[]);
-        match s.on_request_headers(&g, &host, &route, with_method(path, "GET"), &hs, true) {
-            Step::Reply(r) => (r.status, r.body, r.details),
-            other => panic!("{other:?}"),
-        }
-    };
+    let get = |path: &str| handshake(&g, &host, path);
     let (status, body, details) =
         get("/hook?hub.mode=subscribe&hub.verify_token=my+token&hub.challenge=1158201444");
     assert_eq!(
@@ -537,6 +523,23 @@ fn a_verified_zoom_url_validation_is_answered_not_forwarded() {
     );
     assert!(accepted.claim.is_none());
     assert_eq!(host.count("webhook_guard.policy.z.challenges_answered"), 1);
+}
+
+/// A body-less GET through the whole stream (Meta's handshake): the local reply it gets.
+fn handshake(g: &Guard, host: &MemHost, path: &str) -> (u16, String, &'static str) {
+    use webhook_guard_core::{Step, Stream};
+    let route = RouteInfo {
+        route_name: None,
+        authority: "h",
+        path: "/",
+        route_policy: None,
+    };
+    let mut s = Stream::new();
+    let hs = headers(&[]);
+    match s.on_request_headers(g, host, &route, with_method(path, "GET"), &hs, true) {
+        Step::Reply(r) => (r.status, r.body, r.details),
+        other => panic!("{other:?}"),
+    }
 }
 
 fn with_method(path: &str, method: &str) -> RequestInfo {
@@ -784,7 +787,6 @@ fn each_verdict_is_one_latency_observation_of_its_policy() {
 
 #[test]
 fn metas_verify_token_can_come_from_sds_and_rotates_per_request() {
-    use webhook_guard_core::{Step, Stream};
     let doc = json!({"policies": [{"name": "m", "match": {"path_prefix": "/"}, "provider": "meta",
         "secrets": [{"inline": "app"}], "answer_challenges": true, "verify_token": {"sds": "meta-verify"}}]});
     let e = compile(doc.to_string().as_bytes(), &|_| None).unwrap_err();
@@ -792,20 +794,10 @@ fn metas_verify_token_can_come_from_sds_and_rotates_per_request() {
     let g = native(doc).unwrap();
     assert_eq!(g.sds_secrets(), ["meta-verify"]);
     let host = MemHost::new(g.counter_names(), NOW * 1000);
-    let route = RouteInfo {
-        route_name: None,
-        authority: "h",
-        path: "/",
-        route_policy: None,
-    };
     let get = |token: &str| {
-        let mut s = Stream::new();
-        let hs = headers(&[]);
         let path = format!("/?hub.mode=subscribe&hub.verify_token={token}&hub.challenge=42");
-        match s.on_request_headers(&g, &host, &route, with_method(&path, "GET"), &hs, true) {
-            Step::Reply(r) => (r.status, r.details),
-            other => panic!("{other:?}"),
-        }
+        let (status, _, details) = handshake(&g, &host, &path);
+        (status, details)
     };
     // Not delivered yet: fail closed.
     assert_eq!(get("first").1, "secret_unavailable");
