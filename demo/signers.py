@@ -103,8 +103,9 @@ NODE_SDK = pathlib.Path(__file__).resolve().parent.parent / "tests/node/sdk.js"
 def node_sdk(command: str, **request) -> dict:
     """Runs a sender's own JavaScript package (tests/node, installed by scripts/setup.sh) through
     tests/node/sdk.js: one JSON object in, one out."""
-    out = subprocess.run(["node", str(NODE_SDK), command], input=json.dumps(request), capture_output=True,
-                         text=True, timeout=60, cwd=tempfile.gettempdir())
+    with tempfile.TemporaryDirectory() as cwd:  # Paystack's CLI keeps its state file (db.json) there
+        out = subprocess.run(["node", str(NODE_SDK), command], input=json.dumps(request), capture_output=True,
+                             text=True, timeout=60, cwd=cwd)
     if out.returncode != 0:
         raise RuntimeError(f"node sdk.js {command}: {out.stderr.strip()}")
     return json.loads(out.stdout)
