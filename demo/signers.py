@@ -8,6 +8,9 @@ import datetime
 import hashlib
 import hmac
 import json
+import pathlib
+import subprocess
+import tempfile
 import time
 from urllib.parse import quote_plus
 
@@ -92,6 +95,20 @@ def fresh_secrets() -> dict[str, str]:
 # following each provider's documented algorithm (docs/providers.md).
 def _hex(secret: str, msg: bytes, algo=hashlib.sha256) -> str:
     return hmac.new(secret.encode(), msg, algo).hexdigest()
+
+
+NODE_SDK = pathlib.Path(__file__).resolve().parent.parent / "tests/node/sdk.js"
+
+
+def node_sdk(command: str, **request) -> dict:
+    """Runs a sender's own JavaScript package (tests/node, installed by scripts/setup.sh) through
+    tests/node/sdk.js: one JSON object in, one out."""
+    with tempfile.TemporaryDirectory() as cwd:  # Paystack's CLI keeps its state file (db.json) there
+        out = subprocess.run(["node", str(NODE_SDK), command], input=json.dumps(request), capture_output=True,
+                             text=True, timeout=60, cwd=cwd)
+    if out.returncode != 0:
+        raise RuntimeError(f"node sdk.js {command}: {out.stderr.strip()}")
+    return json.loads(out.stdout)
 
 
 def _svix(secret, obj, ts, delivery):
@@ -254,8 +271,14 @@ def _sentry(secret, obj, ts, delivery):
 
 
 def _mux(secret, obj, ts, delivery):
+    # Mux's SDK (@mux/mux-node) only verifies: every header made here passes its verifySignature
+    # first (a stale one fails only its age check, after the signature matched).
     body = json.dumps({**obj, "id": delivery, "attempts": []}).encode()
-    return body, {"mux-signature": f"t={ts},v1=" + _hex(secret, f"{ts}.".encode() + body)}
+    header = f"t={ts},v1=" + _hex(secret, f"{ts}.".encode() + body)
+    verdict = node_sdk("mux-verify", body=body.decode(), header=header, secret=secret)
+    assert verdict == {"ok": True} or (ts < time.time() - 300 and verdict["error"] == "Webhook timestamp is too old"), \
+        verdict
+    return body, {"mux-signature": header}
 
 
 def _calendly(secret, obj, ts, delivery):
@@ -264,8 +287,11 @@ def _calendly(secret, obj, ts, delivery):
 
 
 def _meta(secret, obj, ts, delivery):
-    body = json.dumps({"object": "page", "entry": [obj]}).encode()
-    return body, {"x-hub-signature-256": "sha256=" + _hex(secret, body)}
+    # Meta's own WhatsApp Cloud API SDK (npm `whatsapp`) signs: generateXHub256Sig, the hex its
+    # webhook listener expects after `sha256=`.
+    body = json.dumps({"object": "whatsapp_business_account", "entry": [obj]}).encode()
+    sig = node_sdk("meta-sign", body=body.decode(), secret=secret)["signature"]
+    return body, {"x-hub-signature-256": "sha256=" + sig}
 
 
 def _telnyx(private_hex, obj, ts, delivery):

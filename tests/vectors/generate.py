@@ -330,6 +330,19 @@ catalog("vercel", "vercel-client-secret",
 catalog("woocommerce", "woocommerce-secret",
         lambda sec, b, t: {"x-wc-webhook-signature": b64(sec.encode(), b.encode())}, BODY, T, 0,
         "x-wc-webhook-signature")
+# WooCommerce's own unit test (woocommerce/woocommerce,
+# plugins/woocommerce/tests/legacy/unit-tests/webhooks/crud.php, test_generate_signature):
+# WC_Webhook::generate_signature('secret') on a webhook whose secret is empty returns this value.
+# The filter refuses an empty secret, but HMAC pads a short key with zero bytes (RFC 2104), so
+# the one-byte key NUL is the same key: the vector verifies under "\0" exactly as under "".
+WC_SIG = "GBDo00G55h6IiV+6CxqivQPLbI//KzaOZm747971tPs="
+assert b64(b"", b"secret") == b64(b"\0", b"secret") == WC_SIG
+add("woocommerce official vector (WooCommerce's generate_signature test)", "woocommerce", "official-sdk-test",
+    "\0", {"x-wc-webhook-signature": WC_SIG}, "secret", None, "accepted")
+add("woocommerce official vector, body changed", "woocommerce", "derived-negative", "\0",
+    {"x-wc-webhook-signature": WC_SIG}, "Secret", None, "invalid_signature")
+add("woocommerce official vector, another key", "woocommerce", "derived-negative", "secret",
+    {"x-wc-webhook-signature": WC_SIG}, "secret", None, "invalid_signature")
 catalog("typeform", "typeform-secret",
         lambda sec, b, t: {"typeform-signature": "sha256=" + b64(sec.encode(), b.encode())}, BODY, T, 0,
         "typeform-signature")
