@@ -10,10 +10,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Parser, Subcommand, ValueEnum};
 use webhook_guard_core::compile::{self, ConfigError};
 use webhook_guard_core::config::{KeyEncoding, Provider, TimestampUnit};
-use webhook_guard_core::decrypt::{seal_gcm, Cipher, NonceSource};
+use webhook_guard_core::decrypt::{seal_gcm, seal_lark, Cipher, NonceSource};
 use webhook_guard_core::memhost::MemHost;
 use webhook_guard_core::scheme::{Scheme, SigFormat};
 use webhook_guard_core::sign::{sign, sign_adyen, SignInput};
+use webhook_guard_core::template::Part;
 use webhook_guard_core::{presets, Guard, RequestInfo, Route, RouteInfo};
 
 #[derive(Parser)]
@@ -64,7 +65,9 @@ struct SignArgs {
     /// adyen prints the notification given as the body with every item's hmacSignature set (the
     /// key in hex); vonage prints the `authorization: Bearer <JWT>` header (--id is the jti);
     /// plivo (with --config and --policy, for its public_origin) signs a form body and the
-    /// --path, --id being the nonce.
+    /// --path, --id being the nonce; lark signs a body already sealed (or, with --config,
+    /// --policy and --encrypt, seals the event first), its timestamp and nonce headers made up
+    /// unless given with --header.
     /// Public-key presets such as discord and telnyx are signed with the provider's
     /// private key, not here.
     #[arg(long, conflicts_with_all = ["config", "policy"])]
@@ -103,7 +106,8 @@ struct SignArgs {
     #[arg(long, value_enum, default_value_t = Format::Headers)]
     format: Format,
     /// Encrypt the body first, as the policy's `decrypt` expects (AES-256-GCM envelope with a
-    /// random nonce), and sign the envelope; needs --config, --policy and --out.
+    /// random nonce, or Lark's AES-256-CBC envelope with a random IV), and sign the envelope;
+    /// needs --config, --policy and --out.
     #[arg(long, requires_all = ["config", "policy", "out"])]
     encrypt: bool,
     /// The encryption key text (as in the policy's `decrypt.keys`); default: its first key.
@@ -314,13 +318,37 @@ fn run_sign(a: &SignArgs) -> Result<ExitCode, String> {
             TimestampUnit::Milliseconds => now_ms(),
         })
     });
+    // Lark signs its timestamp and nonce headers: made up here unless given.
+    let mut signed_headers = a.headers.clone();
+    for (name, value) in [
+        ("x-lark-request-timestamp", (now_ms() / 1000).to_string()),
+        (
+            "x-lark-request-nonce",
+            random_bytes::<8>()?
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        ),
+    ] {
+        let signed = scheme
+            .template
+            .iter()
+            .any(|p| matches!(p, Part::Header(h) if h == name));
+        if signed
+            && !signed_headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
+            signed_headers.push((name.to_string(), value));
+        }
+    }
     let input = SignInput {
         body: &body,
         timestamp,
         id: a.id.as_deref(),
         method: &a.method,
         path: &a.path,
-        headers: &a.headers,
+        headers: &signed_headers,
     };
     if scheme
         .sources
@@ -396,16 +424,18 @@ fn seal(
             .clone()
             .ok_or("pass --encryption-key or --encryption-key-env")?,
     };
-    let Cipher::AesGcm {
-        ciphertext_field,
-        nonce,
-    } = &sealing.cipher;
-    let mut random = [0u8; 12];
-    std::io::Read::read_exact(
-        &mut std::fs::File::open("/dev/urandom").map_err(|e| format!("/dev/urandom: {e}"))?,
-        &mut random,
-    )
-    .map_err(|e| format!("/dev/urandom: {e}"))?;
+    let (ciphertext_field, nonce) = match &sealing.cipher {
+        Cipher::AesGcm {
+            ciphertext_field,
+            nonce,
+        } => (ciphertext_field, nonce),
+        Cipher::LarkCbc => {
+            let iv = random_bytes::<16>()?;
+            let envelope = seal_lark(&key, iv, plaintext).ok_or("could not encrypt")?;
+            return Ok((envelope, None));
+        }
+    };
+    let random = random_bytes::<12>()?;
     let (field, header) = match nonce {
         NonceSource::Field(f) => (Some(f.as_str()), None),
         NonceSource::Header(h) => (None, Some(h.clone())),
@@ -413,6 +443,16 @@ fn seal(
     let (envelope, nonce_b64) =
         seal_gcm(&key, random, plaintext, ciphertext_field, field).ok_or("could not encrypt")?;
     Ok((envelope, header.map(|h| (h, nonce_b64))))
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], String> {
+    let mut out = [0u8; N];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").map_err(|e| format!("/dev/urandom: {e}"))?,
+        &mut out,
+    )
+    .map_err(|e| format!("/dev/urandom: {e}"))?;
+    Ok(out)
 }
 
 fn verify(config: &PathBuf, request: &PathBuf, at: Option<u64>) -> Result<ExitCode, String> {

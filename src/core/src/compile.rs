@@ -589,18 +589,19 @@ fn compile_policy(at: &str, p: RawPolicy, cx: &mut Context) -> Result<Policy, Co
         (true, Provider::Zoom) => Some(Challenge::ZoomUrlValidation),
         (true, Provider::Twitch) => Some(Challenge::TwitchCallbackVerification),
         (true, Provider::Meta) => Some(Challenge::MetaSubscribe),
+        (true, Provider::Lark) => Some(Challenge::LarkUrlVerification),
         (true, other) => {
             return Err(err(
                 format!("{at}.answer_challenges"),
                 format!(
-                    "only applies to 'zoom', 'twitch' and 'meta', not '{}'",
+                    "only applies to 'zoom', 'twitch', 'meta' and 'lark', not '{}'",
                     other.name()
                 ),
             ))
         }
     };
     let verify_token = match (&p.verify_token, challenge) {
-        (Some(raw), Some(Challenge::MetaSubscribe)) => {
+        (Some(raw), Some(Challenge::MetaSubscribe | Challenge::LarkUrlVerification)) => {
             compile_verify_token(&format!("{at}.verify_token"), &p.name, raw, cx)?
         }
         (None, Some(Challenge::MetaSubscribe)) => {
@@ -609,10 +610,16 @@ fn compile_policy(at: &str, p: RawPolicy, cx: &mut Context) -> Result<Policy, Co
                 "required when a 'meta' policy answers the subscription handshake (the token set in Meta's dashboard)",
             ))
         }
+        (None, Some(Challenge::LarkUrlVerification)) => {
+            return Err(err(
+                format!("{at}.verify_token"),
+                "required when a 'lark' policy answers url_verification (the app's Verification Token)",
+            ))
+        }
         (Some(_), _) => {
             return Err(err(
                 format!("{at}.verify_token"),
-                "only applies to provider 'meta' with answer_challenges",
+                "only applies to providers 'meta' and 'lark' with answer_challenges",
             ))
         }
         (None, _) => None,
@@ -694,7 +701,17 @@ fn compile_policy(at: &str, p: RawPolicy, cx: &mut Context) -> Result<Policy, Co
         (None, None) => {}
     }
 
-    let decrypt = compile_decrypt(at, &p.name, p.decrypt.as_ref(), cx)?;
+    let decrypt = if p.provider == Provider::Lark {
+        if p.decrypt.is_some() {
+            return Err(err(
+                format!("{at}.decrypt"),
+                "a 'lark' policy always opens Lark's envelope with its secrets (the Encrypt Key): remove decrypt",
+            ));
+        }
+        Some(lark_decrypt(at, &p.name, &p.secrets, cx)?)
+    } else {
+        compile_decrypt(at, &p.name, p.decrypt.as_ref(), cx)?
+    };
 
     let counter_base = cx.counters.len();
     cx.counters.extend(stats::policy_counters(&p.name));
@@ -807,6 +824,33 @@ fn compile_decrypt(
             }))
         }
     }
+}
+
+/// Lark's envelope, opened with the policy's own secrets: the Encrypt Key both signs and
+/// (hashed) encrypts, so rotation lists the same keys for both.
+fn lark_decrypt(
+    at: &str,
+    policy: &str,
+    secrets: &[RawSecret],
+    cx: &mut Context,
+) -> Result<Decrypt, ConfigError> {
+    let cipher = Cipher::LarkCbc;
+    let decode = |text: &str| cipher.derive_key(KeyEncoding::Utf8, text);
+    let keys = load_secrets(
+        &format!("{at}.secrets"),
+        policy,
+        secrets,
+        &decode,
+        ("must be the app's Encrypt Key", "encrypt key"),
+        cx,
+    )?;
+    Ok(Decrypt {
+        cipher,
+        keys,
+        keys_configured: secrets.len(),
+        key_encoding: KeyEncoding::Utf8,
+        content_type: "application/json".to_string(),
+    })
 }
 
 /// Meta's handshake token: loaded like a secret, kept as text bytes (it is compared, not a

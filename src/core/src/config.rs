@@ -362,6 +362,7 @@ pub enum Provider {
     Adyen,
     Vonage,
     Plivo,
+    Lark,
     Custom,
 }
 
@@ -404,6 +405,7 @@ impl Provider {
             Provider::Adyen => "adyen",
             Provider::Vonage => "vonage",
             Provider::Plivo => "plivo",
+            Provider::Lark => "lark",
             Provider::Custom => "custom",
         }
     }
@@ -471,6 +473,11 @@ pub enum Algorithm {
     /// key as base64 SubjectPublicKeyInfo.
     #[serde(rename = "ecdsa-p256-sha256")]
     EcdsaP256Sha256,
+    /// Plain SHA-256 over signed bytes that include the secret (Lark: timestamp, nonce, key,
+    /// body). Not a MAC (a length extension can append to the body), so only presets whose
+    /// body must then parse as one exact envelope use it; never configurable.
+    #[serde(skip)]
+    Sha256,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -6,12 +6,18 @@
 //! `aes-256-gcm`: `{"encrypted": b64(ciphertext || 16-byte tag), "nonce": b64(12 bytes)}`
 //! (field names configurable; the nonce may come from a header instead). GCM authenticates,
 //! so every configured key is tried in order (rotation) and only the right one opens it.
+//!
+//! `lark`: `{"encrypt": b64(16-byte IV || AES-256-CBC(PKCS#7))}` under SHA-256 of the app's
+//! Encrypt Key. CBC does not authenticate, so the caller passes the one key whose signature
+//! verified, and a plaintext counts only if its padding is exact and it is a JSON object.
 
 use std::borrow::Cow;
 use std::fmt;
 
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::Aes256Gcm;
+use cbc::cipher::block_padding::Pkcs7;
+use cbc::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use crate::config::KeyEncoding;
@@ -19,6 +25,9 @@ use crate::config::KeyEncoding;
 pub const AES_256_KEY_BYTES: usize = 32;
 const GCM_NONCE_BYTES: usize = 12;
 const GCM_TAG_BYTES: usize = 16;
+const CBC_IV_BYTES: usize = 16;
+/// Lark's envelope field.
+pub const LARK_FIELD: &str = "encrypt";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NonceSource {
@@ -34,6 +43,8 @@ pub enum Cipher {
         ciphertext_field: String,
         nonce: NonceSource,
     },
+    /// Lark / Feishu: `{"encrypt": b64(IV || AES-256-CBC)}`, key = SHA-256(Encrypt Key).
+    LarkCbc,
 }
 
 /// Why a payload did not open; each is a reason code of its own.
@@ -69,6 +80,7 @@ impl Cipher {
             Cipher::AesGcm {
                 ciphertext_field, ..
             } => ciphertext_field,
+            Cipher::LarkCbc => LARK_FIELD,
         }
     }
 
@@ -78,6 +90,11 @@ impl Cipher {
             Cipher::AesGcm { .. } => encoding
                 .decode(text)
                 .filter(|k| k.len() == AES_256_KEY_BYTES),
+            // The Encrypt Key as the console shows it, hashed (whatever `encoding` says).
+            Cipher::LarkCbc => {
+                use sha2::Digest;
+                (!text.is_empty()).then(|| sha2::Sha256::digest(text.as_bytes()).to_vec())
+            }
         }
     }
 
@@ -94,7 +111,7 @@ impl Cipher {
                 nonce: NonceSource::Field(f),
                 ..
             } => Some(f.as_str()),
-            Cipher::AesGcm { .. } => None,
+            Cipher::AesGcm { .. } | Cipher::LarkCbc => None,
         };
         let fields = envelope(body, self.ciphertext_field(), nonce_field)
             .ok_or(Failure::Malformed("envelope"))?;
@@ -119,6 +136,35 @@ impl Cipher {
                         continue;
                     };
                     if let Ok(plaintext) = cipher.decrypt(&nonce, ciphertext.as_slice()) {
+                        return Ok(Opened {
+                            plaintext,
+                            key_index: i,
+                        });
+                    }
+                }
+                Err(Failure::NoKey)
+            }
+            Cipher::LarkCbc => {
+                let (iv, sealed) = ciphertext
+                    .split_at_checked(CBC_IV_BYTES)
+                    .filter(|(_, c)| !c.is_empty() && c.len() % CBC_IV_BYTES == 0)
+                    .ok_or(Failure::Malformed("ciphertext"))?;
+                for (i, key) in keys.iter().enumerate() {
+                    let Ok(cipher) =
+                        cbc::Decryptor::<aes::Aes256>::new_from_slices(key.as_ref(), iv)
+                    else {
+                        continue;
+                    };
+                    let Ok(plaintext) = cipher.decrypt_padded_vec_mut::<Pkcs7>(sealed) else {
+                        continue;
+                    };
+                    // A wrong key unpads by chance about once in 256 tries; its garbage is
+                    // never a JSON object.
+                    if serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(
+                        &plaintext,
+                    )
+                    .is_ok()
+                    {
                         return Ok(Opened {
                             plaintext,
                             key_index: i,
@@ -238,6 +284,20 @@ pub fn seal_gcm(
     }
     let body = serde_json::to_vec(&serde_json::Value::Object(envelope)).ok()?;
     Some((body, nonce_b64))
+}
+
+/// Seals `plaintext` as Lark does (for `webhook-guard sign` and tests): the
+/// `{"encrypt": b64(iv || AES-256-CBC)}` body under `key` (already SHA-256 of the Encrypt Key).
+pub fn seal_lark(key: &[u8], iv: [u8; CBC_IV_BYTES], plaintext: &[u8]) -> Option<Vec<u8>> {
+    let cipher = cbc::Encryptor::<aes::Aes256>::new_from_slices(key, &iv).ok()?;
+    let mut sealed = iv.to_vec();
+    sealed.extend(cipher.encrypt_padded_vec_mut::<Pkcs7>(plaintext));
+    let mut envelope = serde_json::Map::new();
+    envelope.insert(
+        LARK_FIELD.to_string(),
+        serde_json::Value::String(crate::codec::base64_encode(&sealed)),
+    );
+    serde_json::to_vec(&serde_json::Value::Object(envelope)).ok()
 }
 
 #[cfg(test)]

@@ -104,6 +104,12 @@ pub fn dedup_key(provider: Provider) -> Option<KeySource> {
         Provider::Vonage => Some(KeySource::Token),
         // The signed nonce header (the template's only header).
         Provider::Plivo => header("x-plivo-signature-v3-nonce"),
+        // Lark asks receivers to dedup on the event id inside the encrypted payload (schema
+        // 2.0 `header.event_id`, 1.0 `uuid`); nothing says a retry keeps its signature or IV.
+        Provider::Lark => Some(KeySource::Plaintext(vec![
+            "/header/event_id".into(),
+            "/uuid".into(),
+        ])),
     }
 }
 
@@ -657,6 +663,30 @@ pub fn scheme(provider: Provider, accept_legacy_sha1: bool) -> Option<Scheme> {
                 unit: TimestampUnit::Seconds,
             }),
             template: vec![Part::Jwt],
+            key_encoding: KeyEncoding::Utf8,
+            alternates: Vec::new(),
+            delivery_id: None,
+            default_tolerance_s: DEFAULT_TOLERANCE_SECONDS,
+            body_sha256_query: false,
+        },
+        // Plain SHA-256 hex of `timestamp + nonce + encrypt_key + body` (not an HMAC); the body
+        // must be exactly the `{"encrypt": ...}` envelope, which the policy always opens. The
+        // timestamp is signed but bounds nothing: its unit and whether a retry (up to ~7 h
+        // later) keeps it are undocumented, so no window; the event id dedups.
+        Provider::Lark => Scheme {
+            sources: vec![single(
+                &["x-lark-signature"],
+                "",
+                Algorithm::Sha256,
+                Encoding::Hex,
+            )],
+            timestamp: None,
+            template: vec![
+                Part::Header("x-lark-request-timestamp".into()),
+                Part::Header("x-lark-request-nonce".into()),
+                Part::Secret,
+                Part::Body,
+            ],
             key_encoding: KeyEncoding::Utf8,
             alternates: Vec::new(),
             delivery_id: None,

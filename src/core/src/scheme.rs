@@ -95,7 +95,7 @@ impl Algorithm {
     pub fn signature_lengths(self) -> (usize, usize) {
         match self {
             Algorithm::HmacSha1 => (20, 20),
-            Algorithm::HmacSha256 => (32, 32),
+            Algorithm::HmacSha256 | Algorithm::Sha256 => (32, 32),
             Algorithm::HmacSha512 | Algorithm::Ed25519 => (64, 64),
             Algorithm::EcdsaP256Sha256 => (8, 72),
         }

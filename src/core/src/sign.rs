@@ -111,6 +111,7 @@ pub fn sign(
             Part::Token => input.id.unwrap_or("").as_bytes(),
             Part::Jwt => b"",
             Part::PlivoUrl => form.as_slice(),
+            Part::Secret => key,
         })
         .collect();
     if scheme.template.contains(&Part::Token) && input.id.is_none_or(str::is_empty) {

@@ -22,6 +22,9 @@ pub enum Part {
     /// query parameters decoded and sorted as `k=v&...`, then `.` and the form parameters
     /// sorted as `kv...` (`form::plivo_url_tail`); not a placeholder of custom templates.
     PlivoUrl,
+    /// The verifying key itself (Lark signs `timestamp + nonce + key + body` with a plain
+    /// SHA-256); not a placeholder of custom templates.
+    Secret,
 }
 
 pub fn parse(template: &str) -> Result<Vec<Part>, String> {

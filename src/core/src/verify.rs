@@ -94,6 +94,26 @@ pub struct Match {
     pub mac: Vec<u8>,
 }
 
+impl Extracted {
+    /// Nothing extracted: a request without a signature that may still be a handshake
+    /// answered from its body (Lark's `url_verification`).
+    pub fn unsigned() -> Extracted {
+        Extracted {
+            source: 0,
+            candidates: Vec::new(),
+            timestamp: None,
+            signed_headers: Vec::new(),
+            method: Vec::new(),
+            path: Vec::new(),
+            form_encoded: false,
+            body_sha256: None,
+            token: Vec::new(),
+            jwt_signed: Vec::new(),
+            payload_hash: None,
+        }
+    }
+}
+
 pub fn extract<H: Header>(
     scheme: &Scheme,
     headers: &[H],
@@ -373,7 +393,18 @@ pub fn signed_parts<'a>(
             Part::Jwt => ex.jwt_signed.as_slice(),
             // Computed with the form parameters (`form_part`).
             Part::PlivoUrl => form,
+            // Filled in per key (`with_key`).
+            Part::Secret => &[],
         })
+        .collect()
+}
+
+/// `parts` (from `signed_parts` over `template`) with the key in place of `{secret}`.
+fn with_key<'a>(template: &[Part], parts: &[&'a [u8]], key: &'a [u8]) -> Vec<&'a [u8]> {
+    template
+        .iter()
+        .zip(parts)
+        .map(|(part, bytes)| if *part == Part::Secret { key } else { bytes })
         .collect()
 }
 
@@ -433,6 +464,15 @@ pub fn compute_mac(algorithm: Algorithm, key: &[u8], parts: &[&[u8]]) -> Option<
         Algorithm::HmacSha1 => run::<Hmac<sha1::Sha1>>(key, parts),
         Algorithm::HmacSha256 => run::<Hmac<sha2::Sha256>>(key, parts),
         Algorithm::HmacSha512 => run::<Hmac<sha2::Sha512>>(key, parts),
+        // The key is among the parts (`Part::Secret`).
+        Algorithm::Sha256 => {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            for p in parts {
+                h.update(p);
+            }
+            Some(h.finalize().to_vec())
+        }
         // Not MACs: verified by `ed25519_matches` / `p256_matches`.
         Algorithm::Ed25519 | Algorithm::EcdsaP256Sha256 => None,
     }
@@ -517,9 +557,19 @@ pub fn matching_key<K: AsRef<[u8]>>(
             })
         });
     }
+    let keyed = scheme.template.contains(&Part::Secret);
     keys.iter().enumerate().find_map(|(i, key)| {
         templates.iter().enumerate().find_map(|(t, parts)| {
-            let mac = compute_mac(algorithm, key.as_ref(), parts)?;
+            let mac = if keyed {
+                let template = scheme.templates().nth(t)?;
+                compute_mac(
+                    algorithm,
+                    key.as_ref(),
+                    &with_key(template, parts, key.as_ref()),
+                )?
+            } else {
+                compute_mac(algorithm, key.as_ref(), parts)?
+            };
             let matched: bool = ex
                 .candidates
                 .iter()

@@ -439,7 +439,7 @@ fn challenges_and_square_need_their_own_settings() {
         .contains("policies[0].verify_token"));
     assert!(base("meta", json!({"verify_token": {"inline": "t"}}))
         .unwrap()
-        .contains("only applies to provider 'meta' with answer_challenges"));
+        .contains("only applies to providers 'meta' and 'lark' with answer_challenges"));
     assert!(base(
         "meta",
         json!({"answer_challenges": true, "verify_token": {"inline": "t"}})

@@ -17,6 +17,10 @@ pub enum KeySource {
     JsonPointer(String),
     /// Mailgun: the signed `token` of the body's signature block.
     Token,
+    /// The first of these values found in the decrypted payload (Lark: `/header/event_id`,
+    /// then `/uuid`): signed through the ciphertext, the same whatever IV a retry was sealed
+    /// with. Falls back to the signature. The payload is opened before the claim.
+    Plaintext(Vec<String>),
 }
 
 impl KeySource {
@@ -26,6 +30,7 @@ impl KeySource {
             KeySource::SignedHeader { name, .. } => format!("header:{name}"),
             KeySource::JsonPointer(p) => format!("json:{p}"),
             KeySource::Token => "token".into(),
+            KeySource::Plaintext(pointers) => format!("plaintext:{}", pointers.join("|")),
         }
     }
 }
@@ -48,6 +53,11 @@ pub fn material<'a>(
         KeySource::Token => ("sig", mac.into()),
         KeySource::JsonPointer(pointer) => match json_value(body, pointer) {
             Some(v) => ("json", v.into_bytes().into()),
+            None => ("sig", mac.into()),
+        },
+        // `body` is the plaintext here (see `guard::flow`).
+        KeySource::Plaintext(pointers) => match pointers.iter().find_map(|p| json_value(body, p)) {
+            Some(v) => ("plain", v.into_bytes().into()),
             None => ("sig", mac.into()),
         },
     }

@@ -200,13 +200,21 @@ impl Guard {
                 return Err(fail(Reason::BodyTooLarge, Some("content-length")));
             }
         }
-        let extracted = verify::extract(
+        let (extracted, unsigned) = match verify::extract(
             &policy.scheme,
             headers,
             info.method.as_bytes(),
             info.path.as_bytes(),
-        )
-        .map_err(|reason| fail(reason, None))?;
+        ) {
+            Ok(extracted) => (extracted, false),
+            // Lark does not sign its url_verification: judged once the body is opened.
+            Err(Reason::MissingSignature)
+                if policy.challenge == Some(Challenge::LarkUrlVerification) =>
+            {
+                (verify::Extracted::unsigned(), true)
+            }
+            Err(reason) => return Err(fail(reason, None)),
+        };
         let challenge_header = policy.challenge == Some(Challenge::TwitchCallbackVerification)
             && matches!(
                 lookup(headers, "twitch-eventsub-message-type"),
@@ -219,6 +227,7 @@ impl Guard {
             delivery_id,
             challenge_header,
             nonce_header,
+            unsigned,
         })
     }
 
@@ -259,6 +268,9 @@ impl Guard {
         let fail = |reason: Reason, detail: Option<&str>| {
             self.reject_with_body(host, pending, policy, body, reason, detail)
         };
+        if pending.unsigned {
+            return self.unsigned_lark(host, policy, pending, body);
+        }
         // Mailgun carries its signature, timestamp and token in the body.
         let body_signed;
         let ex = if policy
@@ -330,6 +342,27 @@ impl Guard {
             }
         }
         let key = keys.get(key_index).map_or(&[][..], |k| k.as_ref());
+        // Lark: the payload is opened first (with the key that verified: CBC does not
+        // authenticate), since its event id, the dedup key, and its handshake are inside.
+        let opened_first = if policy
+            .decrypt
+            .as_ref()
+            .is_some_and(|d| d.cipher == Cipher::LarkCbc)
+        {
+            let plaintext = self.open(host, policy, pending, body, Some(key_index))?;
+            if let Some(answer) = plaintext
+                .as_ref()
+                .and_then(|p| self.lark_challenge(host, policy, &p.body))
+            {
+                return match answer {
+                    Ok(reply) => Ok(self.answered(host, policy, pending, key_index, reply)),
+                    Err((reason, detail)) => Err(fail(reason, Some(detail))),
+                };
+            }
+            plaintext
+        } else {
+            None
+        };
         if let Some(reply) = self.challenge_reply(policy, pending, key, body) {
             host.increment(policy.counter_base.saturating_add(stats::CHALLENGES));
             return Ok(Accepted {
@@ -349,24 +382,38 @@ impl Guard {
             remote: None,
             plaintext: None,
         };
+        let opened = opened_first.is_some();
         if let Some(dedup) = &policy.dedup {
             let mac = verify::canonical_mac(&policy.scheme, ex, key, body, matched);
+            // A dedup key inside the payload is read from the plaintext.
+            let keyed = match &opened_first {
+                Some(p) => p.body.as_slice(),
+                None => body,
+            };
             match self.claim(
-                host, policy, pending, ex, dedup, &mac, body, now, ts_ms, key_index,
+                host, policy, pending, ex, dedup, &mac, keyed, now, ts_ms, key_index,
             )? {
                 Claimed::Held(hold) => accepted.claim = Some(hold),
                 Claimed::Ask(task) => {
                     // Opened before the remote claim is asked for: a payload that cannot be
                     // opened never holds a claim. Counted as accepted once the store admits it.
-                    accepted.plaintext = self.open(host, policy, pending, body)?;
+                    accepted.plaintext = match opened_first {
+                        Some(p) => Some(p),
+                        None => self.open(host, policy, pending, body, None)?,
+                    };
                     accepted.remote = Some(task);
                     return Ok(accepted);
                 }
             }
         }
+        if opened {
+            accepted.plaintext = opened_first;
+            self.count_accepted(host, policy, key_index);
+            return Ok(accepted);
+        }
         // Opened once the replay check passed; a payload that cannot be opened gives its
         // claim back (it was never delivered, so the sender's fixed retry is admitted).
-        match self.open(host, policy, pending, body) {
+        match self.open(host, policy, pending, body, None) {
             Ok(plaintext) => accepted.plaintext = plaintext,
             Err(r) => {
                 if let Some(Hold {
@@ -384,17 +431,22 @@ impl Guard {
     }
 
     /// The policy's `decrypt`, on a verified delivery: the plaintext to forward instead.
+    /// `only`: the one key to use (Lark's signature key, which is also its cipher key).
     fn open(
         &self,
         host: &dyn Host,
         policy: &Policy,
         pending: &Pending,
         body: &[u8],
+        only: Option<usize>,
     ) -> Result<Option<Plaintext>, Rejection> {
         let Some(d) = &policy.decrypt else {
             return Ok(None);
         };
-        let keys = d.keys(host);
+        let mut keys = d.keys(host);
+        if let Some(i) = only {
+            keys = keys.into_iter().nth(i).into_iter().collect();
+        }
         match d.cipher.open(&keys, body, pending.nonce_header.as_deref()) {
             Ok(opened) => {
                 if opened.key_index > 0 {
@@ -457,6 +509,93 @@ impl Guard {
             Challenge::TwitchCallbackVerification => None,
             // A GET handshake, answered from the headers (`Guard::handshake`).
             Challenge::MetaSubscribe => None,
+            // Inside the encrypted payload (`lark_challenge`).
+            Challenge::LarkUrlVerification => None,
+        }
+    }
+
+    /// A handshake answered instead of forwarding (counted; no claim).
+    fn answered(
+        &self,
+        host: &dyn Host,
+        policy: &Policy,
+        pending: &Pending,
+        key_index: usize,
+        reply: LocalReply,
+    ) -> Accepted {
+        host.increment(policy.counter_base.saturating_add(stats::CHALLENGES));
+        Accepted {
+            policy: pending.policy,
+            key_index,
+            claim: None,
+            reply: Some(reply),
+            remote: None,
+            plaintext: None,
+        }
+    }
+
+    /// Lark's `url_verification`, read from an opened payload: `None` when the payload is not
+    /// one (or the policy does not answer them); else the reply, or why it is refused.
+    fn lark_challenge(
+        &self,
+        host: &dyn Host,
+        policy: &Policy,
+        plaintext: &[u8],
+    ) -> Option<Result<LocalReply, (Reason, &'static str)>> {
+        if policy.challenge != Some(Challenge::LarkUrlVerification)
+            || crate::json::top_level_string(plaintext, "type")? != "url_verification"
+        {
+            return None;
+        }
+        let Some(expected) = policy.verify_token(host) else {
+            return Some(Err((Reason::SecretUnavailable, "verify_token")));
+        };
+        let token = crate::json::top_level_string(plaintext, "token").unwrap_or_default();
+        let digest = |b: &[u8]| -> [u8; 32] {
+            use sha2::Digest;
+            sha2::Sha256::digest(b).into()
+        };
+        let equal: bool = subtle::ConstantTimeEq::ct_eq(
+            digest(token.as_bytes()).as_slice(),
+            digest(&expected).as_slice(),
+        )
+        .into();
+        if token.is_empty() || !equal {
+            return Some(Err((Reason::InvalidSignature, "token")));
+        }
+        match crate::json::top_level_string(plaintext, "challenge") {
+            Some(c) if !c.is_empty() && c.len() <= MAX_CHALLENGE_BYTES => Some(Ok(LocalReply {
+                status: 200,
+                content_type: "application/json",
+                body: format!(r#"{{"challenge":{}}}"#, json_str(&c)),
+            })),
+            _ => Some(Err((Reason::MalformedPayload, "challenge"))),
+        }
+    }
+
+    /// A Lark request without a signature: only an encrypted `url_verification` that opens
+    /// under one of the policy's keys is answered; nothing unsigned is ever forwarded.
+    fn unsigned_lark(
+        &self,
+        host: &dyn Host,
+        policy: &Policy,
+        pending: &Pending,
+        body: &[u8],
+    ) -> Result<Accepted, Rejection> {
+        let fail = |reason: Reason, detail: Option<&str>| {
+            self.reject_with_body(host, pending, policy, body, reason, detail)
+        };
+        let opened = policy.decrypt.as_ref().and_then(|d| {
+            let keys = d.keys(host);
+            d.cipher.open(&keys, body, None).ok()
+        });
+        let Some(opened) = opened else {
+            return Err(fail(Reason::MissingSignature, None));
+        };
+        match self.lark_challenge(host, policy, &opened.plaintext) {
+            Some(Ok(reply)) => Ok(self.answered(host, policy, pending, opened.key_index, reply)),
+            Some(Err((reason, detail))) => Err(fail(reason, Some(detail))),
+            None => Err(fail(Reason::MissingSignature, None)),
         }
     }
 

@@ -72,6 +72,10 @@ pub enum Challenge {
     /// Meta's GET `hub.mode=subscribe`: the `hub.verify_token` must equal the configured
     /// token (constant time); reply the `hub.challenge` as text. Nothing is signed.
     MetaSubscribe,
+    /// Lark's `url_verification`: an encrypted `{"challenge", "token", "type"}` that Lark does
+    /// not sign; answered `{"challenge": ..}` once it opens under the Encrypt Key and its
+    /// `token` equals the Verification Token (constant time). Never forwarded.
+    LarkUrlVerification,
 }
 
 /// A policy's `decrypt`: how verified payloads are opened before they are forwarded.
@@ -306,6 +310,9 @@ pub struct Pending {
     challenge_header: bool,
     /// The decryption nonce, when the policy takes it from a header.
     nonce_header: Option<Vec<u8>>,
+    /// Lark: no signature header, so only an (encrypted) `url_verification` can be answered;
+    /// anything else is `missing_signature`.
+    unsigned: bool,
 }
 
 impl Pending {
