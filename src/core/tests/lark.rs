@@ -266,6 +266,12 @@ fn the_unsigned_url_verification_is_answered_when_it_opens_and_carries_the_token
         reason(send(&g, &h, &[], &challenge(TOKEN))),
         Reason::MissingSignature
     );
+    // A large unsigned body is not even tried (no cipher work for unsigned requests).
+    let mut padded = challenge(TOKEN);
+    padded.truncate(padded.len() - 1);
+    padded.extend(format!(r#","pad":"{}"}}"#, "x".repeat(5000)).bytes());
+    let big = seal(KEY, 11, &padded);
+    assert_eq!(reason(send(&g, &h, &[], &big)), Reason::MissingSignature);
     let quiet = guard_with(json!({}));
     let qh = host(&quiet);
     assert_eq!(

@@ -20,6 +20,8 @@ use crate::verify::{self, lookup, Header, Lookup, Skew};
 
 /// Longest `hub.challenge` echoed back (Meta's are short numbers).
 const MAX_CHALLENGE_BYTES: usize = 128;
+/// Largest unsigned body opened as a possible Lark `url_verification`.
+const MAX_UNSIGNED_CHALLENGE_BYTES: usize = 4096;
 
 impl Guard {
     /// What the upstream's outcome does to the claim: a success commits it, a failure answer
@@ -585,6 +587,11 @@ impl Guard {
         let fail = |reason: Reason, detail: Option<&str>| {
             self.reject_with_body(host, pending, policy, body, reason, detail)
         };
+        // A url_verification is a few hundred bytes; anything larger is not tried against
+        // every key (unsigned requests must not buy CPU time in the cipher).
+        if body.len() > MAX_UNSIGNED_CHALLENGE_BYTES {
+            return Err(fail(Reason::MissingSignature, None));
+        }
         let opened = policy.decrypt.as_ref().and_then(|d| {
             let keys = d.keys(host);
             d.cipher.open(&keys, body, None).ok()
