@@ -402,3 +402,52 @@ def test_a_flood_on_one_policy_never_fills_another_policys_share(tmp_path):
         assert stack.envoy.stats()["webhook_guard.policy.flooded.reason.store_full"] == codes.count(503)
     finally:
         stack.stop()
+
+
+# --- 7. the newer presets: signed material moved or re-framed ----------------------------
+
+ADYEN_KEY = os.urandom(32).hex()
+
+
+@pytest.fixture(scope="module")
+def presets_stack(build):
+    stack = Stack({"default": "deny", "policies": [
+        {"name": "adyen", "match": {"path_prefix": "/webhooks/adyen"}, "provider": "adyen",
+         "secrets": [{"inline": ADYEN_KEY}]},
+    ]}, {})
+    yield stack
+    stack.stop()
+
+
+def adyen_item(psp: str, event: str = "AUTHORISATION") -> dict:
+    from Adyen.util import generate_notification_sig
+    item = {"pspReference": psp, "merchantAccountCode": "TestMerchant", "merchantReference": "order-1",
+            "amount": {"value": 1130, "currency": "EUR"}, "eventCode": event, "success": "true",
+            "additionalData": {}}
+    sig = generate_notification_sig(item, ADYEN_KEY)
+    item["additionalData"]["hmacSignature"] = sig.decode() if isinstance(sig, bytes) else sig
+    return {"NotificationRequestItem": item}
+
+
+def test_a_signed_adyen_item_reaches_the_backend_once_whatever_notification_carries_it(presets_stack):
+    """Adyen signs each item, not the notification around it: a delivered item sent again twice
+    in one notification, or before or after another signed item, is the same signed event and
+    must not reach the backend again (before the fix: 200 each, the item arrived 7 times)."""
+    a, b = adyen_item(str(uuid.uuid4().int)[:16]), adyen_item(str(uuid.uuid4().int)[:16], "CAPTURE")
+    ct = {"content-type": "application/json"}
+    note = lambda *items: json.dumps({"live": "false", "notificationItems": list(items)}).encode()  # noqa: E731
+    genuine = note(a)
+    first = presets_stack.post("/webhooks/adyen", genuine, ct)
+    assert first.status_code == 200, first.text
+    attempts = {"twice in one": note(a, a), "next to another": note(b, a), "reordered": note(a, b),
+                "in a batch of three": note(b, a, a)}
+    statuses = {name: presets_stack.post("/webhooks/adyen", body, ct).status_code
+                for name, body in attempts.items()}
+    # Each arrival of a body counts once per copy of item `a` it carries.
+    copies = {genuine: 1, **{body: json.loads(body)["notificationItems"].count(a) for body in attempts.values()}}
+    arrivals_of_a = sum(reached(presets_stack, body) * n for body, n in copies.items())
+    report("a captured Adyen item re-sent inside other notifications",
+           statuses=statuses, arrivals_of_the_item=arrivals_of_a)
+    assert arrivals_of_a == 1, statuses
+    assert set(statuses.values()) == {400}, statuses
+

@@ -97,8 +97,9 @@ pub fn dedup_key(provider: Provider) -> Option<KeySource> {
         Provider::Hubspot => Some(KeySource::Signature),
         // The signed `token` of the body's signature block (not the body, which is unsigned).
         Provider::Mailgun => Some(KeySource::Token),
-        // The signed fields of every item (pspReference, eventCode, success, amount...): a
-        // notification sent again is the same request (see verify::adyen_match).
+        // The signed fields of the notification's one item (pspReference, eventCode, success,
+        // amount...): the same item sent again, in any notification, is the same key (see
+        // verify::adyen_match; batches are refused, verify::MAX_ADYEN_ITEMS).
         Provider::Adyen => Some(KeySource::Signature),
         // The JWT's signed `jti` (unique per token): a captured request is admitted once.
         Provider::Vonage => Some(KeySource::Token),

@@ -743,8 +743,11 @@ pub fn body_fields(scheme: &Scheme, ex: &Extracted, body: &[u8]) -> Result<Extra
     Ok(out)
 }
 
-/// Most notification items verified in one Adyen request.
-pub const MAX_ADYEN_ITEMS: usize = 64;
+/// Most notification items accepted in one Adyen request: one. Adyen signs each item, never
+/// the notification around it, and the store claims one key per request: a batch would let a
+/// captured item through again inside another batch (`[a]` then `[a, a]`, `[b, a]`...), each a
+/// new key. Adyen's standard webhooks carry one item each.
+pub const MAX_ADYEN_ITEMS: usize = 1;
 
 /// A JSON value like `serde_json::Value`, but a key repeated in any object is an error (a
 /// repeated signed field is ambiguous: another parser might read the other one).
@@ -864,8 +867,9 @@ pub fn adyen_signing_string(item: &serde_json::Value) -> Option<Vec<u8>> {
 pub type AdyenItem = (Vec<u8>, Vec<u8>);
 
 /// Each item of an Adyen notification: its signed string and its decoded `hmacSignature`.
-/// No items, or an item without a signature, is `missing_signature`; an ill-formed body,
-/// item, signature or signed field (or a repeated key anywhere) is `malformed_signature`.
+/// No items, or an item without a signature, is `missing_signature`; more than
+/// `MAX_ADYEN_ITEMS` items, an ill-formed body, item, signature or signed field (or a repeated
+/// key anywhere) is `malformed_signature`.
 pub fn adyen_items(body: &[u8]) -> Result<Vec<AdyenItem>, Reason> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let doc = serde::de::DeserializeSeed::deserialize(Strict, &mut de)

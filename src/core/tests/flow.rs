@@ -910,7 +910,7 @@ fn adyen_item(key_hex: &str, psp: &str, event: &str) -> Value {
 }
 
 #[test]
-fn adyen_needs_every_item_signed_dedups_the_notification_and_rotates_keys() {
+fn adyen_takes_one_signed_item_dedups_it_and_rotates_keys() {
     let (old, new) = (
         "00112233445566778899aabbccddeeff",
         "ffeeddccbbaa99887766554433221100",
@@ -940,11 +940,27 @@ fn adyen_needs_every_item_signed_dedups_the_notification_and_rotates_keys() {
     assert_eq!(r.reason, Reason::Replayed);
     // Another event of the same payment is another delivery.
     assert!(run(vec![adyen_item(new, "psp1", "CAPTURE")]).is_ok());
-    // Items signed with two different keys: no one key verifies every item.
-    let r = run(vec![
-        adyen_item(new, "psp2", "AUTHORISATION"),
-        adyen_item(old, "psp3", "AUTHORISATION"),
-    ])
+    // A delivered item inside another notification (twice, or next to another signed item) is
+    // the same signed event: refused, never a new key. Batches are refused as a whole, as the
+    // store claims one key per request.
+    let delivered = adyen_item(old, "psp1", "AUTHORISATION");
+    let other = adyen_item(new, "psp2", "AUTHORISATION");
+    for items in [
+        vec![delivered.clone(), delivered.clone()],
+        vec![other.clone(), delivered.clone()],
+        vec![delivered.clone(), other.clone()],
+        vec![other.clone(), adyen_item(new, "psp3", "AUTHORISATION")],
+    ] {
+        let r = run(items).unwrap_err();
+        assert_eq!(r.reason, Reason::MalformedSignature);
+    }
+    // The other item alone is a delivery of its own; signed with an unknown key, nothing is.
+    assert!(run(vec![other]).is_ok());
+    let r = run(vec![adyen_item(
+        "0123456789abcdef",
+        "psp4",
+        "AUTHORISATION",
+    )])
     .unwrap_err();
     assert_eq!(r.reason, Reason::InvalidSignature);
     for (_, line) in h.logs() {

@@ -280,7 +280,7 @@ impl Guard {
             .get(ex.source)
             .is_some_and(|s| matches!(s.format, SigFormat::AdyenItems))
         {
-            // Adyen: one signature per notification item, all of which must verify.
+            // Adyen: the signature is in the notification's (one) item.
             let items = verify::adyen_items(body).map_err(|reason| fail(reason, Some("body")))?;
             verify::adyen_match(&keys, &items)
         } else {
