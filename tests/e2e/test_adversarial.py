@@ -407,6 +407,7 @@ def test_a_flood_on_one_policy_never_fills_another_policys_share(tmp_path):
 # --- 7. the newer presets: signed material moved or re-framed ----------------------------
 
 ADYEN_KEY = os.urandom(32).hex()
+PLIVO_TOKEN, PLIVO_ORIGIN = "plivo-" + uuid.uuid4().hex, "https://hooks.example.com"
 
 
 @pytest.fixture(scope="module")
@@ -414,6 +415,8 @@ def presets_stack(build):
     stack = Stack({"default": "deny", "policies": [
         {"name": "adyen", "match": {"path_prefix": "/webhooks/adyen"}, "provider": "adyen",
          "secrets": [{"inline": ADYEN_KEY}]},
+        {"name": "plivo", "match": {"path_prefix": "/webhooks/plivo"}, "provider": "plivo",
+         "public_origin": PLIVO_ORIGIN, "secrets": [{"inline": PLIVO_TOKEN}]},
     ]}, {})
     yield stack
     stack.stop()
@@ -451,3 +454,39 @@ def test_a_signed_adyen_item_reaches_the_backend_once_whatever_notification_carr
     assert arrivals_of_a == 1, statuses
     assert set(statuses.values()) == {400}, statuses
 
+
+def test_a_plivo_callback_cannot_come_back_under_a_nonce_cut_from_its_own_parameters(presets_stack):
+    """Plivo V3 signs `{url}{sorted params}.{nonce}` with nothing delimiting the parameters from
+    the nonce but a `.`. A parameter value holding a `.` (a rate, a URL) lets a captured callback
+    be re-cut: the parameters up to that dot stay in the body and the rest moves into the nonce
+    header, `{rest}.{nonce}`. The signed string is the same, so it verifies; the nonce, if it were
+    the dedup key, is new each time. Only the genuine callback may reach the backend."""
+    from urllib.parse import urlencode
+
+    from plivo.utils.signature_v3 import construct_post_url, get_signature_v3
+    path = "/webhooks/plivo/status"
+    params = {"BillRate": "0.0050", "CallStatus": "completed", "CallUUID": str(uuid.uuid4()),
+              "RecordUrl": "https://media.example.com/rec/x.mp3", "To": "15551234567"}
+    nonce = str(uuid.uuid4().int)[:20]
+    sig = get_signature_v3(PLIVO_TOKEN.encode(), construct_post_url(PLIVO_ORIGIN + path, dict(params)).decode(),
+                           nonce.encode()).decode()
+    form = {"content-type": "application/x-www-form-urlencoded", "x-plivo-signature-v3": sig}
+    before = len(presets_stack.backend.events())
+    genuine = presets_stack.post(path, urlencode(params).encode(), {**form, "x-plivo-signature-v3-nonce": nonce})
+    assert genuine.status_code == 200, genuine.text
+    # Every dot inside a value is a place to cut: keep the parameters before it (the one holding it
+    # truncated there), move the rest of the sorted `name+value` text into the nonce.
+    ordered = sorted(params.items())
+    statuses = []
+    for i, (name, value) in enumerate(ordered):
+        for at in [j for j, c in enumerate(value) if c == "."]:
+            kept = dict(ordered[:i]) | {name: value[:at]}
+            rest = value[at + 1:] + "".join(k + v for k, v in ordered[i + 1:])
+            resp = presets_stack.post(path, urlencode(kept).encode(),
+                                      {**form, "x-plivo-signature-v3-nonce": f"{rest}.{nonce}"})
+            statuses.append(resp.status_code)
+    arrivals = [e for e in presets_stack.backend.events()[before:] if e["path"].startswith("/webhooks/plivo")]
+    report("a captured Plivo callback re-cut at each dot of its parameters", statuses=statuses,
+           arrivals=len(arrivals))
+    assert len(statuses) >= 4
+    assert len(arrivals) == 1, statuses

@@ -103,8 +103,11 @@ pub fn dedup_key(provider: Provider) -> Option<KeySource> {
         Provider::Adyen => Some(KeySource::Signature),
         // The JWT's signed `jti` (unique per token): a captured request is admitted once.
         Provider::Vonage => Some(KeySource::Token),
-        // The signed nonce header (the template's only header).
-        Provider::Plivo => header("x-plivo-signature-v3-nonce"),
+        // Not the nonce: only a `.` separates it from the signed parameters, so a value holding
+        // a dot lets a captured callback be re-cut (the tail of its parameters moved into the
+        // nonce header) into the same signed string under a new nonce. The signature is the MAC
+        // of that string: every re-cut is the same key.
+        Provider::Plivo => Some(KeySource::Signature),
     }
 }
 

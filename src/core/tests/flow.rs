@@ -1090,7 +1090,7 @@ fn plivo_sig(token: &str, url: &str, nonce: &str) -> Vec<u8> {
 }
 
 #[test]
-fn plivo_v3_signs_the_url_sorted_params_and_nonce_and_dedups_on_the_nonce() {
+fn plivo_v3_signs_the_url_sorted_params_and_nonce_and_dedups_on_the_signature() {
     let token = "MAXXXXXXXXXXXXXXXXXX-auth-token";
     let g = guard(
         json!([{"name": "pl", "match": {"path_prefix": "/pl"}, "provider": "plivo",
@@ -1129,6 +1129,21 @@ fn plivo_v3_signs_the_url_sorted_params_and_nonce_and_dedups_on_the_nonce() {
         run(path, Some(&sig), Some("n-1"), form, body)
             .unwrap_err()
             .reason,
+        Reason::Replayed
+    );
+    // The same signed string re-cut: the form parameters moved after the `.` into the nonce
+    // header (an empty body). It verifies, as Plivo's SDK would accept it, but it is the same
+    // delivery: the key is the signature, not the nonce.
+    assert_eq!(
+        run(
+            path,
+            Some(&sig),
+            Some("CallUUIDu-1Froma bTo+14155550100.n-1"),
+            form,
+            b""
+        )
+        .unwrap_err()
+        .reason,
         Reason::Replayed
     );
     // Another nonce, another parameter value, another path or query: invalid.
