@@ -8,7 +8,9 @@ reached the backend, memory): the before/after table in docs/security.md comes f
 """
 from __future__ import annotations
 
+import base64
 import concurrent.futures
+import hmac
 import hashlib
 import json
 import os
@@ -407,6 +409,7 @@ def test_a_flood_on_one_policy_never_fills_another_policys_share(tmp_path):
 # --- 7. the newer presets: signed material moved or re-framed ----------------------------
 
 ADYEN_KEY = os.urandom(32).hex()
+SEAL_SIGNING, SEAL_KEY = "seal-" + uuid.uuid4().hex, os.urandom(32)
 PLIVO_TOKEN, PLIVO_ORIGIN = "plivo-" + uuid.uuid4().hex, "https://hooks.example.com"
 
 
@@ -417,6 +420,11 @@ def presets_stack(build):
          "secrets": [{"inline": ADYEN_KEY}]},
         {"name": "plivo", "match": {"path_prefix": "/webhooks/plivo"}, "provider": "plivo",
          "public_origin": PLIVO_ORIGIN, "secrets": [{"inline": PLIVO_TOKEN}]},
+        {"name": "sealed", "match": {"path_prefix": "/webhooks/sealed"}, "provider": "custom",
+         "custom": {"signature_header": "X-Webhook-Signature", "encoding": "hex",
+                    "signed_template": "{timestamp}.{body}", "timestamp_header": "X-Webhook-Timestamp"},
+         "secrets": [{"inline": SEAL_SIGNING}],
+         "decrypt": {"cipher": "aes-256-gcm", "keys": [{"inline": base64.b64encode(SEAL_KEY).decode()}]}},
     ]}, {})
     yield stack
     stack.stop()
@@ -453,6 +461,35 @@ def test_a_signed_adyen_item_reaches_the_backend_once_whatever_notification_carr
            statuses=statuses, arrivals_of_the_item=arrivals_of_a)
     assert arrivals_of_a == 1, statuses
     assert set(statuses.values()) == {400}, statuses
+
+
+def sealed(plaintext: bytes) -> tuple[bytes, dict]:
+    """An AES-256-GCM envelope, signed as the `sealed` policy expects."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    nonce = os.urandom(12)
+    envelope = {"encrypted": base64.b64encode(AESGCM(SEAL_KEY).encrypt(nonce, plaintext, None)).decode(),
+                "nonce": base64.b64encode(nonce).decode()}
+    body = json.dumps(envelope).encode()
+    stamp = str(int(time.time()))
+    mac = hmac.new(SEAL_SIGNING.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return body, {"Content-Type": "application/json", "X-Webhook-Signature": mac, "X-Webhook-Timestamp": stamp}
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_decrypted_payload_reaches_the_backend_as_exactly_the_plaintext(presets_stack, framing):
+    """The plaintext replaces the envelope: whatever framing the sender used (a chunked HTTP/1
+    upload has no content-length to replace), the backend must read exactly the plaintext, once,
+    and never the envelope."""
+    plaintext = json.dumps({"id": f"evt_{uuid.uuid4().hex}", "pad": "p" * 3000}).encode()
+    body, headers = sealed(plaintext)
+    data = body if framing == "content-length" else iter([body[:1000], body[1000:]])
+    before = len(presets_stack.backend.events())
+    resp = requests.post(presets_stack.envoy.url + "/webhooks/sealed", data=data, headers=headers, timeout=10)
+    events = presets_stack.backend.events()[before:]
+    report(f"a sealed delivery sent {framing}", status=resp.status_code,
+           backend=[(e["status"], e["body_bytes"]) for e in events])
+    assert resp.status_code == 200, resp.text
+    assert [(e["body_sha256"], e["body_bytes"]) for e in events] == [(digest(plaintext), len(plaintext))]
 
 
 def test_a_plivo_callback_cannot_come_back_under_a_nonce_cut_from_its_own_parameters(presets_stack):
