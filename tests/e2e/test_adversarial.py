@@ -411,6 +411,7 @@ def test_a_flood_on_one_policy_never_fills_another_policys_share(tmp_path):
 ADYEN_KEY = os.urandom(32).hex()
 SEAL_SIGNING, SEAL_KEY = "seal-" + uuid.uuid4().hex, os.urandom(32)
 PLIVO_TOKEN, PLIVO_ORIGIN = "plivo-" + uuid.uuid4().hex, "https://hooks.example.com"
+PLIVO_NEXT_TOKEN = "plivo-next-" + uuid.uuid4().hex
 
 
 @pytest.fixture(scope="module")
@@ -419,7 +420,7 @@ def presets_stack(build):
         {"name": "adyen", "match": {"path_prefix": "/webhooks/adyen"}, "provider": "adyen",
          "secrets": [{"inline": ADYEN_KEY}]},
         {"name": "plivo", "match": {"path_prefix": "/webhooks/plivo"}, "provider": "plivo",
-         "public_origin": PLIVO_ORIGIN, "secrets": [{"inline": PLIVO_TOKEN}]},
+         "public_origin": PLIVO_ORIGIN, "secrets": [{"inline": PLIVO_NEXT_TOKEN}, {"inline": PLIVO_TOKEN}]},
         {"name": "sealed", "match": {"path_prefix": "/webhooks/sealed"}, "provider": "custom",
          "custom": {"signature_header": "X-Webhook-Signature", "encoding": "hex",
                     "signed_template": "{timestamp}.{body}", "timestamp_header": "X-Webhook-Timestamp"},
@@ -527,3 +528,31 @@ def test_a_plivo_callback_cannot_come_back_under_a_nonce_cut_from_its_own_parame
            arrivals=len(arrivals))
     assert len(statuses) >= 4
     assert len(arrivals) == 1, statuses
+
+
+def test_a_callback_signed_under_two_listed_secrets_is_one_delivery_whichever_signature_is_kept(
+        presets_stack):
+    """During a rotation a sender signs with both secrets (Plivo lists its signatures
+    comma-separated; Stripe-style `v1=..,v1=..` headers do the same) and the policy lists both.
+    Dropping one of the signatures changes which listed secret verifies, not what was signed:
+    the copy is the same delivery and must not reach the backend again."""
+    from urllib.parse import urlencode
+
+    from plivo.utils.signature_v3 import construct_post_url, get_signature_v3
+    path = "/webhooks/plivo/rotating"
+    params = {"CallStatus": "completed", "CallUUID": str(uuid.uuid4()), "To": "15551234567"}
+    nonce = str(uuid.uuid4().int)[:20]
+    url = construct_post_url(PLIVO_ORIGIN + path, dict(params)).decode()
+    new, old = (get_signature_v3(t.encode(), url, nonce.encode()).decode() for t in (PLIVO_NEXT_TOKEN, PLIVO_TOKEN))
+    body = urlencode(params).encode()
+    send = lambda sig: presets_stack.post(path, body, {  # noqa: E731
+        "content-type": "application/x-www-form-urlencoded", "x-plivo-signature-v3": sig,
+        "x-plivo-signature-v3-nonce": nonce})
+    first = send(f"{old},{new}")
+    assert first.status_code == 200, first.text
+    statuses = [send(old).status_code, send(new).status_code, send(f"{new},{old}").status_code]
+    arrivals = reached(presets_stack, body)
+    report("a callback signed under two listed secrets, re-sent with one of its signatures",
+           statuses=statuses, arrivals=arrivals)
+    assert arrivals == 1, statuses
+    assert statuses == [409, 409, 409]

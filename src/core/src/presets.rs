@@ -105,8 +105,8 @@ pub fn dedup_key(provider: Provider) -> Option<KeySource> {
         Provider::Vonage => Some(KeySource::Token),
         // Not the nonce: only a `.` separates it from the signed parameters, so a value holding
         // a dot lets a captured callback be re-cut (the tail of its parameters moved into the
-        // nonce header) into the same signed string under a new nonce. The signature is the MAC
-        // of that string: every re-cut is the same key.
+        // nonce header) into the same signed string under a new nonce. The signature key is the
+        // hash of that string: every re-cut is the same key.
         Provider::Plivo => Some(KeySource::Signature),
     }
 }

@@ -88,13 +88,58 @@ fn rotation_accepts_any_listed_secret_and_counts_the_secondary() {
     let host = MemHost::new(g.counter_names(), NOW * 1000);
     let hs = headers(&[("x-hub-signature-256", &gh_sig("old-secret", b"x"))]);
     assert_eq!(send(&g, &host, "/gh", &hs, b"x"), Ok(1));
+    let hs = headers(&[("X-Hub-Signature-256", &gh_sig("new-secret", b"y"))]);
+    assert_eq!(send(&g, &host, "/gh", &hs, b"y"), Ok(0));
+    // The same body signed under the other secret is the same delivery (here still in flight):
+    // which listed secret verifies a body does not make it another one.
     let hs = headers(&[("X-Hub-Signature-256", &gh_sig("new-secret", b"x"))]);
-    assert_eq!(send(&g, &host, "/gh", &hs, b"x"), Ok(0));
+    assert_eq!(
+        send(&g, &host, "/gh", &hs, b"x").map_err(|r| r.reason),
+        Err(Reason::InFlight)
+    );
     assert_eq!(host.count("webhook_guard.policy.gh.accepted"), 2);
     assert_eq!(
         host.count("webhook_guard.policy.gh.accepted_secondary_secret"),
         1
     );
+}
+
+/// A sender rotating secrets signs with both (`t=..,v1=<old>,v1=<new>`) while the policy lists
+/// both. A copy keeping only one of the signatures is verified by the other listed secret: it
+/// must still be the same delivery (the dedup key is the signed bytes, not the MAC that matched).
+#[test]
+fn a_copy_stripped_of_one_rotation_signature_is_still_a_replay() {
+    let g = guard(
+        json!([{"name": "cal", "match": {"path_prefix": "/cal"}, "provider": "calendly",
+                "secrets": [{"inline": "new-secret"}, {"inline": "old-secret"}]}]),
+        &[],
+    );
+    let h = MemHost::new(g.counter_names(), NOW * 1000);
+    let body = br#"{"event":"invitee.created","payload":{"uri":"u-1"}}"#;
+    let sig = |secret: &str| {
+        let signed = [NOW.to_string().as_bytes(), b".", body].concat();
+        hex::encode(compute_mac(Algorithm::HmacSha256, secret.as_bytes(), &[&signed]).unwrap())
+    };
+    let run = |value: String| {
+        let hs = headers(&[("calendly-webhook-signature", value.as_bytes())]);
+        let pending = g.begin(&h, 0, info("/cal"), &hs)?;
+        g.finish(&h, &pending, body)
+    };
+    let (old, new) = (sig("old-secret"), sig("new-secret"));
+    let first = run(format!("t={NOW},v1={old},v1={new}")).unwrap();
+    assert_eq!(first.key_index, 0);
+    g.settle(
+        &h,
+        first.claim.unwrap(),
+        webhook_guard_core::Upstream::Answered(200),
+    );
+    for value in [
+        format!("t={NOW},v1={old}"),
+        format!("t={NOW},v1={new}"),
+        format!("t={NOW},v1={new},v1={old}"),
+    ] {
+        assert_eq!(run(value).unwrap_err().reason, Reason::Replayed);
+    }
 }
 
 #[test]

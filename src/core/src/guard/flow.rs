@@ -350,7 +350,7 @@ impl Guard {
             plaintext: None,
         };
         if let Some(dedup) = &policy.dedup {
-            let mac = verify::canonical_mac(&policy.scheme, ex, key, body, matched);
+            let mac = verify::canonical_mac(&policy.scheme, ex, body, matched);
             match self.claim(
                 host, policy, pending, ex, dedup, &mac, body, now, ts_ms, key_index,
             )? {
