@@ -436,6 +436,33 @@ fn config_errors_name_the_field() {
         assert!(msg.contains("policies[0].secrets"), "{msg}");
         assert!(!msg.contains("topsecret"), "secret echoed: {msg}");
     }
+    // The same for the other secret-bearing fields: a decryption key, Meta's verify token.
+    let meta = |token: Value| {
+        json!({"policies": [{"name": "m", "match": {"path_prefix": "/"}, "provider": "meta",
+                "secrets": [{"inline": "s"}], "answer_challenges": true, "verify_token": token}]})
+    };
+    let sealed = |keys: Value| {
+        let mut p = base();
+        p["decrypt"] = json!({"cipher": "aes-256-gcm", "keys": keys});
+        json!({"policies": [p]})
+    };
+    for (doc, field) in [
+        (meta(json!("topsecret-token")), "policies[0].verify_token"),
+        (
+            meta(json!({"inline": "topsecret-token", "x": 1})),
+            "policies[0].verify_token",
+        ),
+        (sealed(json!(["topsecret-key"])), "policies[0].decrypt.keys"),
+        (sealed(json!("topsecret-key")), "policies[0].decrypt.keys"),
+        (
+            sealed(json!([{"inline": "topsecret-key", "x": 1}])),
+            "policies[0].decrypt.keys",
+        ),
+    ] {
+        let msg = config_error(doc);
+        assert!(msg.contains(field), "{msg}");
+        assert!(!msg.contains("topsecret"), "secret echoed: {msg}");
+    }
 }
 
 #[test]
