@@ -8,7 +8,9 @@ reached the backend, memory): the before/after table in docs/security.md comes f
 """
 from __future__ import annotations
 
+import base64
 import concurrent.futures
+import hmac
 import hashlib
 import json
 import os
@@ -402,3 +404,155 @@ def test_a_flood_on_one_policy_never_fills_another_policys_share(tmp_path):
         assert stack.envoy.stats()["webhook_guard.policy.flooded.reason.store_full"] == codes.count(503)
     finally:
         stack.stop()
+
+
+# --- 7. the newer presets: signed material moved or re-framed ----------------------------
+
+ADYEN_KEY = os.urandom(32).hex()
+SEAL_SIGNING, SEAL_KEY = "seal-" + uuid.uuid4().hex, os.urandom(32)
+PLIVO_TOKEN, PLIVO_ORIGIN = "plivo-" + uuid.uuid4().hex, "https://hooks.example.com"
+PLIVO_NEXT_TOKEN = "plivo-next-" + uuid.uuid4().hex
+
+
+@pytest.fixture(scope="module")
+def presets_stack(build):
+    stack = Stack({"default": "deny", "policies": [
+        {"name": "adyen", "match": {"path_prefix": "/webhooks/adyen"}, "provider": "adyen",
+         "secrets": [{"inline": ADYEN_KEY}]},
+        {"name": "plivo", "match": {"path_prefix": "/webhooks/plivo"}, "provider": "plivo",
+         "public_origin": PLIVO_ORIGIN, "secrets": [{"inline": PLIVO_NEXT_TOKEN}, {"inline": PLIVO_TOKEN}]},
+        {"name": "sealed", "match": {"path_prefix": "/webhooks/sealed"}, "provider": "custom",
+         "custom": {"signature_header": "X-Webhook-Signature", "encoding": "hex",
+                    "signed_template": "{timestamp}.{body}", "timestamp_header": "X-Webhook-Timestamp"},
+         "secrets": [{"inline": SEAL_SIGNING}],
+         "decrypt": {"cipher": "aes-256-gcm", "keys": [{"inline": base64.b64encode(SEAL_KEY).decode()}]}},
+    ]}, {})
+    yield stack
+    stack.stop()
+
+
+def adyen_item(psp: str, event: str = "AUTHORISATION") -> dict:
+    from Adyen.util import generate_notification_sig
+    item = {"pspReference": psp, "merchantAccountCode": "TestMerchant", "merchantReference": "order-1",
+            "amount": {"value": 1130, "currency": "EUR"}, "eventCode": event, "success": "true",
+            "additionalData": {}}
+    sig = generate_notification_sig(item, ADYEN_KEY)
+    item["additionalData"]["hmacSignature"] = sig.decode() if isinstance(sig, bytes) else sig
+    return {"NotificationRequestItem": item}
+
+
+def test_a_signed_adyen_item_reaches_the_backend_once_whatever_notification_carries_it(presets_stack):
+    """Adyen signs each item, not the notification around it: a delivered item sent again twice
+    in one notification, or before or after another signed item, is the same signed event and
+    must not reach the backend again (before the fix: 200 each, the item arrived 7 times)."""
+    a, b = adyen_item(str(uuid.uuid4().int)[:16]), adyen_item(str(uuid.uuid4().int)[:16], "CAPTURE")
+    ct = {"content-type": "application/json"}
+    note = lambda *items: json.dumps({"live": "false", "notificationItems": list(items)}).encode()  # noqa: E731
+    genuine = note(a)
+    first = presets_stack.post("/webhooks/adyen", genuine, ct)
+    assert first.status_code == 200, first.text
+    attempts = {"twice in one": note(a, a), "next to another": note(b, a), "reordered": note(a, b),
+                "in a batch of three": note(b, a, a)}
+    statuses = {name: presets_stack.post("/webhooks/adyen", body, ct).status_code
+                for name, body in attempts.items()}
+    # Each arrival of a body counts once per copy of item `a` it carries.
+    copies = {genuine: 1, **{body: json.loads(body)["notificationItems"].count(a) for body in attempts.values()}}
+    arrivals_of_a = sum(reached(presets_stack, body) * n for body, n in copies.items())
+    report("a captured Adyen item re-sent inside other notifications",
+           statuses=statuses, arrivals_of_the_item=arrivals_of_a)
+    assert arrivals_of_a == 1, statuses
+    assert set(statuses.values()) == {400}, statuses
+
+
+def sealed(plaintext: bytes) -> tuple[bytes, dict]:
+    """An AES-256-GCM envelope, signed as the `sealed` policy expects."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    nonce = os.urandom(12)
+    envelope = {"encrypted": base64.b64encode(AESGCM(SEAL_KEY).encrypt(nonce, plaintext, None)).decode(),
+                "nonce": base64.b64encode(nonce).decode()}
+    body = json.dumps(envelope).encode()
+    stamp = str(int(time.time()))
+    mac = hmac.new(SEAL_SIGNING.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return body, {"Content-Type": "application/json", "X-Webhook-Signature": mac, "X-Webhook-Timestamp": stamp}
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_decrypted_payload_reaches_the_backend_as_exactly_the_plaintext(presets_stack, framing):
+    """The plaintext replaces the envelope: whatever framing the sender used (a chunked HTTP/1
+    upload has no content-length to replace), the backend must read exactly the plaintext, once,
+    and never the envelope."""
+    plaintext = json.dumps({"id": f"evt_{uuid.uuid4().hex}", "pad": "p" * 3000}).encode()
+    body, headers = sealed(plaintext)
+    data = body if framing == "content-length" else iter([body[:1000], body[1000:]])
+    before = len(presets_stack.backend.events())
+    resp = requests.post(presets_stack.envoy.url + "/webhooks/sealed", data=data, headers=headers, timeout=10)
+    events = presets_stack.backend.events()[before:]
+    report(f"a sealed delivery sent {framing}", status=resp.status_code,
+           backend=[(e["status"], e["body_bytes"]) for e in events])
+    assert resp.status_code == 200, resp.text
+    assert [(e["body_sha256"], e["body_bytes"]) for e in events] == [(digest(plaintext), len(plaintext))]
+
+
+def test_a_plivo_callback_cannot_come_back_under_a_nonce_cut_from_its_own_parameters(presets_stack):
+    """Plivo V3 signs `{url}{sorted params}.{nonce}` with nothing delimiting the parameters from
+    the nonce but a `.`. A parameter value holding a `.` (a rate, a URL) lets a captured callback
+    be re-cut: the parameters up to that dot stay in the body and the rest moves into the nonce
+    header, `{rest}.{nonce}`. The signed string is the same, so it verifies; the nonce, if it were
+    the dedup key, is new each time. Only the genuine callback may reach the backend."""
+    from urllib.parse import urlencode
+
+    from plivo.utils.signature_v3 import construct_post_url, get_signature_v3
+    path = "/webhooks/plivo/status"
+    params = {"BillRate": "0.0050", "CallStatus": "completed", "CallUUID": str(uuid.uuid4()),
+              "RecordUrl": "https://media.example.com/rec/x.mp3", "To": "15551234567"}
+    nonce = str(uuid.uuid4().int)[:20]
+    sig = get_signature_v3(PLIVO_TOKEN.encode(), construct_post_url(PLIVO_ORIGIN + path, dict(params)).decode(),
+                           nonce.encode()).decode()
+    form = {"content-type": "application/x-www-form-urlencoded", "x-plivo-signature-v3": sig}
+    before = len(presets_stack.backend.events())
+    genuine = presets_stack.post(path, urlencode(params).encode(), {**form, "x-plivo-signature-v3-nonce": nonce})
+    assert genuine.status_code == 200, genuine.text
+    # Every dot inside a value is a place to cut: keep the parameters before it (the one holding it
+    # truncated there), move the rest of the sorted `name+value` text into the nonce.
+    ordered = sorted(params.items())
+    statuses = []
+    for i, (name, value) in enumerate(ordered):
+        for at in [j for j, c in enumerate(value) if c == "."]:
+            kept = dict(ordered[:i]) | {name: value[:at]}
+            rest = value[at + 1:] + "".join(k + v for k, v in ordered[i + 1:])
+            resp = presets_stack.post(path, urlencode(kept).encode(),
+                                      {**form, "x-plivo-signature-v3-nonce": f"{rest}.{nonce}"})
+            statuses.append(resp.status_code)
+    arrivals = [e for e in presets_stack.backend.events()[before:] if e["path"].startswith("/webhooks/plivo")]
+    report("a captured Plivo callback re-cut at each dot of its parameters", statuses=statuses,
+           arrivals=len(arrivals))
+    assert len(statuses) >= 4
+    assert len(arrivals) == 1, statuses
+
+
+def test_a_callback_signed_under_two_listed_secrets_is_one_delivery_whichever_signature_is_kept(
+        presets_stack):
+    """During a rotation a sender signs with both secrets (Plivo lists its signatures
+    comma-separated; Stripe-style `v1=..,v1=..` headers do the same) and the policy lists both.
+    Dropping one of the signatures changes which listed secret verifies, not what was signed:
+    the copy is the same delivery and must not reach the backend again."""
+    from urllib.parse import urlencode
+
+    from plivo.utils.signature_v3 import construct_post_url, get_signature_v3
+    path = "/webhooks/plivo/rotating"
+    params = {"CallStatus": "completed", "CallUUID": str(uuid.uuid4()), "To": "15551234567"}
+    nonce = str(uuid.uuid4().int)[:20]
+    url = construct_post_url(PLIVO_ORIGIN + path, dict(params)).decode()
+    new, old = (get_signature_v3(t.encode(), url, nonce.encode()).decode() for t in (PLIVO_NEXT_TOKEN, PLIVO_TOKEN))
+    body = urlencode(params).encode()
+    send = lambda sig: presets_stack.post(path, body, {  # noqa: E731
+        "content-type": "application/x-www-form-urlencoded", "x-plivo-signature-v3": sig,
+        "x-plivo-signature-v3-nonce": nonce})
+    first = send(f"{old},{new}")
+    assert first.status_code == 200, first.text
+    statuses = [send(old).status_code, send(new).status_code, send(f"{new},{old}").status_code]
+    arrivals = reached(presets_stack, body)
+    report("a callback signed under two listed secrets, re-sent with one of its signatures",
+           statuses=statuses, arrivals=arrivals)
+    assert arrivals == 1, statuses
+    assert statuses == [409, 409, 409]

@@ -488,9 +488,10 @@ def test_mailgun_cli_and_sdk_agree(catalog_stack):
 
 def test_adyen_cli_and_sdk_agree(catalog_stack):
     """`webhook-guard sign --provider adyen` signs every item of a notification; the Adyen SDK's
-    is_valid_hmac_notification accepts each item and rejects a changed amount. Through Envoy the
-    notification is accepted once, then a replay; an item with a changed signed field, or signed
-    with another key, fails the whole request."""
+    is_valid_hmac_notification accepts each item and rejects a changed amount. Through Envoy a
+    notification of one item is accepted once, then a replay; a batch is refused whole (the store
+    claims one key per request: a batch would let a delivered item in again next to another); an
+    item with a changed signed field, or signed with another key, is invalid_signature."""
     import subprocess
 
     from Adyen.util import generate_notification_sig, is_valid_hmac_notification
@@ -506,6 +507,9 @@ def test_adyen_cli_and_sdk_agree(catalog_stack):
                                             "merchantReference": ref, "amount": {"value": value, "currency": "EUR"},
                                             "eventCode": event, "success": "true", "additionalData": {}}}
 
+    def note(*items):
+        return json.dumps({"live": "false", "notificationItems": list(items)}).encode()
+
     psp = str(uuid.uuid4().int)[:16]
     notification = {"live": "false", "notificationItems": [item(psp, "INV:42"), item(psp, "INV:42", "CAPTURE")]}
     out = subprocess.run([str(CLI), "sign", "--provider", "adyen", "--secret-env", "WG_SECRET",
@@ -518,19 +522,23 @@ def test_adyen_cli_and_sdk_agree(catalog_stack):
         changed = json.loads(json.dumps(it["NotificationRequestItem"]))
         changed["amount"]["value"] = 1131
         assert not is_valid_hmac_notification(changed, key)
-    body = json.dumps(signed).encode()
-    resp = catalog_stack.post(path, body, ct)
-    assert resp.status_code == 200, resp.text
-    assert catalog_stack.post(path, body, ct).json() == {"error": "replayed", "policy": "adyen"}
+    before = len(catalog_stack.backend.events())
+    batch = catalog_stack.post(path, json.dumps(signed).encode(), ct)
+    assert (batch.status_code, batch.json()["error"]) == (400, "malformed_signature")
+    assert len(catalog_stack.backend.events()) == before
+    first, second = signed["notificationItems"]
+    for one in (first, second):
+        resp = catalog_stack.post(path, note(one), ct)
+        assert resp.status_code == 200, resp.text
+        assert catalog_stack.post(path, note(one), ct).json() == {"error": "replayed", "policy": "adyen"}
 
-    tampered = json.loads(out)
-    tampered["notificationItems"][1]["NotificationRequestItem"]["amount"]["value"] = 1
-    assert catalog_stack.post(path, json.dumps(tampered).encode(), ct).json()["error"] == "invalid_signature"
+    tampered = json.loads(json.dumps(second))
+    tampered["NotificationRequestItem"]["amount"]["value"] = 1
+    assert catalog_stack.post(path, note(tampered), ct).json()["error"] == "invalid_signature"
     other = item(str(uuid.uuid4().int)[:16], "x")
     other["NotificationRequestItem"]["additionalData"]["hmacSignature"] = generate_notification_sig(
         other["NotificationRequestItem"], "AB" * 32).decode()
-    mixed = {"live": "false", "notificationItems": [signed["notificationItems"][0], other]}
-    assert catalog_stack.post(path, json.dumps(mixed).encode(), ct).json()["error"] == "invalid_signature"
+    assert catalog_stack.post(path, note(other), ct).json()["error"] == "invalid_signature"
 
 
 def test_vonage_cli_and_sdk_agree(catalog_stack):

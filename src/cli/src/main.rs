@@ -63,7 +63,7 @@ struct SignArgs {
     /// vercel, woocommerce, typeform, mux, sentry, calendly, meta; mailgun prints the body to
     /// send (the signature block around the event data given as the body; --id is the token);
     /// adyen prints the notification given as the body with every item's hmacSignature set (the
-    /// key in hex); vonage prints the `authorization: Bearer <JWT>` header (--id is the jti);
+    /// key in hex; the filter takes one item per notification); vonage prints the `authorization: Bearer <JWT>` header (--id is the jti);
     /// plivo (with --config and --policy, for its public_origin) signs a form body and the
     /// --path, --id being the nonce; lark signs a body already sealed (or, with --config,
     /// --policy and --encrypt, seals the event first), its timestamp and nonce headers made up

@@ -63,9 +63,14 @@ pub fn parse(json: &[u8]) -> Result<RawConfig, ConfigError> {
     let mut de = serde_json::Deserializer::from_slice(json);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        // serde repeats the offending value ("unknown variant `whsec_...`"): under `secrets`
-        // that value may be a secret, so the message is ours there.
-        if path.split('.').any(|seg| seg.starts_with("secrets")) {
+        // serde repeats the offending value ("unknown variant `whsec_...`"): under a field that
+        // holds secrets (signing secrets, decryption keys, Meta's verify token) that value may
+        // be one, so the message is ours there.
+        const SECRET_FIELDS: [&str; 3] = ["secrets", "keys", "verify_token"];
+        if path
+            .split('.')
+            .any(|seg| SECRET_FIELDS.iter().any(|f| seg.starts_with(f)))
+        {
             return err(
                 path,
                 "each secret is {\"env\": \"NAME\"}, {\"inline\": \"VALUE\"} or {\"sds\": \"NAME\"} (the value given is not repeated here)",

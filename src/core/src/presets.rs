@@ -97,13 +97,17 @@ pub fn dedup_key(provider: Provider) -> Option<KeySource> {
         Provider::Hubspot => Some(KeySource::Signature),
         // The signed `token` of the body's signature block (not the body, which is unsigned).
         Provider::Mailgun => Some(KeySource::Token),
-        // The signed fields of every item (pspReference, eventCode, success, amount...): a
-        // notification sent again is the same request (see verify::adyen_match).
+        // The signed fields of the notification's one item (pspReference, eventCode, success,
+        // amount...): the same item sent again, in any notification, is the same key (see
+        // verify::adyen_match; batches are refused, verify::MAX_ADYEN_ITEMS).
         Provider::Adyen => Some(KeySource::Signature),
         // The JWT's signed `jti` (unique per token): a captured request is admitted once.
         Provider::Vonage => Some(KeySource::Token),
-        // The signed nonce header (the template's only header).
-        Provider::Plivo => header("x-plivo-signature-v3-nonce"),
+        // Not the nonce: only a `.` separates it from the signed parameters, so a value holding
+        // a dot lets a captured callback be re-cut (the tail of its parameters moved into the
+        // nonce header) into the same signed string under a new nonce. The signature key is the
+        // hash of that string: every re-cut is the same key.
+        Provider::Plivo => Some(KeySource::Signature),
         // Lark asks receivers to dedup on the event id inside the encrypted payload (schema
         // 2.0 `header.event_id`, 1.0 `uuid`); nothing says a retry keeps its signature or IV.
         Provider::Lark => Some(KeySource::Plaintext(vec![

@@ -54,7 +54,8 @@ pub enum SigFormat {
     BodyFields,
     /// Adyen: every `notificationItems[].NotificationRequestItem` of the JSON body carries its
     /// own `additionalData.hmacSignature` over some of its fields (`verify::adyen_items`);
-    /// every item must verify. The scheme's headers and template are not used.
+    /// one item per request (a batch could carry a delivered item again under a new dedup key).
+    /// The scheme's headers and template are not used.
     AdyenItems,
     /// Vonage: `Bearer <JWT>` (HS256 only) whose claims carry `iat` (the signed timestamp),
     /// `jti` (the dedup key) and `payload_hash`, the hex SHA-256 of the body

@@ -584,31 +584,29 @@ pub fn matching_key<K: AsRef<[u8]>>(
     })
 }
 
-/// The signature as a dedup key must not depend on which accepted algorithm the sender chose
-/// (GitHub may send a SHA-256 and a legacy SHA-1 signature of the same body): this is the
-/// HMAC-SHA256 of the signed bytes (under the template that verified) with the key that
-/// verified, reusing the MAC that matched when it already is one.
-pub fn canonical_mac(
-    scheme: &Scheme,
-    ex: &Extracted,
-    key: &[u8],
-    body: &[u8],
-    m: Match,
-) -> Vec<u8> {
-    let algorithm = scheme.sources.get(ex.source).map(|s| s.algorithm);
-    if algorithm == Some(Algorithm::HmacSha256) {
-        return m.mac;
-    }
-    let Some(template) = scheme.templates().nth(m.template) else {
+/// The signature as a dedup key: the SHA-256 of the bytes the signature covers (under the
+/// template that verified). It must not depend on which signature the request happened to
+/// carry: GitHub may send a SHA-256 and a legacy SHA-1 signature of the same body, and a sender
+/// rotating secrets signs with both (`v1=..,v1=..`, Plivo's comma-separated list) while the
+/// policy lists both. Keyed on the MAC under the secret that verified, a copy stripped of the
+/// signature under the first listed secret verified under the next one: a new key, admitted
+/// again. The signed bytes are the same whichever secret or algorithm verified them.
+pub fn canonical_mac(scheme: &Scheme, ex: &Extracted, body: &[u8], m: Match) -> Vec<u8> {
+    use sha2::Digest;
+    // Adyen's items have no template: `adyen_match` already hashed their signed strings.
+    let adyen = scheme
+        .sources
+        .get(ex.source)
+        .is_some_and(|s| matches!(s.format, SigFormat::AdyenItems));
+    let Some(template) = scheme.templates().nth(m.template).filter(|_| !adyen) else {
         return m.mac;
     };
     let form = form_part(scheme, ex, body);
-    compute_mac(
-        Algorithm::HmacSha256,
-        key,
-        &signed_parts(template, ex, body, &form),
-    )
-    .unwrap_or(m.mac)
+    let mut digest = sha2::Sha256::new();
+    for part in signed_parts(template, ex, body, &form) {
+        digest.update(part);
+    }
+    digest.finalize().to_vec()
 }
 
 /// The signed timestamp carried in the (verified) JSON body, in milliseconds.
@@ -793,8 +791,11 @@ pub fn body_fields(scheme: &Scheme, ex: &Extracted, body: &[u8]) -> Result<Extra
     Ok(out)
 }
 
-/// Most notification items verified in one Adyen request.
-pub const MAX_ADYEN_ITEMS: usize = 64;
+/// Most notification items accepted in one Adyen request: one. Adyen signs each item, never
+/// the notification around it, and the store claims one key per request: a batch would let a
+/// captured item through again inside another batch (`[a]` then `[a, a]`, `[b, a]`...), each a
+/// new key. Adyen's standard webhooks carry one item each.
+pub const MAX_ADYEN_ITEMS: usize = 1;
 
 /// A JSON value like `serde_json::Value`, but a key repeated in any object is an error (a
 /// repeated signed field is ambiguous: another parser might read the other one).
@@ -914,8 +915,9 @@ pub fn adyen_signing_string(item: &serde_json::Value) -> Option<Vec<u8>> {
 pub type AdyenItem = (Vec<u8>, Vec<u8>);
 
 /// Each item of an Adyen notification: its signed string and its decoded `hmacSignature`.
-/// No items, or an item without a signature, is `missing_signature`; an ill-formed body,
-/// item, signature or signed field (or a repeated key anywhere) is `malformed_signature`.
+/// No items, or an item without a signature, is `missing_signature`; more than
+/// `MAX_ADYEN_ITEMS` items, an ill-formed body, item, signature or signed field (or a repeated
+/// key anywhere) is `malformed_signature`.
 pub fn adyen_items(body: &[u8]) -> Result<Vec<AdyenItem>, Reason> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let doc = serde::de::DeserializeSeed::deserialize(Strict, &mut de)
@@ -957,8 +959,8 @@ pub fn adyen_items(body: &[u8]) -> Result<Vec<AdyenItem>, Reason> {
 }
 
 /// The first key under which **every** item verifies (compared in constant time). The match's
-/// MAC, the dedup material, is the HMAC-SHA256 under that key of all items' signed strings,
-/// each length-prefixed: the same notification sent again has the same one.
+/// MAC, the dedup material, is the SHA-256 of all items' signed strings, each length-prefixed:
+/// the same item sent again has the same one, whichever listed key signed it.
 pub fn adyen_match<K: AsRef<[u8]>>(keys: &[K], items: &[AdyenItem]) -> Option<Match> {
     if items.is_empty() {
         return None;
@@ -985,7 +987,16 @@ pub fn adyen_match<K: AsRef<[u8]>>(keys: &[K], items: &[AdyenItem]) -> Option<Ma
             .zip(&lengths)
             .flat_map(|((s, _), l)| [l.as_slice(), s.as_slice()])
             .collect();
-        let mac = compute_mac(Algorithm::HmacSha256, key, &parts)?;
+        // Not under the key that verified: the same item signed under another listed key
+        // (Adyen's retry after a key change) is the same delivery.
+        let mac = {
+            use sha2::Digest;
+            let mut digest = sha2::Sha256::new();
+            for part in parts {
+                digest.update(part);
+            }
+            digest.finalize().to_vec()
+        };
         Some(Match {
             key_index: i,
             template: 0,

@@ -88,13 +88,58 @@ fn rotation_accepts_any_listed_secret_and_counts_the_secondary() {
     let host = MemHost::new(g.counter_names(), NOW * 1000);
     let hs = headers(&[("x-hub-signature-256", &gh_sig("old-secret", b"x"))]);
     assert_eq!(send(&g, &host, "/gh", &hs, b"x"), Ok(1));
+    let hs = headers(&[("X-Hub-Signature-256", &gh_sig("new-secret", b"y"))]);
+    assert_eq!(send(&g, &host, "/gh", &hs, b"y"), Ok(0));
+    // The same body signed under the other secret is the same delivery (here still in flight):
+    // which listed secret verifies a body does not make it another one.
     let hs = headers(&[("X-Hub-Signature-256", &gh_sig("new-secret", b"x"))]);
-    assert_eq!(send(&g, &host, "/gh", &hs, b"x"), Ok(0));
+    assert_eq!(
+        send(&g, &host, "/gh", &hs, b"x").map_err(|r| r.reason),
+        Err(Reason::InFlight)
+    );
     assert_eq!(host.count("webhook_guard.policy.gh.accepted"), 2);
     assert_eq!(
         host.count("webhook_guard.policy.gh.accepted_secondary_secret"),
         1
     );
+}
+
+/// A sender rotating secrets signs with both (`t=..,v1=<old>,v1=<new>`) while the policy lists
+/// both. A copy keeping only one of the signatures is verified by the other listed secret: it
+/// must still be the same delivery (the dedup key is the signed bytes, not the MAC that matched).
+#[test]
+fn a_copy_stripped_of_one_rotation_signature_is_still_a_replay() {
+    let g = guard(
+        json!([{"name": "cal", "match": {"path_prefix": "/cal"}, "provider": "calendly",
+                "secrets": [{"inline": "new-secret"}, {"inline": "old-secret"}]}]),
+        &[],
+    );
+    let h = MemHost::new(g.counter_names(), NOW * 1000);
+    let body = br#"{"event":"invitee.created","payload":{"uri":"u-1"}}"#;
+    let sig = |secret: &str| {
+        let signed = [NOW.to_string().as_bytes(), b".", body].concat();
+        hex::encode(compute_mac(Algorithm::HmacSha256, secret.as_bytes(), &[&signed]).unwrap())
+    };
+    let run = |value: String| {
+        let hs = headers(&[("calendly-webhook-signature", value.as_bytes())]);
+        let pending = g.begin(&h, 0, info("/cal"), &hs)?;
+        g.finish(&h, &pending, body)
+    };
+    let (old, new) = (sig("old-secret"), sig("new-secret"));
+    let first = run(format!("t={NOW},v1={old},v1={new}")).unwrap();
+    assert_eq!(first.key_index, 0);
+    g.settle(
+        &h,
+        first.claim.unwrap(),
+        webhook_guard_core::Upstream::Answered(200),
+    );
+    for value in [
+        format!("t={NOW},v1={old}"),
+        format!("t={NOW},v1={new}"),
+        format!("t={NOW},v1={new},v1={old}"),
+    ] {
+        assert_eq!(run(value).unwrap_err().reason, Reason::Replayed);
+    }
 }
 
 #[test]
@@ -389,6 +434,33 @@ fn config_errors_name_the_field() {
     ] {
         let msg = config_error(with("secrets", secrets));
         assert!(msg.contains("policies[0].secrets"), "{msg}");
+        assert!(!msg.contains("topsecret"), "secret echoed: {msg}");
+    }
+    // The same for the other secret-bearing fields: a decryption key, Meta's verify token.
+    let meta = |token: Value| {
+        json!({"policies": [{"name": "m", "match": {"path_prefix": "/"}, "provider": "meta",
+                "secrets": [{"inline": "s"}], "answer_challenges": true, "verify_token": token}]})
+    };
+    let sealed = |keys: Value| {
+        let mut p = base();
+        p["decrypt"] = json!({"cipher": "aes-256-gcm", "keys": keys});
+        json!({"policies": [p]})
+    };
+    for (doc, field) in [
+        (meta(json!("topsecret-token")), "policies[0].verify_token"),
+        (
+            meta(json!({"inline": "topsecret-token", "x": 1})),
+            "policies[0].verify_token",
+        ),
+        (sealed(json!(["topsecret-key"])), "policies[0].decrypt.keys"),
+        (sealed(json!("topsecret-key")), "policies[0].decrypt.keys"),
+        (
+            sealed(json!([{"inline": "topsecret-key", "x": 1}])),
+            "policies[0].decrypt.keys",
+        ),
+    ] {
+        let msg = config_error(doc);
+        assert!(msg.contains(field), "{msg}");
         assert!(!msg.contains("topsecret"), "secret echoed: {msg}");
     }
 }
@@ -910,7 +982,7 @@ fn adyen_item(key_hex: &str, psp: &str, event: &str) -> Value {
 }
 
 #[test]
-fn adyen_needs_every_item_signed_dedups_the_notification_and_rotates_keys() {
+fn adyen_takes_one_signed_item_dedups_it_and_rotates_keys() {
     let (old, new) = (
         "00112233445566778899aabbccddeeff",
         "ffeeddccbbaa99887766554433221100",
@@ -940,11 +1012,27 @@ fn adyen_needs_every_item_signed_dedups_the_notification_and_rotates_keys() {
     assert_eq!(r.reason, Reason::Replayed);
     // Another event of the same payment is another delivery.
     assert!(run(vec![adyen_item(new, "psp1", "CAPTURE")]).is_ok());
-    // Items signed with two different keys: no one key verifies every item.
-    let r = run(vec![
-        adyen_item(new, "psp2", "AUTHORISATION"),
-        adyen_item(old, "psp3", "AUTHORISATION"),
-    ])
+    // A delivered item inside another notification (twice, or next to another signed item) is
+    // the same signed event: refused, never a new key. Batches are refused as a whole, as the
+    // store claims one key per request.
+    let delivered = adyen_item(old, "psp1", "AUTHORISATION");
+    let other = adyen_item(new, "psp2", "AUTHORISATION");
+    for items in [
+        vec![delivered.clone(), delivered.clone()],
+        vec![other.clone(), delivered.clone()],
+        vec![delivered.clone(), other.clone()],
+        vec![other.clone(), adyen_item(new, "psp3", "AUTHORISATION")],
+    ] {
+        let r = run(items).unwrap_err();
+        assert_eq!(r.reason, Reason::MalformedSignature);
+    }
+    // The other item alone is a delivery of its own; signed with an unknown key, nothing is.
+    assert!(run(vec![other]).is_ok());
+    let r = run(vec![adyen_item(
+        "0123456789abcdef",
+        "psp4",
+        "AUTHORISATION",
+    )])
     .unwrap_err();
     assert_eq!(r.reason, Reason::InvalidSignature);
     for (_, line) in h.logs() {
@@ -1074,7 +1162,7 @@ fn plivo_sig(token: &str, url: &str, nonce: &str) -> Vec<u8> {
 }
 
 #[test]
-fn plivo_v3_signs_the_url_sorted_params_and_nonce_and_dedups_on_the_nonce() {
+fn plivo_v3_signs_the_url_sorted_params_and_nonce_and_dedups_on_the_signature() {
     let token = "MAXXXXXXXXXXXXXXXXXX-auth-token";
     let g = guard(
         json!([{"name": "pl", "match": {"path_prefix": "/pl"}, "provider": "plivo",
@@ -1113,6 +1201,21 @@ fn plivo_v3_signs_the_url_sorted_params_and_nonce_and_dedups_on_the_nonce() {
         run(path, Some(&sig), Some("n-1"), form, body)
             .unwrap_err()
             .reason,
+        Reason::Replayed
+    );
+    // The same signed string re-cut: the form parameters moved after the `.` into the nonce
+    // header (an empty body). It verifies, as Plivo's SDK would accept it, but it is the same
+    // delivery: the key is the signature, not the nonce.
+    assert_eq!(
+        run(
+            path,
+            Some(&sig),
+            Some("CallUUIDu-1Froma bTo+14155550100.n-1"),
+            form,
+            b""
+        )
+        .unwrap_err()
+        .reason,
         Reason::Replayed
     );
     // Another nonce, another parameter value, another path or query: invalid.

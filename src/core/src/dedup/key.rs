@@ -7,7 +7,8 @@ use super::shard::{KeyHash, HASH_BYTES};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
-    /// The MAC that verified (equivalent to hashing the signed bytes).
+    /// The signed bytes, hashed (`verify::canonical_mac`): the same whichever listed secret
+    /// or algorithm verified them.
     Signature,
     /// A header the signed template covers (e.g. Standard Webhooks' `webhook-id`); the index
     /// is its position among the template's `{header:..}` parts.

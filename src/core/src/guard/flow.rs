@@ -294,7 +294,7 @@ impl Guard {
             .get(ex.source)
             .is_some_and(|s| matches!(s.format, SigFormat::AdyenItems))
         {
-            // Adyen: one signature per notification item, all of which must verify.
+            // Adyen: the signature is in the notification's (one) item.
             let items = verify::adyen_items(body).map_err(|reason| fail(reason, Some("body")))?;
             verify::adyen_match(&keys, &items)
         } else {
@@ -386,7 +386,7 @@ impl Guard {
         };
         let opened = opened_first.is_some();
         if let Some(dedup) = &policy.dedup {
-            let mac = verify::canonical_mac(&policy.scheme, ex, key, body, matched);
+            let mac = verify::canonical_mac(&policy.scheme, ex, body, matched);
             // A dedup key inside the payload is read from the plaintext.
             let keyed = match &opened_first {
                 Some(p) => p.body.as_slice(),
