@@ -74,7 +74,7 @@ def envoy_binary() -> str:
     return out.stdout.strip()
 
 
-def wasm_filter_yaml(plugin: dict) -> str:
+def wasm_filter_yaml(plugin: dict, wasm: pathlib.Path | None = None) -> str:
     config = json.dumps(json.dumps(plugin))
     return f"""          - name: envoy.filters.http.wasm
             typed_config:
@@ -85,7 +85,7 @@ def wasm_filter_yaml(plugin: dict) -> str:
                 vm_config:
                   vm_id: webhook_guard
                   runtime: envoy.wasm.runtime.v8
-                  code: {{ local: {{ filename: {WASM} }} }}
+                  code: {{ local: {{ filename: {wasm or WASM} }} }}
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
                   value: {config}
@@ -171,17 +171,24 @@ _base_id = 3000 + os.getpid() % 1000
 
 
 def start_envoy(work: pathlib.Path, with_filter: bool, plugin: dict = PLUGIN,
-                etcd_port: int = 2379, build: str = "wasm") -> tuple[Server, str]:
+                etcd_port: int = 2379, build: str = "wasm", module: pathlib.Path | None = None) -> tuple[Server, str]:
+    """`module`: another build of the wasm file, or another directory holding the native module."""
     global _base_id
     _base_id += 1
     port, admin = free_port(), free_port()
-    guard = {"wasm": wasm_filter_yaml, "native": native_filter_yaml}[build](plugin) if with_filter else ""
+    if not with_filter:
+        guard = ""
+    elif build == "wasm":
+        guard = wasm_filter_yaml(plugin, module)
+    else:
+        guard = native_filter_yaml(plugin)
     text = string.Template((ROOT / "envoy/bench.yaml.tmpl").read_text()).substitute(
         PORT=port, ADMIN_PORT=admin, WASM_FILTER=guard, ETCD_PORT=etcd_port)
     cfg = work / f"envoy-{_base_id}.yaml"
     cfg.write_text(text)
     log = (work / f"envoy-{_base_id}.log").open("wb")
-    env = {**os.environ, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(NATIVE.parent)}
+    native_dir = module if build == "native" and module else NATIVE.parent
+    env = {**os.environ, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(native_dir)}
     server = Server([envoy_binary(), "-c", str(cfg), "--concurrency", "1", "--base-id", str(_base_id),
                      "--log-level", "warn"], env=env, log=log, ready_url=f"http://127.0.0.1:{admin}/ready")
     server.admin = f"http://127.0.0.1:{admin}"
@@ -327,6 +334,49 @@ def bench_store(work: pathlib.Path, a, ts: str, build: str) -> dict:
           f"{few['accepted']['cpu_us_per_req']:.1f} -> {many['accepted']['cpu_us_per_req']:.1f} us CPU/req, replay "
           f"{few['replay']['cpu_us_per_req']:.1f} -> {many['replay']['cpu_us_per_req']:.1f}", flush=True)
     return store
+
+
+# Bench-only builds (scripts/bench.sh): modules whose stream callbacks do nothing (`floor-probe`)
+# and, for wasm, one that only reads the request header map (`floor-headers`).
+FLOOR_WASM = ROOT / "target/floor/wasm32-wasip1/release/webhook_guard.wasm"
+FLOOR_HEADERS_WASM = ROOT / "target/floor-headers/wasm32-wasip1/release/webhook_guard.wasm"
+FLOOR_NATIVE_DIR = ROOT / "target/floor/native"
+
+
+def bench_floor(work: pathlib.Path, a, ts: str) -> dict:
+    """What the host charges before our code runs (1 KiB, no policy matching): the buffered
+    baseline, a module whose callbacks all return at once, (wasm) one that only reads the request
+    headers, and our filter's unmatched path, per build, in turns."""
+    print("== the host's floor, 1 KiB", flush=True)
+    size = 1024
+    body = (b'{"type":"bench","data":"' + b"x" * size)[: size - 2] + b'"}'
+    body_path = work / "floor-body.json"
+    body_path.write_bytes(body)
+    fixed = {"BENCH_BODY": str(body_path), "BENCH_ID": "msg_fixed", "BENCH_TS": ts,
+             "BENCH_SIG": sign("msg_fixed", ts, body)}
+    unmatched = {**PLUGIN, "policies": [{**PLUGIN["policies"][0], "match": {"path_prefix": "/other"}}]}
+    starts = {
+        "baseline": dict(with_filter=False),
+        "wasm_noop": dict(with_filter=True, plugin=unmatched, module=FLOOR_WASM),
+        "wasm_headers": dict(with_filter=True, plugin=unmatched, module=FLOOR_HEADERS_WASM),
+        "wasm_unmatched": dict(with_filter=True, plugin=unmatched),
+        "native_noop": dict(with_filter=True, plugin=unmatched, build="native", module=FLOOR_NATIVE_DIR),
+        "native_unmatched": dict(with_filter=True, plugin=unmatched, build="native"),
+    }
+    servers, rows = [], {}
+    try:
+        for name, kw in starts.items():
+            server_url = start_envoy(work, **kw)
+            servers.append(server_url[0])
+            rows[name] = Row(*server_url, fixed, fixed, 0)
+        out = measure_rows(rows, a)
+    finally:
+        for server in servers:
+            server.stop()
+    base = out["baseline"]["cpu_us_per_req"]
+    for name, r in out.items():
+        print(f"   {name:<17} {r['cpu_us_per_req']:.1f} us CPU/req ({r['cpu_us_per_req'] - base:+.1f})", flush=True)
+    return out
 
 
 def bench_decrypt(work: pathlib.Path, a, ts: str, sizes: list[int]) -> dict:
@@ -514,6 +564,8 @@ def main() -> int:
                    help="re-measure only the etcd-tier rows into bench/results.json, then rewrite the reports")
     p.add_argument("--only-store", action="store_true",
                    help="re-measure only the store rows (both builds) into bench/results.json, then rewrite the reports")
+    p.add_argument("--only-floor", action="store_true",
+                   help="re-measure only the host's floor rows into bench/results.json, then rewrite the reports")
     p.add_argument("--only-decrypt", action="store_true",
                    help="re-measure only the decrypt rows (both builds) into bench/results.json, then rewrite the reports")
     p.add_argument("--from-results", action="store_true",
@@ -546,6 +598,15 @@ def main() -> int:
                 results["store" if build == "wasm" else "native_store"] = bench_store(
                     pathlib.Path(d), a, str(int(time.time())), build)
         results["store_date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        (ROOT / "bench/results.json").write_text(json.dumps(results, indent=1) + "\n")
+        pathlib.Path(a.output).write_text(report(results, a, results.get("date")))
+        update_readme(results)
+        return 0
+    if a.only_floor:
+        results = json.loads((ROOT / "bench/results.json").read_text())
+        with tempfile.TemporaryDirectory(prefix="webhook-guard-bench-") as d:
+            results["floor"] = bench_floor(pathlib.Path(d), a, str(int(time.time())))
+        results["floor_date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         (ROOT / "bench/results.json").write_text(json.dumps(results, indent=1) + "\n")
         pathlib.Path(a.output).write_text(report(results, a, results.get("date")))
         update_readme(results)
@@ -622,6 +683,7 @@ def main() -> int:
         for build in BUILDS:
             results["store" if build == "wasm" else "native_store"] = bench_store(work, a, ts, build)
         results["decrypt"] = bench_decrypt(work, a, ts, sizes)
+        results["floor"] = bench_floor(work, a, ts)
 
     results["hmac"] = hmac_throughput()
     if not a.no_transitions:
@@ -759,6 +821,42 @@ def targets(res: dict) -> list[str]:
             "| target | measured | met |", "|---|---|---|", *rows]
 
 
+def floor_section(res: dict) -> list[str]:
+    """The host's floor: what a module that does nothing costs, beside our unmatched path."""
+    f = res.get("floor")
+    if not f:
+        return []
+    base = f["baseline"]["cpu_us_per_req"]
+    added = {k: r["cpu_us_per_req"] - base for k, r in f.items()}
+    label = {
+        "baseline": "baseline (buffer filter, no module)",
+        "wasm_noop": "wasm: a module whose callbacks all return at once",
+        "wasm_headers": "wasm: the same, reading the request headers once (one data-returning host call)",
+        "wasm_unmatched": "wasm: webhook-guard, no policy matching",
+        "native_noop": "native: a dynamic module whose hooks all return at once",
+        "native_unmatched": "native: webhook-guard, no policy matching",
+    }
+    lines = ["", "## The host's floor (1 KiB, no policy matching)", "",
+             "Bench-only builds (`--features floor-probe`, and `floor-headers` for wasm; never shipped) "
+             "measured in turns beside the buffered baseline and our unmatched path"
+             + (f", re-measured alone (`--only-floor`) on {res['floor_date']}" if res.get("floor_date") else "")
+             + ". The difference between a no-op module and the baseline is what Envoy (and V8) charge any "
+             "module before its code runs: the targets' reference.", "",
+             "| row | CPU µs/req | added µs/req | req/s |", "|---|---:|---:|---:|"]
+    for name, r in f.items():
+        lines.append(f"| {label.get(name, name)} | {r['cpu_us_per_req']:.1f} | "
+                     f"{'' if name == 'baseline' else f'{added[name]:+.1f}'} | {r['rps']:,.0f} |")
+    lines += ["",
+              f"- wasm: the floor is {added['wasm_noop']:+.1f} µs (Envoy's 7 calls into the VM per request); "
+              f"reading the request headers once adds {added['wasm_headers'] - added['wasm_noop']:+.1f} µs (a "
+              "data-returning host call: Envoy serializes the map, re-enters the VM to allocate, copies); "
+              f"our unmatched path is {added['wasm_unmatched'] - added['wasm_headers']:+.1f} µs above that "
+              "(matching, one counter, the verdict property).",
+              f"- native: the floor is {added['native_noop']:+.1f} µs; our unmatched path is "
+              f"{added['native_unmatched'] - added['native_noop']:+.1f} µs above it."]
+    return lines
+
+
 def transitions_section(res: dict) -> list[str]:
     """The wasm build's host transitions per request (bench/transitions.py's counting build)."""
     rows = res.get("transitions")
@@ -863,6 +961,7 @@ def report(res: dict, a, date: str | None = None) -> str:
             f"{row['flask_invalid']['cpu_us_per_req']:.1f} µs in Flask ({reject_ratio:.0f}x); the store held "
             f"{acc.get('store_entries', 0):,} entries at the end of the accepted run.")
     lines += targets(res)
+    lines += floor_section(res)
     lines += transitions_section(res)
     etcd_rows = next((row for row in res["sizes"].values() if "accepted_etcd" in row), None)
     if etcd_rows:

@@ -188,8 +188,12 @@ for _ in $(seq 1 150); do
   sleep 0.2
 done
 if [ -z "$ready" ]; then
-  echo "the stack did not become ready; Envoy log:" >&2
-  tail -40 "$run_dir/envoy.log" >&2
+  echo "the stack did not become ready; Envoy logs:" >&2
+  for ((i = 0; i < replicas; i++)); do
+    suffix=""; [ "$i" -gt 0 ] && suffix="-$i"
+    echo "-- envoy$suffix.log" >&2
+    tail -40 "$run_dir/envoy$suffix.log" >&2
+  done
   exit 1
 fi
 

@@ -83,20 +83,35 @@ def _refused(port: int) -> bool:
         return True
 
 
-def _free_pair() -> int:
-    """A free port whose successor is free too (replica i listens on PORT+i)."""
+def _replica_ports() -> dict[str, str]:
+    """Every port the two-replica demo binds, all distinct: the Envoy and admin ports and their
+    successors (replica i listens on PORT+i), the backend's two and etcd's two. Held open while
+    they are chosen, so the kernel cannot hand the same free port out twice."""
+    import socket
+
     for _ in range(50):
-        port = free_port()
-        if port < 65535 and _refused(port + 1):
-            return port
-    raise RuntimeError("no two consecutive free ports")
+        socks = [socket.socket() for _ in range(6)]
+        try:
+            for s in socks:
+                s.bind(("127.0.0.1", 0))
+            ports = [s.getsockname()[1] for s in socks]
+        finally:
+            for s in socks:
+                s.close()
+        envoy, admin = ports[0], ports[1]
+        taken = set(ports)
+        if (len(taken) == 6 and max(envoy, admin) < 65535 and not {envoy + 1, admin + 1} & taken
+                and _refused(envoy + 1) and _refused(admin + 1)):
+            return dict(WEBHOOK_DEMO_ENVOY_PORT=str(envoy), WEBHOOK_DEMO_ADMIN_PORT=str(admin),
+                        WEBHOOK_DEMO_BACKEND_PORT=str(ports[2]), WEBHOOK_DEMO_BACKEND_ADMIN_PORT=str(ports[3]),
+                        WEBHOOK_DEMO_ETCD_PORT=str(ports[4]), WEBHOOK_DEMO_ETCD_PEER_PORT=str(ports[5]))
+    raise RuntimeError("no free ports for two replicas")
 
 
 @pytest.mark.build("wasm")
 def test_demo_replicas_mode_admits_each_delivery_once_across_replicas():
     env = demo_env()
-    env.update(WEBHOOK_DEMO_ENVOY_PORT=str(_free_pair()), WEBHOOK_DEMO_ADMIN_PORT=str(_free_pair()),
-               WEBHOOK_DEMO_ETCD_PORT=str(free_port()), WEBHOOK_DEMO_ETCD_PEER_PORT=str(free_port()))
+    env.update(_replica_ports())
     res = subprocess.run([str(ROOT / "scripts/demo.sh"), "--replicas", "2"], env=env, capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]

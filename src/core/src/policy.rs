@@ -102,7 +102,17 @@ fn prefix_matches(prefix: &[u8], path: &str) -> bool {
             .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
     };
     let raw = path_only(path);
-    under(raw.as_bytes()) || under(&canonical_path(raw))
+    under(raw.as_bytes()) || (!is_canonical(raw) && under(&canonical_path(raw)))
+}
+
+/// Whether `path` (without query) already is its own canonical form: nothing to decode and no
+/// empty, dot or `;param` segment. Most paths are, and then `canonical_path` (which allocates)
+/// is skipped. Conservative: `false` only costs the canonical comparison.
+pub fn is_canonical(path: &str) -> bool {
+    let b = path.as_bytes();
+    b.first() == Some(&b'/')
+        && !b.iter().any(|c| matches!(c, b'%' | b'\\' | b';'))
+        && !b.windows(2).any(|w| w == b"//" || w == b"/.")
 }
 
 /// The path without its query string or fragment.

@@ -372,6 +372,13 @@ impl Stream {
 
     /// Whether the response headers matter to this stream (a forwarded delivery holds a claim
     /// their status settles). Glue may skip reading them otherwise: each read costs.
+    /// A verdict was reached and nothing is held: every later callback passes through (a
+    /// pass-through, a rejection, an accepted request without a claim), so the glue may forget
+    /// the stream.
+    pub fn is_decided(&self) -> bool {
+        matches!(self.phase, Phase::Decided) && self.plaintext.is_none()
+    }
+
     pub fn awaits_response(&self) -> bool {
         matches!(self.phase, Phase::Forwarded(_))
     }

@@ -295,6 +295,13 @@ mod parsers {
         }
 
         #[test]
+        fn a_path_said_to_be_canonical_is_its_own_canonical_form(path in "/[/a-zA-Z.%;\\\\0-9_~-]{0,60}") {
+            if webhook_guard_core::policy::is_canonical(&path) {
+                prop_assert_eq!(canonical_path(&path), path.as_bytes().to_vec());
+            }
+        }
+
+        #[test]
         fn paths_canonicalize_to_a_clean_absolute_path(path in "[/a-zA-Z.%;\\\\?#0-9]{0,80}", bytes in prop::collection::vec(any::<u8>(), 0..120)) {
             for p in [path, String::from_utf8_lossy(&bytes).into_owned()] {
                 let c = canonical_path(&p);

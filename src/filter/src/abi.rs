@@ -380,6 +380,12 @@ pub fn record_metric(id: u32, value: u64) {
 
 // ---- exports: the host's entry points ------------------------------------------------------
 
+/// Bench only (`--features floor-probe`, never shipped): every stream callback returns at once,
+/// and with `floor-headers` request headers first read the header map, so bench.py can measure
+/// what Envoy and V8 charge a module that does nothing (the host's floor) and what one
+/// data-returning host call adds. Constant, so normal builds compile the checks away.
+const FLOOR: bool = cfg!(feature = "floor-probe");
+
 #[no_mangle]
 pub extern "C" fn proxy_abi_version_0_2_1() {}
 
@@ -410,6 +416,9 @@ pub extern "C" fn _initialize() {
 #[no_mangle]
 pub extern "C" fn proxy_on_context_create(context_id: u32, parent_id: u32) {
     enter("context_create");
+    if FLOOR && parent_id != 0 {
+        return;
+    }
     crate::dispatch::context_create(context_id, parent_id);
 }
 
@@ -442,47 +451,74 @@ pub extern "C" fn proxy_on_http_call_response(
 #[no_mangle]
 pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, eos: u32) -> u32 {
     enter("request_headers");
+    if FLOOR {
+        if cfg!(feature = "floor-headers") {
+            let _ = header_map(REQUEST_HEADERS);
+        }
+        return CONTINUE;
+    }
     crate::dispatch::request_headers(context_id, eos != 0)
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_request_body(context_id: u32, size: usize, eos: u32) -> u32 {
     enter("request_body");
+    if FLOOR {
+        return CONTINUE;
+    }
     crate::dispatch::request_body(context_id, size, eos != 0)
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_request_trailers(context_id: u32, _trailers: usize) -> u32 {
     enter("request_trailers");
+    if FLOOR {
+        return CONTINUE;
+    }
     crate::dispatch::request_trailers(context_id)
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_response_headers(context_id: u32, _headers: usize, _eos: u32) -> u32 {
     enter("response_headers");
+    if FLOOR {
+        return CONTINUE;
+    }
     crate::dispatch::response_headers(context_id)
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_response_body(context_id: u32, _size: usize, _eos: u32) -> u32 {
     enter("response_body");
+    if FLOOR {
+        return CONTINUE;
+    }
     crate::dispatch::response_data(context_id)
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_response_trailers(context_id: u32, _trailers: usize) -> u32 {
     enter("response_trailers");
+    if FLOOR {
+        return CONTINUE;
+    }
     crate::dispatch::response_data(context_id)
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_log(context_id: u32) {
     enter("log");
+    if FLOOR {
+        return;
+    }
     crate::dispatch::log(context_id);
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_delete(context_id: u32) {
+    if FLOOR {
+        return;
+    }
     crate::dispatch::delete(context_id);
 }
 

@@ -178,6 +178,11 @@ impl Http {
         self.act(step)
     }
 
+    /// Nothing left to do: later callbacks would all pass through.
+    pub fn is_decided(&self) -> bool {
+        self.stream.is_decided()
+    }
+
     /// Response body or trailers: held while a remote claim settles.
     pub fn response_data(&self) -> u32 {
         match self.stream.on_response_data() {

@@ -162,6 +162,12 @@ pub mod status {
 /// The ABI version this module was written against: Envoy 1.40's.
 const ABI_VERSION: &[u8] = b"v0.2.0\0";
 
+/// Bench only (`--features floor-probe`, never shipped): a filter whose every stream hook
+/// returns at once, so bench.py can measure what Envoy charges any dynamic-module filter (the
+/// floor). Its per-stream pointer is a dangling sentinel that no hook dereferences (each one
+/// returns before `filter_ref`). Constant, so normal builds compile the checks away.
+const FLOOR: bool = cfg!(feature = "floor-probe");
+
 /// The shape of Envoy's `http_filter_config_define_{counter,gauge,histogram}`.
 type DefineMetric = unsafe extern "C" fn(
     ConfigEnvoyPtr,
@@ -989,6 +995,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
     config: *const c_void,
     _filter_envoy: FilterEnvoyPtr,
 ) -> *const c_void {
+    if FLOOR {
+        return std::ptr::NonNull::<c_void>::dangling()
+            .as_ptr()
+            .cast_const();
+    }
     barrier("http_filter_new", std::ptr::null(), || {
         // SAFETY: our live config pointer, passed back by Envoy.
         match unsafe { config_ref(config) } {
@@ -1002,6 +1013,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *const c_void) {
+    if FLOOR {
+        return;
+    }
     barrier("http_filter_destroy", (), || {
         if !filter.is_null() {
             // SAFETY: the box `filter_new` leaked; Envoy calls destroy once, after every other
@@ -1017,6 +1031,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     filter: *const c_void,
     end_of_stream: bool,
 ) -> u32 {
+    if FLOOR {
+        return status::HEADERS_CONTINUE;
+    }
     let stream = stream_of(env);
     request_barrier("request_headers", stream, status::HEADERS_STOP, || {
         // SAFETY: our live filter, passed back by Envoy for its own stream.
@@ -1033,6 +1050,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     filter: *const c_void,
     end_of_stream: bool,
 ) -> u32 {
+    if FLOOR {
+        return status::BODY_CONTINUE;
+    }
     let stream = stream_of(env);
     request_barrier("request_body", stream, status::BODY_STOP_AND_BUFFER, || {
         // SAFETY: as in `request_headers`.
@@ -1048,6 +1068,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     env: FilterEnvoyPtr,
     filter: *const c_void,
 ) -> u32 {
+    if FLOOR {
+        return status::TRAILERS_CONTINUE;
+    }
     let stream = stream_of(env);
     request_barrier("request_trailers", stream, status::TRAILERS_STOP, || {
         // SAFETY: as in `request_headers`.
@@ -1064,6 +1087,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     filter: *const c_void,
     _end_of_stream: bool,
 ) -> u32 {
+    if FLOOR {
+        return status::HEADERS_CONTINUE;
+    }
     barrier("response_headers", status::HEADERS_CONTINUE, || {
         // SAFETY: as in `request_headers`.
         match unsafe { filter_ref(filter) } {
@@ -1079,6 +1105,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
     filter: *const c_void,
     _end_of_stream: bool,
 ) -> u32 {
+    if FLOOR {
+        return status::BODY_CONTINUE;
+    }
     barrier("response_body", status::BODY_CONTINUE, || {
         // SAFETY: as in `request_headers`.
         match unsafe { filter_ref(filter) } {
@@ -1093,6 +1122,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
     _env: FilterEnvoyPtr,
     filter: *const c_void,
 ) -> u32 {
+    if FLOOR {
+        return status::TRAILERS_CONTINUE;
+    }
     barrier("response_trailers", status::TRAILERS_CONTINUE, || {
         // SAFETY: as in `request_headers`.
         match unsafe { filter_ref(filter) } {
@@ -1107,6 +1139,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
     env: FilterEnvoyPtr,
     filter: *const c_void,
 ) {
+    if FLOOR {
+        return;
+    }
     barrier("stream_complete", (), || {
         // SAFETY: as in `request_headers`.
         if let Some(f) = unsafe { filter_ref(filter) } {
@@ -1126,6 +1161,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     body: *const EnvoyBuffer,
     body_len: usize,
 ) {
+    if FLOOR {
+        return;
+    }
     let stream = stream_of(env);
     request_barrier("http_callout_done", stream, 0, || {
         // SAFETY: the reply's buffers are lent for this hook and copied by `callout_reply`.
