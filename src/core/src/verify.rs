@@ -591,7 +591,7 @@ pub fn matching_key<K: AsRef<[u8]>>(
 /// policy lists both. Keyed on the MAC under the secret that verified, a copy stripped of the
 /// signature under the first listed secret verified under the next one: a new key, admitted
 /// again. The signed bytes are the same whichever secret or algorithm verified them.
-pub fn canonical_mac(scheme: &Scheme, ex: &Extracted, body: &[u8], m: Match) -> Vec<u8> {
+pub fn canonical_mac(scheme: &Scheme, ex: &Extracted, body: &[u8], m: &Match) -> Vec<u8> {
     use sha2::Digest;
     // Adyen's items have no template: `adyen_match` already hashed their signed strings.
     let adyen = scheme
@@ -599,7 +599,7 @@ pub fn canonical_mac(scheme: &Scheme, ex: &Extracted, body: &[u8], m: Match) -> 
         .get(ex.source)
         .is_some_and(|s| matches!(s.format, SigFormat::AdyenItems));
     let Some(template) = scheme.templates().nth(m.template).filter(|_| !adyen) else {
-        return m.mac;
+        return m.mac.clone();
     };
     let form = form_part(scheme, ex, body);
     let mut digest = sha2::Sha256::new();

@@ -36,30 +36,32 @@ impl KeySource {
     }
 }
 
-/// The material for `source`, with the kind that was actually used.
+/// The material for `source`, with the kind that was actually used. `mac` (the signature's
+/// material, which hashes the signed bytes again) is computed only when it is the key.
 pub fn material<'a>(
     source: &KeySource,
-    mac: &'a [u8],
+    mac: &dyn Fn() -> Vec<u8>,
     signed_headers: &'a [Vec<u8>],
     token: &'a [u8],
     body: &[u8],
 ) -> (&'static str, std::borrow::Cow<'a, [u8]>) {
+    let sig = || ("sig", mac().into());
     match source {
-        KeySource::Signature => ("sig", mac.into()),
+        KeySource::Signature => sig(),
         KeySource::SignedHeader { index, .. } => match signed_headers.get(*index) {
             Some(v) => ("hdr", v.as_slice().into()),
-            None => ("sig", mac.into()),
+            None => sig(),
         },
         KeySource::Token if !token.is_empty() => ("token", token.into()),
-        KeySource::Token => ("sig", mac.into()),
+        KeySource::Token => sig(),
         KeySource::JsonPointer(pointer) => match json_value(body, pointer) {
             Some(v) => ("json", v.into_bytes().into()),
-            None => ("sig", mac.into()),
+            None => sig(),
         },
         // `body` is the plaintext here (see `guard::flow`).
         KeySource::Plaintext(pointers) => match pointers.iter().find_map(|p| json_value(body, p)) {
             Some(v) => ("plain", v.into_bytes().into()),
-            None => ("sig", mac.into()),
+            None => sig(),
         },
     }
 }

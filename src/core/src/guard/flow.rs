@@ -386,7 +386,8 @@ impl Guard {
         };
         let opened = opened_first.is_some();
         if let Some(dedup) = &policy.dedup {
-            let mac = verify::canonical_mac(&policy.scheme, ex, body, matched);
+            // Hashes the signed bytes again: only when the signature is the key.
+            let mac = || verify::canonical_mac(&policy.scheme, ex, body, &matched);
             // A dedup key inside the payload is read from the plaintext.
             let keyed = match &opened_first {
                 Some(p) => p.body.as_slice(),
@@ -701,7 +702,7 @@ impl Guard {
         pending: &Pending,
         ex: &verify::Extracted,
         dedup: &DedupPolicy,
-        mac: &[u8],
+        mac: &dyn Fn() -> Vec<u8>,
         body: &[u8],
         now: u64,
         ts_ms: Option<u64>,
