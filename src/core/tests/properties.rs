@@ -253,7 +253,7 @@ mod parsers {
                 if let Ok(items) = webhook_guard_core::verify::adyen_items(b) {
                     prop_assert!(!items.is_empty() && items.len() <= webhook_guard_core::verify::MAX_ADYEN_ITEMS);
                 }
-                let (kind, m) = material(&KeySource::JsonPointer(pointer.clone()), b"mac", &[], &[], b);
+                let (kind, m) = material(&KeySource::JsonPointer(pointer.clone()), &|| b"mac".to_vec(), &[], &[], b);
                 prop_assert!(kind == "json" || (kind == "sig" && m.as_ref() == b"mac"));
                 for unit in [config::TimestampUnit::Seconds, config::TimestampUnit::Milliseconds, config::TimestampUnit::Rfc3339] {
                     let _ = body_timestamp("webhookTimestamp", unit, b);

@@ -105,9 +105,15 @@ mod tests {
     #[test]
     fn json_pointer_with_signature_fallback() {
         let src = KeySource::JsonPointer("/id".into());
-        let (kind, m) = material(&src, b"MAC", &[], &[], br#"{"id":"evt_1","x":2}"#);
+        let (kind, m) = material(
+            &src,
+            &|| b"MAC".to_vec(),
+            &[],
+            &[],
+            br#"{"id":"evt_1","x":2}"#,
+        );
         assert_eq!((kind, m.as_ref()), ("json", &b"evt_1"[..]));
-        let (kind, m) = material(&src, b"MAC", &[], &[], br#"{"id":7}"#);
+        let (kind, m) = material(&src, &|| b"MAC".to_vec(), &[], &[], br#"{"id":7}"#);
         assert_eq!((kind, m.as_ref()), ("json", &b"7"[..]));
         for body in [
             &b"not json"[..],
@@ -115,7 +121,7 @@ mod tests {
             br#"{"id":null}"#,
             br#"[1]"#,
         ] {
-            assert_eq!(material(&src, b"MAC", &[], &[], body).0, "sig");
+            assert_eq!(material(&src, &|| b"MAC".to_vec(), &[], &[], body).0, "sig");
         }
     }
 
@@ -127,7 +133,9 @@ mod tests {
         };
         let headers = vec![b"a".to_vec(), b"msg_1".to_vec()];
         assert_eq!(
-            material(&src, b"M", &headers, &[], b"").1.as_ref(),
+            material(&src, &|| b"M".to_vec(), &headers, &[], b"")
+                .1
+                .as_ref(),
             b"msg_1"
         );
     }
