@@ -9,13 +9,13 @@
 //! `decrypt`: a verified envelope is opened after the replay check and its plaintext becomes
 //! what the glue forwards; failures are told apart and give their claim back.
 
+mod common;
+
 use serde_json::{json, Value};
 use webhook_guard_core::decrypt::seal_gcm;
 use webhook_guard_core::memhost::MemHost;
 use webhook_guard_core::verify::compute_mac;
-use webhook_guard_core::{
-    compile, config::Algorithm, Accepted, Guard, Reason, Rejection, RequestInfo, Route, RouteInfo,
-};
+use webhook_guard_core::{compile, config::Algorithm, Accepted, Guard, Reason, Rejection};
 
 const NOW_S: u64 = 1_700_000_000;
 const SIGNING: &str = "envelope-signing-secret";
@@ -77,22 +77,7 @@ fn send(
     hs: &[(String, Vec<u8>)],
     body: &[u8],
 ) -> Result<Accepted, Rejection> {
-    let route = RouteInfo {
-        route_name: None,
-        authority: "h",
-        path: "/enc",
-        route_policy: None,
-    };
-    let Route::Verify(p) = g.route(host, &route) else {
-        panic!("the policy must match");
-    };
-    let info = RequestInfo {
-        route_name: None,
-        method: "POST".into(),
-        path: "/enc".into(),
-    };
-    let pending = g.begin(host, p, info, hs)?;
-    g.finish(host, &pending, body)
+    common::send(g, host, "/enc", hs, body)
 }
 
 fn host(g: &Guard) -> MemHost {

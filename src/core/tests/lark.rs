@@ -10,13 +10,13 @@
 //! the AES-256-CBC envelope opened before the claim (the event id inside is the dedup key),
 //! and the unsigned `url_verification` answered only when it opens and carries the token.
 
+mod common;
+
 use serde_json::{json, Value};
 use sha2::Digest;
 use webhook_guard_core::decrypt::seal_lark;
 use webhook_guard_core::memhost::MemHost;
-use webhook_guard_core::{
-    compile, Accepted, Guard, Reason, Rejection, RequestInfo, Route, RouteInfo,
-};
+use webhook_guard_core::{compile, Accepted, Guard, Reason, Rejection};
 
 const NOW_S: u64 = 1_700_000_000;
 /// The Encrypt Key of Lark's Java SDK test (`TestDecryptor.java`).
@@ -75,26 +75,11 @@ fn signed(key: &str, ts: &str, nonce: &str, body: &[u8]) -> Vec<(String, Vec<u8>
 
 fn send(
     g: &Guard,
-    h: &MemHost,
+    host: &MemHost,
     hs: &[(String, Vec<u8>)],
     body: &[u8],
 ) -> Result<Accepted, Rejection> {
-    let route = RouteInfo {
-        route_name: None,
-        authority: "h",
-        path: "/lark",
-        route_policy: None,
-    };
-    let Route::Verify(p) = g.route(h, &route) else {
-        panic!("the policy must match");
-    };
-    let info = RequestInfo {
-        route_name: None,
-        method: "POST".into(),
-        path: "/lark".into(),
-    };
-    let pending = g.begin(h, p, info, hs)?;
-    g.finish(h, &pending, body)
+    common::send(g, host, "/lark", hs, body)
 }
 
 /// Delivered: the backend answered 200, so the claim is committed.

@@ -366,15 +366,7 @@ impl Guard {
             None
         };
         if let Some(reply) = self.challenge_reply(policy, pending, key, body) {
-            host.increment(policy.counter_base.saturating_add(stats::CHALLENGES));
-            return Ok(Accepted {
-                policy: pending.policy,
-                key_index,
-                claim: None,
-                reply: Some(reply),
-                remote: None,
-                plaintext: None,
-            });
+            return Ok(self.answered(host, policy, pending, key_index, reply));
         }
         let mut accepted = Accepted {
             policy: pending.policy,

@@ -1,11 +1,12 @@
 //! Helpers shared by the integration tests.
-#![allow(clippy::unwrap_used, dead_code)]
+#![allow(clippy::unwrap_used, clippy::panic, dead_code)]
 
 pub mod vectors;
 
 use webhook_guard_core::config::Algorithm;
+use webhook_guard_core::memhost::MemHost;
 use webhook_guard_core::verify::compute_mac;
-use webhook_guard_core::RequestInfo;
+use webhook_guard_core::{Accepted, Guard, Rejection, RequestInfo, Route, RouteInfo};
 
 /// The headers GitHub sends for `body` signed with `secret`.
 pub fn github_headers(secret: &[u8], body: &[u8]) -> Vec<(String, Vec<u8>)> {
@@ -23,6 +24,27 @@ pub fn post(path: &str) -> RequestInfo {
         method: "POST".into(),
         path: path.into(),
     }
+}
+
+/// A POST to `path` through `g` as the glue drives it: route, headers, then the whole body.
+pub fn send(
+    g: &Guard,
+    host: &MemHost,
+    path: &str,
+    headers: &[(String, Vec<u8>)],
+    body: &[u8],
+) -> Result<Accepted, Rejection> {
+    let route = RouteInfo {
+        route_name: None,
+        authority: "h",
+        path,
+        route_policy: None,
+    };
+    let Route::Verify(p) = g.route(host, &route) else {
+        panic!("a policy must match {path}");
+    };
+    let pending = g.begin(host, p, post(path), headers)?;
+    g.finish(host, &pending, body)
 }
 
 /// Cases per property: `WEBHOOK_GUARD_FUZZ_CASES` when set (the dedicated fuzz run,
