@@ -1,6 +1,7 @@
 """scripts/demo.sh as a user runs it: the table mode exits 0 with every row as expected, and
 --serve stays up until SIGTERM, then stops its children."""
 import os
+import pathlib
 import signal
 import subprocess
 import time
@@ -84,28 +85,31 @@ def _refused(port: int) -> bool:
 
 
 def _replica_ports() -> dict[str, str]:
-    """Every port the two-replica demo binds, all distinct: the Envoy and admin ports and their
-    successors (replica i listens on PORT+i), the backend's two and etcd's two. Held open while
-    they are chosen, so the kernel cannot hand the same free port out twice."""
+    """Eight consecutive ports for the two-replica demo (Envoy and admin ports and their
+    successors, the backend's two, etcd's two), below the kernel's ephemeral range: a port in
+    that range can be taken as the source port of any outgoing connection between being chosen
+    and being bound (replica #2's listener once failed so)."""
+    import random
     import socket
 
-    for _ in range(50):
-        socks = [socket.socket() for _ in range(6)]
+    low = int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        base = random.randrange(20000, max(20001, low - 8))
         try:
-            for s in socks:
-                s.bind(("127.0.0.1", 0))
-            ports = [s.getsockname()[1] for s in socks]
+            socks = []
+            for port in range(base, base + 8):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
         finally:
             for s in socks:
                 s.close()
-        envoy, admin = ports[0], ports[1]
-        taken = set(ports)
-        if (len(taken) == 6 and max(envoy, admin) < 65535 and not {envoy + 1, admin + 1} & taken
-                and _refused(envoy + 1) and _refused(admin + 1)):
-            return dict(WEBHOOK_DEMO_ENVOY_PORT=str(envoy), WEBHOOK_DEMO_ADMIN_PORT=str(admin),
-                        WEBHOOK_DEMO_BACKEND_PORT=str(ports[2]), WEBHOOK_DEMO_BACKEND_ADMIN_PORT=str(ports[3]),
-                        WEBHOOK_DEMO_ETCD_PORT=str(ports[4]), WEBHOOK_DEMO_ETCD_PEER_PORT=str(ports[5]))
-    raise RuntimeError("no free ports for two replicas")
+        names = ["ENVOY_PORT", None, "ADMIN_PORT", None, "BACKEND_PORT", "BACKEND_ADMIN_PORT", "ETCD_PORT",
+                 "ETCD_PEER_PORT"]
+        return {f"WEBHOOK_DEMO_{n}": str(base + k) for k, n in enumerate(names) if n}
+    raise RuntimeError("no eight consecutive free ports below the ephemeral range")
 
 
 @pytest.mark.build("wasm")
