@@ -3,7 +3,8 @@ import { readFile } from "node:fs/promises";
 import { WASI } from "node:wasi";
 import { argv } from "node:process";
 
-const wasi = new WASI({ version: "preview1", args: argv.slice(2), env: {}, returnOnExit: true });
+// The file system is the caller's (the bench passes absolute paths, e.g. a config file).
+const wasi = new WASI({ version: "preview1", args: argv.slice(2), env: {}, preopens: { "/": "/" }, returnOnExit: true });
 const module = await WebAssembly.compile(await readFile(argv[2]));
 const instance = await WebAssembly.instantiate(module, wasi.getImportObject());
 process.exitCode = wasi.start(instance);

@@ -16,8 +16,11 @@ command -v node >/dev/null || echo "bench: node not found; the wasm HMAC through
 cargo build --quiet --release --target wasm32-wasip1 -p webhook-guard-filter -p webhook-guard-cli
 cargo build --quiet --release -p webhook-guard-cli
 cargo build --quiet --profile native -p webhook-guard-native
-# The host's floor rows: modules that do nothing (bench only, separate target dirs).
+# The host's floor rows: modules that do nothing, or only what any verifier must (bench only,
+# separate target dirs).
 cargo build --quiet --release --target wasm32-wasip1 -p webhook-guard-filter --features floor-probe --target-dir target/floor
 cargo build --quiet --release --target wasm32-wasip1 -p webhook-guard-filter --features floor-headers --target-dir target/floor-headers
+cargo build --quiet --release --target wasm32-wasip1 -p webhook-guard-filter --features floor-hold --target-dir target/floor-hold
 cargo build --quiet --profile native -p webhook-guard-native --features floor-probe --target-dir target/floor
+cargo build --quiet --profile native -p webhook-guard-native --features floor-hold --target-dir target/floor-hold
 exec .venv/bin/python bench/bench.py "$@"

@@ -77,3 +77,26 @@ def test_check_config_uses_the_filters_validator(tmp_path):
     bad = cli("check-config", str(broken), check=False)
     assert bad.returncode == 1
     assert "at policies[0].provider: unknown variant `bogus`" in bad.stderr
+
+
+@pytest.mark.parametrize("store", [[], ["--native"]], ids=["shared-data-store", "native-store"])
+def test_path_cost_drives_each_path_it_times(tmp_path, store):
+    """The bench's `path-cost` (the core's own time per path): each timed request must take the
+    path it is timed for (accepted forwarded, replay and invalid answered), else it fails."""
+    import base64
+    secret = "whsec_" + base64.b64encode(b"path-cost-test-secret-32-bytes!!").decode()
+    cfg = tmp_path / "bench.json"
+    cfg.write_text(json.dumps({"policies": [{
+        "name": "bench", "match": {"path_prefix": "/webhook"}, "provider": "standard-webhooks",
+        "secrets": [{"inline": secret}], "timestamp_tolerance_seconds": 3600}]}))
+    out = cli("path-cost", "--config", str(cfg), "--requests", "300", "--rounds", "2", *store)
+    cost = json.loads(out.stdout)
+    assert cost["requests"] == 300
+    for path in ("unmatched", "accepted", "replay", "invalid"):
+        assert cost[path] > 0, cost
+    # A policy the bench's deliveries do not verify under: the timed paths cannot be taken.
+    cfg.write_text(json.dumps({"policies": [{
+        "name": "bench", "match": {"path_prefix": "/webhook"}, "provider": "github",
+        "secrets": [{"inline": "x"}]}]}))
+    bad = cli("path-cost", "--config", str(cfg), "--requests", "10", "--rounds", "1", *store, check=False)
+    assert bad.returncode != 0

@@ -1,6 +1,7 @@
 //! `webhook-guard`: sign a delivery for any preset or custom scheme, verify a saved request,
 //! and check a plugin configuration, all with the same core the filter runs.
 
+mod pathcost;
 mod request;
 
 use std::path::PathBuf;
@@ -53,6 +54,24 @@ enum Command {
         size: usize,
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
+    },
+    /// Measure the core's own CPU time per request (µs) on the unmatched, accepted, replay and
+    /// invalid paths of a config's first policy, against the in-memory host: our code's share
+    /// of a request's cost, without the proxy (run under Node's WASI for the wasm build's).
+    #[command(hide = true)]
+    PathCost {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        #[arg(long, default_value_t = 20000)]
+        requests: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Compile as the native module does (its in-process store) instead of the wasm
+        /// build (the store in shared data).
+        #[arg(long)]
+        native: bool,
     },
 }
 
@@ -174,6 +193,18 @@ fn main() -> ExitCode {
             at,
         } => verify(&config, &request, at),
         Command::HmacThroughput { size, seconds } => hmac_throughput(size, seconds),
+        Command::PathCost {
+            config,
+            size,
+            requests,
+            rounds,
+            native,
+        } => pathcost::load(&config, native)
+            .and_then(|g| pathcost::run(&g, size, requests, rounds))
+            .map(|line| {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }),
     };
     match result {
         Ok(code) => code,

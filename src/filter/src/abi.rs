@@ -383,8 +383,13 @@ pub fn record_metric(id: u32, value: u64) {
 /// Bench only (`--features floor-probe`, never shipped): every stream callback returns at once,
 /// and with `floor-headers` request headers first read the header map, so bench.py can measure
 /// what Envoy and V8 charge a module that does nothing (the host's floor) and what one
-/// data-returning host call adds. Constant, so normal builds compile the checks away.
+/// data-returning host call adds. With `floor-hold` (which implies both) the module also does
+/// the least any body-verifying filter must: it holds the request at its headers, lets Envoy
+/// buffer the body, reads the whole body once at its end, and lets the request go on (the
+/// reference for the accepted, replay and invalid rows). Constant, so normal builds compile
+/// the checks away.
 const FLOOR: bool = cfg!(feature = "floor-probe");
+const FLOOR_HOLD: bool = cfg!(feature = "floor-hold");
 
 #[no_mangle]
 pub extern "C" fn proxy_abi_version_0_2_1() {}
@@ -455,7 +460,11 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, eos
         if cfg!(feature = "floor-headers") {
             let _ = header_map(REQUEST_HEADERS);
         }
-        return CONTINUE;
+        return if FLOOR_HOLD && eos == 0 {
+            PAUSE
+        } else {
+            CONTINUE
+        };
     }
     crate::dispatch::request_headers(context_id, eos != 0)
 }
@@ -464,6 +473,12 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, eos
 pub extern "C" fn proxy_on_request_body(context_id: u32, size: usize, eos: u32) -> u32 {
     enter("request_body");
     if FLOOR {
+        if FLOOR_HOLD {
+            if eos == 0 {
+                return PAUSE;
+            }
+            let _ = buffer(REQUEST_BODY, 0, size);
+        }
         return CONTINUE;
     }
     crate::dispatch::request_body(context_id, size, eos != 0)

@@ -167,6 +167,11 @@ const ABI_VERSION: &[u8] = b"v0.2.0\0";
 /// floor). Its per-stream pointer is a dangling sentinel that no hook dereferences (each one
 /// returns before `filter_ref`). Constant, so normal builds compile the checks away.
 const FLOOR: bool = cfg!(feature = "floor-probe");
+/// With `floor-hold` (implies `floor-probe`): the least any body-verifying filter must do. It
+/// reads the request headers, holds the request until Envoy has buffered the body, reads the
+/// body once and lets the request go on. These hooks use only the stream pointer Envoy passes,
+/// never the sentinel.
+const FLOOR_HOLD: bool = cfg!(feature = "floor-hold");
 
 /// The shape of Envoy's `http_filter_config_define_{counter,gauge,histogram}`.
 type DefineMetric = unsafe extern "C" fn(
@@ -1032,6 +1037,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     end_of_stream: bool,
 ) -> u32 {
     if FLOOR {
+        if FLOOR_HOLD {
+            std::hint::black_box(stream_of(env).request_headers().len());
+            if !end_of_stream {
+                return status::HEADERS_STOP;
+            }
+        }
         return status::HEADERS_CONTINUE;
     }
     let stream = stream_of(env);
@@ -1051,6 +1062,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     end_of_stream: bool,
 ) -> u32 {
     if FLOOR {
+        if FLOOR_HOLD {
+            if !end_of_stream {
+                return status::BODY_STOP_AND_BUFFER;
+            }
+            let body = stream_of(env).request_body();
+            std::hint::black_box(body.iter().map(|c| c.len()).sum::<usize>());
+        }
         return status::BODY_CONTINUE;
     }
     let stream = stream_of(env);
