@@ -921,7 +921,9 @@ def floor_section(res: dict) -> list[str]:
               f"{step('native_noop', 'native_unmatched')} to it.",
               "- Rows a few µs apart are at the limit of what this shared VM resolves: compare them across "
               "runs (the `--only-floor` run of 2026-11-29 23:11 UTC measured wasm +5.2, +7.2 with the headers "
-              "read, +11.3 unmatched; native +1.5 and +2.3)."]
+              "read, +11.3 unmatched; native +1.5 and +2.3; the quietest run with the rows below, 2026-11-30 "
+              "01:47 UTC: wasm hold +8.5, accepted +27.6, replay +19.2, invalid +22.0; native hold +1.0, "
+              "accepted +6.7, replay +4.2, invalid +5.7)."]
     if "wasm_hold" not in f:
         return lines
     cost = res.get("path_cost", {})
@@ -994,9 +996,10 @@ def transitions_section(res: dict) -> list[str]:
         "allocate), the verdict property for the access log, one counter (two for a rejection: the "
         "total and the reason) and the latency histogram. Envoy's log level is read when the "
         "configuration loads and on each tick, not per rejection.",
-        "- Our own code's share: HMAC-SHA256 in V8 runs at a fifth of native speed (the HMAC line "
-        "below), which is what bounds large bodies; shards of about 32 entries (one per 32 entries "
-        "of a policy's share) keep the store's copies small.",
+        "- Our own code's share (*ours alone* in the floor section): in V8 mostly HMAC-SHA256, which "
+        "runs at a fifth to a quarter of native speed even with WebAssembly SIMD (the HMAC line below) "
+        "and is what bounds large bodies; shards of about 32 entries (one per 32 entries of a policy's "
+        "share) keep the store's copies small.",
     ]
     return lines
 

@@ -94,9 +94,11 @@ def test_path_cost_drives_each_path_it_times(tmp_path, store):
     assert cost["requests"] == 300
     for path in ("unmatched", "accepted", "replay", "invalid"):
         assert cost[path] > 0, cost
-    # A policy the bench's deliveries do not verify under: the timed paths cannot be taken.
+    # GitHub signs the body alone, and every timed delivery has the same body: the second
+    # "accepted" one is a replay of the first (dedup on signed bytes), so the run must stop.
     cfg.write_text(json.dumps({"policies": [{
         "name": "bench", "match": {"path_prefix": "/webhook"}, "provider": "github",
         "secrets": [{"inline": "x"}]}]}))
     bad = cli("path-cost", "--config", str(cfg), "--requests", "10", "--rounds", "1", *store, check=False)
     assert bad.returncode != 0
+    assert "expected forwarded, got a 409 reply" in bad.stderr
