@@ -766,6 +766,8 @@ def core_path_cost() -> dict:
                 res = subprocess.run([*argv, "--config", f.name, "--rounds", "10"], capture_output=True, text=True,
                                      timeout=300)
                 if res.returncode != 0:
+                    # A path that was not taken (or a crash) leaves the row empty: say why.
+                    print(f"   path-cost ({name}) failed: {res.stderr.strip()}", flush=True)
                     continue
                 for path, us in json.loads(res.stdout).items():
                     if path in ("unmatched", "accepted", "replay", "invalid"):

@@ -56,7 +56,7 @@ enum Command {
         seconds: f64,
     },
     /// Measure the core's own CPU time per request (µs) on the unmatched, accepted, replay and
-    /// invalid paths of a config's first policy, against the in-memory host: our code's share
+    /// invalid paths of a config's first policy, against a near-free host: our code's share
     /// of a request's cost, without the proxy (run under Node's WASI for the wasm build's).
     #[command(hide = true)]
     PathCost {

@@ -1,17 +1,16 @@
 //! `path-cost`: the core's own CPU time per request on each of the bench's paths, driven as
-//! the glue drives it (headers, body, response status, end) against the in-memory host.
+//! the glue drives it (headers, body, response status, end) against a host whose bookkeeping
+//! costs next to nothing (`BenchHost`).
 //! Built for wasm32-wasip1 and run by Node it is our code's share of the wasm build's cost
 //! in V8, with no proxy around it; natively, the native build's. The bench puts it beside
 //! Envoy's floor and the host-call counts so that every microsecond has an owner.
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
 use webhook_guard_core::compile::{compile_with, Build, Options};
-
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-
 use webhook_guard_core::host::{Host, Level, SetError};
 use webhook_guard_core::sign::{sign, SignInput};
 use webhook_guard_core::stream::{BodyStep, Step, Stream};
