@@ -45,10 +45,9 @@ proptest! {
         let mut body = c.body.clone();
         prop_assume!(!body.is_empty());
         mutate(&mut body, at, xor);
-        // Twilio signs the decoded form parameters, not the bytes: "%2B" and "%2b" (found by
-        // the million-case run) carry the same parameter, so the same signed content.
-        prop_assume!(!(c.form_body()
-            && webhook_guard_core::form::sorted_params(&body) == webhook_guard_core::form::sorted_params(&c.body)));
+        // Twilio and Plivo sign the decoded form parameters, not the bytes: "%2B" and "%2b"
+        // (found by the million-case run) carry the same parameter, so the same signed content.
+        prop_assume!(!c.same_form_params(&body));
         prop_assert_ne!(run(c, &c.headers, &body), "accepted");
     }
 
@@ -66,9 +65,9 @@ proptest! {
             && c.signature_header != "svix-signature" && c.signature_header != "x-sig"
             // A bearer JWT (Vonage): only the case of the word `Bearer` may change.
             && (c.signature_header != "authorization" || at % before.len() < 6);
-        // Base64 padding is optional, and a trailing list separator is ignored: "...=" and
-        // "... " carry the same MAC.
-        let unpadded = |v: &[u8]| v.iter().rposition(|b| *b != b'=' && *b != b' ').map(|i| v[..=i].to_vec());
+        // Base64 padding is optional, and a trailing list separator or blank is ignored:
+        // "...=", "... ", "...\r" and (Plivo V3's comma-separated list) "...," carry the same MAC.
+        let unpadded = |v: &[u8]| v.iter().rposition(|b| *b != b'=' && *b != b',' && !b.is_ascii_whitespace()).map(|i| v[..=i].to_vec());
         let same_mac = same_mac || unpadded(&before) == unpadded(&h.1);
         prop_assume!(!same_mac);
         prop_assert_ne!(run(c, &headers, &c.body), "accepted", "{} {:?}", c.signature_header, String::from_utf8_lossy(&h_after(&headers, &c.signature_header)));
@@ -365,14 +364,19 @@ mod requests {
 
         #[test]
         fn truncated_or_extended_bodies_are_rejected(which in any::<prop::sample::Index>(), cut in any::<prop::sample::Index>(), tail in prop::collection::vec(any::<u8>(), 1..16)) {
-            let cs: Vec<&Case> = cases().iter().filter(|c| !c.form_body()).collect();
-            let c = which.get(&cs);
+            let c = which.get(cases());
             prop_assume!(!c.body.is_empty());
+            // A form whose parameters are signed may lose or gain an empty one ("a=1&"): the
+            // same signed content.
             let n = cut.index(c.body.len());
-            prop_assert_ne!(run(c, &c.headers, &c.body[..n]), "accepted");
+            if !c.same_form_params(&c.body[..n]) {
+                prop_assert_ne!(run(c, &c.headers, &c.body[..n]), "accepted");
+            }
             let mut longer = c.body.clone();
             longer.extend_from_slice(&tail);
-            prop_assert_ne!(run(c, &c.headers, &longer), "accepted");
+            if !c.same_form_params(&longer) {
+                prop_assert_ne!(run(c, &c.headers, &longer), "accepted");
+            }
         }
 
         #[test]

@@ -221,9 +221,19 @@ impl Case {
         self.scheme().template.contains(&Part::Path)
     }
 
-    /// A form body whose parameters are signed as a sorted set (reordering keeps them).
-    pub fn form_body(&self) -> bool {
-        self.scheme().template.contains(&Part::FormParams)
+    /// Whether `other` carries the same signed content as the case's body because the scheme
+    /// signs a form body's decoded parameters, not its bytes (Twilio, Plivo V3): "%2B" and
+    /// "%2b", reordered parameters, or an empty one added by a trailing "&" sign the same.
+    pub fn same_form_params(&self, other: &[u8]) -> bool {
+        let template = &self.scheme().template;
+        if template.contains(&Part::PlivoUrl) {
+            let params = webhook_guard_core::form::plivo_params(other);
+            params.is_some() && params == webhook_guard_core::form::plivo_params(&self.body)
+        } else {
+            template.contains(&Part::FormParams)
+                && webhook_guard_core::form::sorted_params(other)
+                    == webhook_guard_core::form::sorted_params(&self.body)
+        }
     }
 }
 
