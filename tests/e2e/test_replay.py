@@ -172,3 +172,35 @@ def test_acknowledge_mode_answers_duplicates_with_200(stack_factory):
     assert resp.status_code == 200
     assert resp.json() == {"status": "duplicate", "policy": "gh"}
     assert len(backend_saw(stack, body)) == 1
+
+
+def test_routes_sharing_a_secret_admit_a_captured_delivery_once_when_they_share_a_scope(stack_factory):
+    """GitHub does not sign the URL: a delivery captured on one route verifies on every route
+    with the same secret. Apart, each route admits it once (and the config warns); in one
+    dedup.scope, the backend gets it once whichever route it is sent to."""
+    a = {"name": "gh-a", "match": {"path_prefix": "/webhooks/github-a"}, "provider": "github",
+         "secrets": [{"env": "GITHUB_WEBHOOK_SECRET"}]}
+    b = {**a, "name": "gh-b", "match": {"path_prefix": "/webhooks/github-b"}}
+    _, sign, _, _ = PRESETS["github"]
+
+    apart = stack_factory({"policies": [a, b]})
+    body = body_for("evt_cross_route")
+    assert apart.post("/webhooks/github-a", body, sign("gh-secret", body, 0, "d")).status_code == 200
+    assert apart.post("/webhooks/github-b", body, sign("gh-secret", body, 0, "d")).status_code == 200
+    assert len(backend_saw(apart, body)) == 2
+    assert "policies[1] ('gh-b') and policies[0] ('gh-a') share a secret (env GITHUB_WEBHOOK_SECRET)" in apart.envoy.log()
+    assert "gh-secret" not in apart.envoy.log()
+
+    scoped = stack_factory({"policies": [a, {**b, "dedup": {"scope": "gh-a"}}]})
+    assert "share a secret" not in scoped.envoy.log()
+    for first, then in [("a", "b"), ("b", "a")]:
+        body = body_for(f"evt_scoped_{first}")
+        assert scoped.post(f"/webhooks/github-{first}", body, sign("gh-secret", body, 0, "d")).status_code == 200
+        resp = scoped.post(f"/webhooks/github-{then}", body, sign("gh-secret", body, 0, "d"))
+        assert resp.status_code == 409
+        assert resp.json() == {"error": "replayed", "policy": f"gh-{then}"}
+        assert len(backend_saw(scoped, body)) == 1
+    stats = scoped.envoy.stats()
+    assert stats["webhook_guard.policy.gh-a.accepted"] == 1
+    assert stats["webhook_guard.policy.gh-b.reason.replayed"] == 1
+    assert stats["webhook_guard.policy.gh-a.reason.replayed"] == 1

@@ -1,7 +1,7 @@
 //! Raw config -> `Guard`: every check that can be made at load time is made here, and each
 //! error names the offending field so Envoy's log says exactly what to fix.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::config::{
@@ -169,7 +169,8 @@ fn check_store(raw: &RawStore) -> Result<(), ConfigError> {
 
 /// Each policy with replay protection gets its own share of the store: its `dedup.capacity`,
 /// or an equal split of what the explicit shares leave; shards in proportion to the share.
-/// Fills in each `DedupPolicy::capacity`.
+/// Policies in one `dedup.scope` pool theirs into one share, so a claim under any of them
+/// finds the others' deliveries. Fills in each `DedupPolicy::capacity`.
 fn compile_shares(
     raw: &RawStore,
     prefix: &str,
@@ -204,34 +205,38 @@ fn compile_shares(
             "leaves no room for the policies without a dedup.capacity",
         ));
     }
-    let mut shares = Vec::with_capacity(policies.len());
-    for p in policies.iter_mut() {
-        let Some(d) = p.dedup.as_mut() else {
-            shares.push(None);
-            continue;
-        };
+    let mut scopes: BTreeMap<String, u64> = BTreeMap::new();
+    for d in policies.iter_mut().filter_map(|p| p.dedup.as_mut()) {
         if d.capacity == 0 {
             d.capacity = each;
         }
+        let pooled = scopes.entry(d.scope.clone()).or_default();
+        *pooled = pooled.saturating_add(d.capacity);
+    }
+    let mut shares = Vec::with_capacity(policies.len());
+    for d in policies.iter().map(|p| p.dedup.as_ref()) {
+        let Some(d) = d else {
+            shares.push(None);
+            continue;
+        };
+        let capacity = scopes.get(&d.scope).copied().unwrap_or(d.capacity);
         let shards = match raw.shards {
             // Shards in proportion to the share (at least one), rounded to nearest.
             Some(total) => total
-                .saturating_mul(d.capacity)
+                .saturating_mul(capacity)
                 .saturating_add(raw.capacity / 2)
                 .checked_div(raw.capacity)
                 .unwrap_or(1)
                 .clamp(1, total),
             // Small shards: the wasm build copies a whole shard per store read and write.
-            None => d
-                .capacity
+            None => capacity
                 .div_ceil(ENTRIES_PER_SHARD)
                 .clamp(1, MAX_AUTO_SHARDS),
         };
         shares.push(Some(Share {
-            name: p.name.clone(),
+            name: d.scope.clone(),
             shards: usize::try_from(shards).map_err(|_| err("store.shards", "too large"))?,
-            capacity: usize::try_from(d.capacity)
-                .map_err(|_| err("store.capacity", "too large"))?,
+            capacity: usize::try_from(capacity).map_err(|_| err("store.capacity", "too large"))?,
         }));
     }
     Ok(Store::with_shares(prefix, &shares))
@@ -239,6 +244,7 @@ fn compile_shares(
 
 fn compile_dedup(
     at: &str,
+    name: &str,
     raw: &RawDedup,
     provider: Provider,
     scheme: &Scheme,
@@ -351,6 +357,13 @@ fn compile_dedup(
             format!("must be between 1 and {MAX_CAPACITY}"),
         ));
     }
+    let scope = raw.scope.clone().unwrap_or_else(|| name.to_string());
+    if !is_policy_name(&scope) {
+        return Err(err(
+            format!("{at}.scope"),
+            format!("'{scope}' must be 1-64 characters of a-z, 0-9, '_' or '-'"),
+        ));
+    }
     Ok(Some(DedupPolicy {
         source,
         retention,
@@ -359,6 +372,7 @@ fn compile_dedup(
         commit_statuses: raw.commit_statuses.clone(),
         release_unknown: raw.on_unknown_outcome == OnUnknownOutcome::Release,
         capacity: raw.capacity.unwrap_or(0),
+        scope,
         remote: None,
     }))
 }
@@ -436,7 +450,7 @@ pub fn compile_raw(raw: RawConfig, env: EnvLookup, options: Options) -> Result<G
     }
     let mut names = BTreeSet::new();
     let mut policies = Vec::with_capacity(raw.policies.len());
-    let mut warnings = Vec::new();
+    let mut warnings = shared_secret_warnings(&raw.policies);
     let mut counters = stats::global_counters();
     for (i, p) in raw.policies.into_iter().enumerate() {
         let at = format!("policies[{i}]");
@@ -469,6 +483,7 @@ pub fn compile_raw(raw: RawConfig, env: EnvLookup, options: Options) -> Result<G
         }
         policies.push(policy);
     }
+    check_scopes(&policies)?;
     let mut store = compile_shares(&raw.store, &prefix, &mut policies)?;
     if options.build == Build::Native {
         store = store.in_memory();
@@ -482,6 +497,64 @@ pub fn compile_raw(raw: RawConfig, env: EnvLookup, options: Options) -> Result<G
         raw.store.sweep_interval_seconds.saturating_mul(1000),
         (sds, sds_config),
     ))
+}
+
+/// Two replay-protected policies that share a secret but not a `dedup.scope`: a sender that
+/// does not sign the URL makes a delivery captured on one route verify on the other, where it
+/// is new. Named by policy and secret source, never by value.
+fn shared_secret_warnings(policies: &[RawPolicy]) -> Vec<(Level, String)> {
+    let scope = |p: &RawPolicy| p.dedup.scope.clone().unwrap_or_else(|| p.name.clone());
+    let mut warnings = Vec::new();
+    for (i, p) in policies.iter().enumerate().filter(|(_, p)| p.dedup.enabled) {
+        let earlier = policies.iter().take(i).enumerate();
+        for (j, q) in earlier.filter(|(_, q)| q.dedup.enabled && scope(q) != scope(p)) {
+            let Some(shared) = p.secrets.iter().find(|s| q.secrets.contains(s)) else {
+                continue;
+            };
+            let source = match shared {
+                RawSecret::Env(name) => format!("env {name}"),
+                RawSecret::Sds(name) => format!("sds {name}"),
+                RawSecret::Inline(_) => "an inline secret".to_string(),
+            };
+            warnings.push((
+                Level::Warn,
+                format!(
+                    "policies[{i}] ('{}') and policies[{j}] ('{}') share a secret ({source}) but not a dedup.scope: a delivery admitted on one route can be admitted once more on the other; give each route its own secret, or the same dedup.scope",
+                    p.name, q.name
+                ),
+            ));
+        }
+    }
+    warnings
+}
+
+/// Policies in one `dedup.scope` must claim in one store: the local one, or the same etcd
+/// cluster and prefix.
+fn check_scopes(policies: &[Policy]) -> Result<(), ConfigError> {
+    for (i, d) in policies.iter().enumerate() {
+        let Some(d) = &d.dedup else { continue };
+        let first = policies
+            .iter()
+            .take(i)
+            .filter_map(|q| q.dedup.as_ref())
+            .find(|q| q.scope == d.scope);
+        let Some(first) = first else { continue };
+        let same = match (&first.remote, &d.remote) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.cluster == b.cluster && a.prefix() == b.prefix(),
+            _ => false,
+        };
+        if !same {
+            return Err(err(
+                format!("policies[{i}].dedup.scope"),
+                format!(
+                    "'{}' joins policies whose replay stores differ: the policies of one scope must use the same store",
+                    d.scope
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 const NATIVE_ONLY: &str =
@@ -689,6 +762,7 @@ fn compile_policy(at: &str, p: RawPolicy, cx: &mut Context) -> Result<Policy, Co
 
     let mut dedup = compile_dedup(
         at,
+        &p.name,
         &p.dedup,
         p.provider,
         &scheme,

@@ -242,6 +242,11 @@ pub struct RawDedup {
     /// equal split of what the other policies leave.
     #[serde(default)]
     pub capacity: Option<u64>,
+    /// Policies naming one scope share their deliveries: one admitted under any of them is a
+    /// replay to all (for routes that share a secret, so that a delivery captured on one route
+    /// cannot be admitted again on another). Default: the policy's own name.
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -266,6 +271,7 @@ impl Default for RawDedup {
             commit_statuses: Vec::new(),
             on_unknown_outcome: OnUnknownOutcome::Keep,
             capacity: None,
+            scope: None,
         }
     }
 }
@@ -411,7 +417,7 @@ impl Provider {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum RawSecret {
     /// Name of an environment variable passed to the VM (`host_env_keys`).

@@ -726,6 +726,122 @@ fn one_policy_filling_its_share_never_starves_another() {
     assert_eq!(e.path, "store.capacity");
 }
 
+#[test]
+fn policies_of_one_dedup_scope_admit_a_delivery_once_whichever_route_it_comes_to() {
+    let doc = |scope: Option<&str>| {
+        let mut b = json!({"name": "b", "match": {"path_prefix": "/b"}, "provider": "github",
+                           "secrets": [{"env": "GH"}, {"inline": "old"}]});
+        if let Some(s) = scope {
+            b["dedup"] = json!({"scope": s});
+        }
+        json!({"store": {"capacity": 100}, "policies": [
+            {"name": "a", "match": {"path_prefix": "/a"}, "provider": "github",
+             "secrets": [{"env": "GH"}], "dedup": {"capacity": 30}},
+            b,
+            {"name": "c", "match": {"path_prefix": "/c"}, "provider": "github", "secrets": [{"inline": "other"}]},
+        ]})
+    };
+    let env = |name: &str| (name == "GH").then(|| "s".to_string());
+    for native_build in [false, true] {
+        let build = |scope: Option<&str>| {
+            webhook_guard_core::compile_with(
+                doc(scope).to_string().as_bytes(),
+                &env,
+                webhook_guard_core::Options {
+                    plugin_name: "scope-test",
+                    build: if native_build {
+                        webhook_guard_core::Build::Native
+                    } else {
+                        webhook_guard_core::Build::Wasm
+                    },
+                },
+            )
+            .unwrap()
+        };
+        let post = |g: &Guard, host: &MemHost, policy: usize, path: &str, body: &[u8]| {
+            let hs = headers(&[("x-hub-signature-256", &gh_sig("s", body))]);
+            let pending = g.begin(host, policy, info(path), &hs)?;
+            g.finish(host, &pending, body)
+        };
+        // Separate scopes (the default): the delivery captured on /a is new to /b, and the
+        // configuration says so, naming the source but never the value.
+        let g = build(None);
+        let warning = g
+            .notices()
+            .iter()
+            .find(|(_, m)| m.contains("share a secret"))
+            .map(|(_, m)| m.clone())
+            .unwrap();
+        assert!(
+            warning.contains("policies[1] ('b') and policies[0] ('a')")
+                && warning.contains("env GH"),
+            "{warning}"
+        );
+        assert!(!g.notices().iter().any(|(_, m)| m.contains("'c'")));
+        let host = MemHost::new(g.counter_names(), NOW * 1000);
+        g.init_store(&host);
+        let first = post(&g, &host, 0, "/a", b"evt-1").unwrap();
+        g.settle(
+            &host,
+            first.claim.unwrap(),
+            webhook_guard_core::Upstream::Answered(200),
+        );
+        assert!(post(&g, &host, 1, "/b", b"evt-1").is_ok());
+
+        // (The native store outlives a guard, as Envoy shared data does: fresh deliveries.)
+        // One scope: a replay on /b of what /a admitted, and a twin in flight on /a of what
+        // /b holds; the pooled share is the sum of both; other policies keep theirs.
+        let g = build(Some("a"));
+        assert!(!g
+            .notices()
+            .iter()
+            .any(|(_, m)| m.contains("share a secret")));
+        let host = MemHost::new(g.counter_names(), NOW * 1000);
+        g.init_store(&host);
+        let first = post(&g, &host, 0, "/a", b"evt-3").unwrap();
+        g.settle(
+            &host,
+            first.claim.unwrap(),
+            webhook_guard_core::Upstream::Answered(200),
+        );
+        let r = post(&g, &host, 1, "/b", b"evt-3").unwrap_err();
+        assert_eq!((r.status, r.reason), (409, Reason::Replayed));
+        assert!(post(&g, &host, 1, "/b", b"evt-4").is_ok());
+        let r = post(&g, &host, 0, "/a", b"evt-4").unwrap_err();
+        assert_eq!(r.reason, Reason::InFlight);
+        assert_eq!(g.store().bound(0), g.store().bound(1));
+        assert!(
+            g.store().bound(0).unwrap() >= 65,
+            "{:?}",
+            g.store().bound(0)
+        );
+        assert!(
+            post(&g, &host, 2, "/c", b"evt-3").is_err(),
+            "c has its own secret"
+        );
+        let c_body = b"evt-3";
+        let hs = headers(&[("x-hub-signature-256", &gh_sig("other", c_body))]);
+        let pending = g.begin(&host, 2, info("/c"), &hs).unwrap();
+        assert!(
+            g.finish(&host, &pending, c_body).is_ok(),
+            "c's store is its own"
+        );
+    }
+
+    // A scope's policies claim in one store.
+    let mut mixed = doc(Some("a"));
+    mixed["policies"][1]["store"] = json!({"type": "etcd", "cluster": "etcd"});
+    let e = compile(mixed.to_string().as_bytes(), &|n| {
+        (n == "GH").then(|| "s".to_string())
+    })
+    .unwrap_err();
+    assert_eq!(e.path, "policies[1].dedup.scope");
+    let mut bad = doc(Some("Not A Name"));
+    bad["policies"][0]["dedup"] = json!({});
+    let e = compile(bad.to_string().as_bytes(), &|_| None).unwrap_err();
+    assert_eq!(e.path, "policies[1].dedup.scope");
+}
+
 fn native(doc: Value) -> Result<Guard, webhook_guard_core::ConfigError> {
     webhook_guard_core::compile_with(
         doc.to_string().as_bytes(),

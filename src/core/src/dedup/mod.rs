@@ -161,22 +161,29 @@ impl Store {
     }
 
     /// A store whose `shares[i]` belongs to policy `i` (`None`: no replay protection).
+    /// Policies whose shares have one name (a `dedup.scope`) share its shards.
     pub fn with_shares(prefix: &str, shares: &[Option<Share>]) -> Store {
         let mut shard_keys = Vec::new();
+        let mut laid_out: Vec<(&str, Partition)> = Vec::new();
         let partitions = shares
             .iter()
             .map(|share| {
                 let share = share.as_ref()?;
+                if let Some((_, p)) = laid_out.iter().find(|(name, _)| *name == share.name) {
+                    return Some(p.clone());
+                }
                 let shards = share.shards.max(1);
                 let first = shard_keys.len();
                 let base = format!("{prefix}/v3/{}", share.name);
                 shard_keys.extend((0..shards).map(|i| layout::shard_key(&base, shards, i)));
-                Some(Partition {
+                let partition = Partition {
                     first,
                     shards,
                     per_shard_capacity: per_shard_capacity(share.capacity, shards),
                     base,
-                })
+                };
+                laid_out.push((&share.name, partition.clone()));
+                Some(partition)
             })
             .collect();
         Store {

@@ -686,7 +686,7 @@ impl Guard {
     ) -> Result<Claimed, Rejection> {
         let (kind, material) =
             dedup::key::material(&dedup.source, mac, &ex.signed_headers, &ex.token, body);
-        let hash = dedup::key::hash(&policy.name, kind, &material);
+        let hash = dedup::key::hash(&dedup.scope, kind, &material);
         let done_expiry_ms = match dedup.retention {
             Retention::Fixed(ms) => now.saturating_add(ms),
             Retention::AfterWindow(margin) => ts_ms

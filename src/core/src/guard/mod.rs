@@ -56,8 +56,11 @@ pub struct DedupPolicy {
     pub commit_statuses: Vec<u16>,
     /// `on_unknown_outcome: release`: a forwarded delivery that got no answer is released.
     pub release_unknown: bool,
-    /// This policy's share of the local store, in entries.
+    /// This policy's share of the local store, in entries (its scope's share is the sum).
     pub capacity: u64,
+    /// Names the deliveries' keys and the store share they live in: the policy's name, or the
+    /// `dedup.scope` it shares with other policies.
+    pub scope: String,
     /// Claims live in etcd (shared by replicas); this proxy's store only caches `done` keys.
     pub remote: Option<EtcdStore>,
 }
