@@ -556,3 +556,53 @@ def test_a_callback_signed_under_two_listed_secrets_is_one_delivery_whichever_si
            statuses=statuses, arrivals=arrivals)
     assert arrivals == 1, statuses
     assert statuses == [409, 409, 409]
+
+
+# --- signed text and paths that read two ways ---------------------------------------------
+
+def standard_sign(secret: str, msg_id: str, ts: int, body: bytes) -> str:
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    return "v1," + base64.b64encode(hmac.new(key, f"{msg_id}.{ts}.".encode() + body, hashlib.sha256).digest()).decode()
+
+
+@pytest.mark.parametrize("age", [0, 3600])
+def test_a_standard_webhooks_delivery_re_cut_into_a_new_id_and_timestamp_reaches_nothing(demo, secrets, age):
+    """`{id}.{ts}.{body}`: a body holding `.<now>.` lets a captured delivery (even an hour-stale
+    one) be cut again there: a new webhook-id (the dedup key), a fresh timestamp, the same
+    signature. Such an id is refused; the genuine delivery still gets through once."""
+    now = int(time.time())
+    ts = now - age
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    body = ('{"type":"user.updated","data":{"name":"eve.%d.%s"}}' % (now, uuid.uuid4().hex)).encode()
+    headers = {"webhook-id": msg_id, "webhook-timestamp": str(ts), "Content-Type": "application/json",
+               "webhook-signature": standard_sign(secrets["STANDARD_WEBHOOK_SECRET"], msg_id, ts, body)}
+    first = demo.post("/webhooks/standard", body, headers)
+    assert first.status_code == (200 if age == 0 else 401)
+    marker = f".{now}.".encode()
+    at = body.index(marker)
+    recut_id = (f"{msg_id}.{ts}.".encode() + body[:at]).decode()
+    recut_body = body[at + len(marker):]
+    resp = demo.post("/webhooks/standard", recut_body, {**headers, "webhook-id": recut_id, "webhook-timestamp": str(now)})
+    report(f"standard-webhooks re-cut, original {age}s old", status=resp.status_code, reached=reached(demo, recut_body))
+    assert (resp.status_code, resp.json()["error"]) == (400, "malformed_signature")
+    assert reached(demo, recut_body) == 0
+    assert reached(demo, body) == (1 if age == 0 else 0)
+
+
+def test_a_path_that_envoy_routes_to_one_policy_and_a_backend_to_another_is_refused(demo, secrets):
+    """Envoy decodes `%2e%2e;` to `..;` but does not resolve it, so it routes
+    `/webhooks/custom/%2e%2e;/standard` under /webhooks/custom, while a servlet container would
+    serve /webhooks/standard. A delivery signed for `standard` must not pass on that path."""
+    now = int(time.time())
+    for path in ["/webhooks/custom/%2e%2e;/standard", "/webhooks/envelope/%2e%2e;/standard"]:
+        msg_id = f"msg_{uuid.uuid4().hex}"
+        body = json.dumps({"type": "x", "id": uuid.uuid4().hex}).encode()
+        headers = {"webhook-id": msg_id, "webhook-timestamp": str(now), "Content-Type": "application/json",
+                   "webhook-signature": standard_sign(secrets["STANDARD_WEBHOOK_SECRET"], msg_id, now, body)}
+        status = raw_send(demo.envoy.port, http1_request("POST", path, headers, body))
+        report(f"standard-signed POST {path}", status=status, reached=reached(demo, body))
+        assert status == 403, path
+        assert reached(demo, body) == 0, path
+        # The same delivery on its own path is new and genuine.
+        assert demo.post("/webhooks/standard", body, headers).status_code == 200
+        assert reached(demo, body) == 1

@@ -7,11 +7,11 @@ use std::fmt;
 use crate::config::{
     DecryptCipher, DefaultAction, KeyEncoding, OnDuplicate, OnStoreError, OnUnknownOutcome,
     Provider, RawConfig, RawCustom, RawDecrypt, RawDedup, RawDedupKey, RawPolicy, RawPolicyStore,
-    RawSecret, RawStore, DEFAULT_CIPHERTEXT_FIELD, DEFAULT_ETCD_PREFIX, DEFAULT_NONCE_FIELD,
-    DEFAULT_UNTIMED_RETENTION_SECONDS,
+    RawSecret, RawStore, TimestampUnit, DEFAULT_CIPHERTEXT_FIELD, DEFAULT_ETCD_PREFIX,
+    DEFAULT_NONCE_FIELD, DEFAULT_UNTIMED_RETENTION_SECONDS,
 };
 use crate::decrypt::{Cipher, NonceSource};
-use crate::dedup::key::KeySource;
+use crate::dedup::key::{IdBytes, KeySource};
 use crate::dedup::{Share, Store};
 use crate::etcd::EtcdStore;
 use crate::guard::{Challenge, Decrypt, DedupPolicy, Guard, Policy, Retention, SecretSlot};
@@ -294,13 +294,52 @@ fn compile_dedup(
                         format!("header '{name}' is not covered by the signature, so it cannot be a dedup key"),
                     )
                 })?;
-            KeySource::SignedHeader { name: lower, index }
+            let decimal_ts = scheme
+                .timestamp
+                .as_ref()
+                .is_none_or(|t| t.unit != TimestampUnit::Rfc3339);
+            let separators = scheme
+                .template
+                .iter()
+                .position(|p| *p == Part::Header(lower.clone()))
+                .and_then(|pos| delimited_header(&scheme.template, pos, decimal_ts))
+                .ok_or_else(|| {
+                    err(
+                        format!("{at}.key.name"),
+                        format!("header '{name}' is not delimited in the signed template (a literal separator on each side, and only literals or a decimal timestamp between it and one end): a captured delivery could be re-cut into a new value under the same signature"),
+                    )
+                })?;
+            KeySource::SignedHeader {
+                name: lower,
+                index,
+                bytes: IdBytes::Except(separators),
+            }
         }
         Some(RawDedupKey::JsonPointer { pointer }) => {
             if !pointer.starts_with('/') {
                 return Err(err(
                     format!("{at}.key.pointer"),
                     "a JSON pointer starts with '/', e.g. \"/id\"",
+                ));
+            }
+            // A key from the body needs a signature over the whole body: Mailgun signs only
+            // its timestamp and token, Adyen only an item's fields, Twilio the form
+            // parameters, Vonage a JWT. Elsewhere the key would be whatever the sender of a
+            // copy writes there.
+            let body_signed = scheme.template.contains(&Part::Body)
+                && !scheme.sources.iter().any(|s| {
+                    matches!(
+                        s.format,
+                        SigFormat::AdyenItems | SigFormat::BodyFields | SigFormat::Token
+                    )
+                });
+            if !body_signed {
+                return Err(err(
+                    format!("{at}.key"),
+                    format!(
+                        "'{}' does not sign the whole body, so a value in it cannot be a dedup key",
+                        provider.name()
+                    ),
                 ));
             }
             KeySource::JsonPointer(pointer.clone())
@@ -375,6 +414,45 @@ fn compile_dedup(
         scope,
         remote: None,
     }))
+}
+
+/// For a template header that is the dedup key: the bytes its value may not hold so that the
+/// signed text splits around it one way only, or `None` when no value can be delimited. A
+/// literal (or the template's end) must bound it on each side, and everything between it and
+/// one end must be fixed: literals, or a decimal timestamp next to a literal that does not
+/// start (or end, right of the id) with a digit.
+fn delimited_header(template: &[Part], pos: usize, decimal_ts: bool) -> Option<Vec<u8>> {
+    let literal_at = |i: Option<usize>| match i.map(|i| template.get(i)) {
+        None | Some(None) => Some(&[][..]),
+        Some(Some(Part::Literal(l))) => Some(l.as_slice()),
+        Some(Some(_)) => None,
+    };
+    let before = literal_at(pos.checked_sub(1))?;
+    let after = literal_at(Some(pos.saturating_add(1)))?;
+    let digit_free_edge = |i: Option<usize>, first: bool| match i.and_then(|i| template.get(i)) {
+        Some(Part::Literal(l)) => {
+            let edge = if first { l.first() } else { l.last() };
+            edge.is_some_and(|b| !b.is_ascii_digit())
+        }
+        _ => false,
+    };
+    let fixed_left = (0..pos).all(|i| match template.get(i) {
+        Some(Part::Literal(_)) => true,
+        Some(Part::Timestamp) => decimal_ts && digit_free_edge(i.checked_add(1), true),
+        _ => false,
+    });
+    let fixed_right = (pos.saturating_add(1)..template.len()).all(|i| match template.get(i) {
+        Some(Part::Literal(_)) => true,
+        Some(Part::Timestamp) => decimal_ts && digit_free_edge(i.checked_sub(1), false),
+        _ => false,
+    });
+    if !(fixed_left || fixed_right) {
+        return None;
+    }
+    let mut separators: Vec<u8> = before.iter().chain(after).copied().collect();
+    separators.sort_unstable();
+    separators.dedup();
+    Some(separators)
 }
 
 const MAX_ETCD_TIMEOUT_MS: u64 = 60_000;

@@ -64,6 +64,12 @@ impl Matcher {
     }
 
     pub fn matches(&self, req: &RouteInfo) -> bool {
+        self.matches_spelled(req, Spelling::Either)
+    }
+
+    /// `matches`, comparing `path_prefix` with the path as Envoy routes it (`Raw`), as a
+    /// lenient backend resolves it (`Canonical`), or either.
+    pub fn matches_spelled(&self, req: &RouteInfo, spelling: Spelling) -> bool {
         if self.never {
             return false;
         }
@@ -73,7 +79,7 @@ impl Matcher {
             }
         }
         if let Some(prefix) = &self.path_prefix {
-            if !prefix_matches(prefix.as_bytes(), req.path) {
+            if !prefix_matches(prefix.as_bytes(), req.path, spelling) {
                 return false;
             }
         }
@@ -93,16 +99,57 @@ impl Matcher {
     }
 }
 
+/// Which spelling of a request's path a `path_prefix` is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spelling {
+    /// As Envoy routes it.
+    Raw,
+    /// As a lenient backend resolves it (`canonical_path`).
+    Canonical,
+    /// Either: matching more requests only means verifying more.
+    Either,
+}
+
 /// Whether `path` (query included) is under `prefix`, as Envoy sees it or as a backend may
 /// see it after decoding: ASCII case is ignored and the path is also compared in its
-/// canonical form (`canonical_path`). Matching more requests only means verifying more.
-fn prefix_matches(prefix: &[u8], path: &str) -> bool {
+/// canonical form (`canonical_path`).
+fn prefix_matches(prefix: &[u8], path: &str, spelling: Spelling) -> bool {
     let under = |p: &[u8]| {
         p.get(..prefix.len())
             .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
     };
     let raw = path_only(path);
-    under(raw.as_bytes()) || (!is_canonical(raw) && under(&canonical_path(raw)))
+    let canonical = || {
+        if is_canonical(raw) {
+            under(raw.as_bytes())
+        } else {
+            under(&canonical_path(raw))
+        }
+    };
+    match spelling {
+        Spelling::Raw => under(raw.as_bytes()),
+        Spelling::Canonical => canonical(),
+        Spelling::Either => under(raw.as_bytes()) || (!is_canonical(raw) && canonical()),
+    }
+}
+
+/// Whether the path's spellings disagree on the policy: the first policy matching it as Envoy
+/// routes it differs from the first matching it as a backend resolves it (`/a/%2e%2e;/b`:
+/// Envoy routes it under `/a`, a servlet container serves `/b`). Verifying with either
+/// policy would hand the other route a delivery signed for someone else.
+pub fn spellings_disagree<'m>(
+    matchers: impl Iterator<Item = &'m Matcher> + Clone,
+    req: &RouteInfo,
+) -> bool {
+    if is_canonical(path_only(req.path)) {
+        return false;
+    }
+    let first = |spelling| {
+        matchers
+            .clone()
+            .position(|m| m.matches_spelled(req, spelling))
+    };
+    matches!((first(Spelling::Raw), first(Spelling::Canonical)), (Some(r), Some(c)) if r != c)
 }
 
 /// Whether `path` (without query) already is its own canonical form: nothing to decode and no

@@ -4,7 +4,7 @@
 use crate::config::{
     Algorithm, Encoding, KeyEncoding, Provider, TimestampUnit, DEFAULT_TOLERANCE_SECONDS,
 };
-use crate::dedup::key::KeySource;
+use crate::dedup::key::{IdBytes, KeySource};
 use crate::scheme::{DeliveryId, Scheme, SigFormat, SigSource, TimestampSource, TimestampSpec};
 use crate::template::Part;
 
@@ -41,6 +41,7 @@ pub fn dedup_key(provider: Provider) -> Option<KeySource> {
         Some(KeySource::SignedHeader {
             name: name.into(),
             index: 0,
+            bytes: IdBytes::Token,
         })
     };
     match provider {

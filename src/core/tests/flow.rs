@@ -763,9 +763,22 @@ fn policies_of_one_dedup_scope_admit_a_delivery_once_whichever_route_it_comes_to
             let pending = g.begin(host, policy, info(path), &hs)?;
             g.finish(host, &pending, body)
         };
+        // A guard (b in `scope`) whose policy a admitted `body`, answered 200 by the backend.
+        let delivered_on_a = |scope: Option<&str>, body: &[u8]| {
+            let g = build(scope);
+            let host = MemHost::new(g.counter_names(), NOW * 1000);
+            g.init_store(&host);
+            let first = post(&g, &host, 0, "/a", body).unwrap();
+            g.settle(
+                &host,
+                first.claim.unwrap(),
+                webhook_guard_core::Upstream::Answered(200),
+            );
+            (g, host)
+        };
         // Separate scopes (the default): the delivery captured on /a is new to /b, and the
         // configuration says so, naming the source but never the value.
-        let g = build(None);
+        let (g, host) = delivered_on_a(None, b"evt-1");
         let warning = g
             .notices()
             .iter()
@@ -778,32 +791,16 @@ fn policies_of_one_dedup_scope_admit_a_delivery_once_whichever_route_it_comes_to
             "{warning}"
         );
         assert!(!g.notices().iter().any(|(_, m)| m.contains("'c'")));
-        let host = MemHost::new(g.counter_names(), NOW * 1000);
-        g.init_store(&host);
-        let first = post(&g, &host, 0, "/a", b"evt-1").unwrap();
-        g.settle(
-            &host,
-            first.claim.unwrap(),
-            webhook_guard_core::Upstream::Answered(200),
-        );
         assert!(post(&g, &host, 1, "/b", b"evt-1").is_ok());
 
         // (The native store outlives a guard, as Envoy shared data does: fresh deliveries.)
         // One scope: a replay on /b of what /a admitted, and a twin in flight on /a of what
         // /b holds; the pooled share is the sum of both; other policies keep theirs.
-        let g = build(Some("a"));
+        let (g, host) = delivered_on_a(Some("a"), b"evt-3");
         assert!(!g
             .notices()
             .iter()
             .any(|(_, m)| m.contains("share a secret")));
-        let host = MemHost::new(g.counter_names(), NOW * 1000);
-        g.init_store(&host);
-        let first = post(&g, &host, 0, "/a", b"evt-3").unwrap();
-        g.settle(
-            &host,
-            first.claim.unwrap(),
-            webhook_guard_core::Upstream::Answered(200),
-        );
         let r = post(&g, &host, 1, "/b", b"evt-3").unwrap_err();
         assert_eq!((r.status, r.reason), (409, Reason::Replayed));
         assert!(post(&g, &host, 1, "/b", b"evt-4").is_ok());

@@ -11,8 +11,13 @@ pub enum KeySource {
     /// or algorithm verified them.
     Signature,
     /// A header the signed template covers (e.g. Standard Webhooks' `webhook-id`); the index
-    /// is its position among the template's `{header:..}` parts.
-    SignedHeader { name: String, index: usize },
+    /// is its position among the template's `{header:..}` parts. Its value must hold only
+    /// `bytes` (`id_is_delimited`).
+    SignedHeader {
+        name: String,
+        index: usize,
+        bytes: IdBytes,
+    },
     /// A value in the (signed) JSON body, e.g. Stripe's event `/id`; falls back to the
     /// signature when the body has no such value.
     JsonPointer(String),
@@ -22,6 +27,40 @@ pub enum KeySource {
     /// then `/uuid`): signed through the ciphertext, the same whatever IV a retry was sealed
     /// with. Falls back to the signature. The payload is opened before the claim.
     Plaintext(Vec<String>),
+}
+
+/// The bytes a signed id may hold when it is the dedup key, so that the signed text splits into
+/// id, timestamp and body one way only. Otherwise a captured delivery can be re-cut: with
+/// `{id}.{timestamp}.{body}` and a body holding `.1733600000.`, the id, timestamp and start of
+/// the body become a new id, those digits a new timestamp and the rest the body: the same
+/// signed bytes under a new key and a fresh timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdBytes {
+    /// ASCII letters, digits, `-` and `_` (Standard Webhooks' and Svix's `msg_...`, Twitch's
+    /// UUIDs).
+    Token,
+    /// Visible ASCII except these (the separators around the id in a custom template).
+    Except(Vec<u8>),
+}
+
+impl IdBytes {
+    fn allows(&self, b: u8) -> bool {
+        match self {
+            IdBytes::Token => b.is_ascii_alphanumeric() || b == b'-' || b == b'_',
+            IdBytes::Except(separators) => b.is_ascii_graphic() && !separators.contains(&b),
+        }
+    }
+}
+
+/// Whether the delivery's signed id (when it is the key) holds only the bytes that keep the
+/// signed text unambiguous. Other key sources have nothing to check.
+pub fn id_is_delimited(source: &KeySource, signed_headers: &[Vec<u8>]) -> bool {
+    match source {
+        KeySource::SignedHeader { index, bytes, .. } => signed_headers
+            .get(*index)
+            .is_some_and(|v| !v.is_empty() && v.iter().all(|b| bytes.allows(*b))),
+        _ => true,
+    }
 }
 
 impl KeySource {
@@ -130,6 +169,7 @@ mod tests {
         let src = KeySource::SignedHeader {
             name: "webhook-id".into(),
             index: 1,
+            bytes: IdBytes::Token,
         };
         let headers = vec![b"a".to_vec(), b"msg_1".to_vec()];
         assert_eq!(

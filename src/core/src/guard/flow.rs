@@ -108,6 +108,11 @@ impl Guard {
             return self.unmatched(host, req, true);
         }
         if let Some(i) = self.policies.iter().position(|p| p.matcher.matches(req)) {
+            let matchers = self.policies.iter().map(|p| &p.matcher);
+            if crate::policy::spellings_disagree(matchers, req) {
+                // No one policy owns this request: refused whatever `default` says.
+                return self.unmatched(host, req, true);
+            }
             return Route::Verify(i);
         }
         self.unmatched(host, req, self.default_deny)
@@ -319,6 +324,13 @@ impl Guard {
         // Vonage: the JWT verified; the body must be the one it hashes.
         if !verify::payload_hash_matches(ex, body) {
             return Err(fail(Reason::InvalidSignature, Some("payload_hash")));
+        }
+        // A signed id that is the dedup key must split from the signed text one way only, or
+        // a re-cut copy would verify under a new id, so a new key (`IdBytes`).
+        if let Some(dedup) = &policy.dedup {
+            if !dedup::key::id_is_delimited(&dedup.source, &ex.signed_headers) {
+                return Err(fail(Reason::MalformedSignature, Some("id")));
+            }
         }
         let now = host.now_ms();
         let ts_ms = match (&ex.timestamp, &policy.scheme.timestamp) {
