@@ -416,6 +416,19 @@ fn compile_dedup(
     }))
 }
 
+/// Whether a free-form part (header, body, path) precedes `{timestamp}` and another follows
+/// it: then the signed text can be cut again around any decimal time that appears in it,
+/// giving the same signature a new timestamp. (A method is a verified token: not free.)
+fn timestamp_can_move(template: &[Part]) -> bool {
+    let free = |p: &Part| !matches!(p, Part::Literal(_) | Part::Timestamp | Part::Method);
+    template
+        .iter()
+        .position(|p| *p == Part::Timestamp)
+        .is_some_and(|t| {
+            template.iter().take(t).any(free) && template.iter().skip(t.saturating_add(1)).any(free)
+        })
+}
+
 /// For a template header that is the dedup key: the bytes its value may not hold so that the
 /// signed text splits around it one way only, or `None` when no value can be delimited. A
 /// literal (or the template's end) must bound it on each side, and everything between it and
@@ -677,7 +690,16 @@ fn compile_policy(at: &str, p: RawPolicy, cx: &mut Context) -> Result<Policy, Co
         ));
     }
     let scheme = match (p.provider, p.custom) {
-        (Provider::Custom, Some(c)) => custom_scheme(&format!("{at}.custom"), c)?,
+        (Provider::Custom, Some(c)) => {
+            let scheme = custom_scheme(&format!("{at}.custom"), c)?;
+            if timestamp_can_move(&scheme.template) {
+                cx.warnings.push((
+                    Level::Warn,
+                    format!("{at}.custom.signed_template: a header, the body or the path precedes {{timestamp}} and another follows it, so a captured delivery can be cut again around a time found in its own text and verify with a fresh timestamp once its replay entry has expired; put {{timestamp}} before every header and the body, or set dedup.retention_seconds to the longest replay you accept"),
+                ));
+            }
+            scheme
+        }
         (Provider::Custom, None) => {
             return Err(err(
                 format!("{at}.custom"),

@@ -135,8 +135,8 @@ fn prefix_matches(prefix: &[u8], path: &str, spelling: Spelling) -> bool {
 
 /// Whether the path's spellings disagree on the policy: the first policy matching it as Envoy
 /// routes it differs from the first matching it as a backend resolves it (`/a/%2e%2e;/b`:
-/// Envoy routes it under `/a`, a servlet container serves `/b`). Verifying with either
-/// policy would hand the other route a delivery signed for someone else.
+/// Envoy routes it under `/a`, a servlet container serves `/b`, which may have no policy).
+/// Verifying with either policy would hand another route a delivery signed for someone else.
 pub fn spellings_disagree<'m>(
     matchers: impl Iterator<Item = &'m Matcher> + Clone,
     req: &RouteInfo,
@@ -149,7 +149,10 @@ pub fn spellings_disagree<'m>(
             .clone()
             .position(|m| m.matches_spelled(req, spelling))
     };
-    matches!((first(Spelling::Raw), first(Spelling::Canonical)), (Some(r), Some(c)) if r != c)
+    // Only the canonical form under a policy: that policy verifies it, and it is what a
+    // lenient backend serves.
+    let raw = first(Spelling::Raw);
+    raw.is_some() && raw != first(Spelling::Canonical)
 }
 
 /// Whether `path` (without query) already is its own canonical form: nothing to decode and no

@@ -196,6 +196,22 @@ fn a_custom_header_key_must_be_delimited_in_the_template() {
         );
     }
 
+    // A timestamp between free-form parts can be moved to a time found in the text: warned.
+    let notices = |template: &str| {
+        let mut doc = custom(template, "X-Id");
+        doc["policies"][0]["dedup"] = json!({});
+        let g = compile(doc.to_string().as_bytes(), &|_| None).unwrap();
+        g.notices()
+            .iter()
+            .any(|(_, m)| m.contains("cut again around a time"))
+    };
+    assert!(notices("{header:x-event}.{timestamp}.{body}"));
+    assert!(notices("{path}.{timestamp}.{body}"));
+    assert!(!notices("{method}.{timestamp}.{body}"));
+    assert!(!notices("{timestamp}.{header:x-event}.{body}"));
+    assert!(!notices("{body}.{timestamp}"));
+    assert!(!notices("v1:{timestamp}:{body}"));
+
     // `{timestamp}.{x-id}.{body}`: an id holding the separator is refused; a plain one is a key.
     let g = guard(custom("{timestamp}.{header:x-id}.{body}", "X-Id"));
     let h = MemHost::new(g.counter_names(), NOW * 1000);
@@ -262,6 +278,7 @@ fn a_path_whose_spellings_name_two_policies_is_refused() {
             "/webhooks/custom/..;/standard",
             "/webhooks/custom/%2e%2e;/standard",
             "/webhooks/standard/..;/custom/x",
+            "/webhooks/custom/%2e%2e;/unprotected",
         ] {
             match route(path) {
                 Route::Reject(r) => {
@@ -276,6 +293,6 @@ fn a_path_whose_spellings_name_two_policies_is_refused() {
         assert!(matches!(route("/webhooks/standard/./a"), Route::Verify(0)));
         assert!(matches!(route("//webhooks/standard"), Route::Verify(0)));
         assert!(matches!(route("/x/..;/webhooks/custom"), Route::Verify(1)));
-        assert_eq!(h.count("webhook_guard.unmatched.denied"), 3);
+        assert_eq!(h.count("webhook_guard.unmatched.denied"), 4);
     }
 }
