@@ -342,6 +342,28 @@ fn compile_dedup(
                     ),
                 ));
             }
+            // The body must start and end in one place in the signed text: with
+            // `{header:x-event}.{body}`, `order.paid` + `{"id"..}` re-cut into `order` +
+            // `paid.{"id"..}` is no longer JSON and would fall back to another key.
+            let decimal_ts = scheme
+                .timestamp
+                .as_ref()
+                .is_none_or(|t| t.unit != TimestampUnit::Rfc3339);
+            let last = scheme.template.len().saturating_sub(1);
+            let bounded = scheme
+                .template
+                .iter()
+                .position(|p| *p == Part::Body)
+                .is_some_and(|b| {
+                    (b == last && fixed_before(&scheme.template, b, decimal_ts))
+                        || (b == 0 && fixed_after(&scheme.template, b, decimal_ts))
+                });
+            if !bounded {
+                return Err(err(
+                    format!("{at}.key"),
+                    "the body is not bounded in the signed template (only literals or a decimal timestamp before it, or after it): a captured delivery could be cut again into a body with another key; use the signature or a delimited header as the key",
+                ));
+            }
             KeySource::JsonPointer(pointer.clone())
         }
     };
@@ -429,6 +451,37 @@ fn timestamp_can_move(template: &[Part]) -> bool {
         })
 }
 
+/// Whether the literal at `i` exists and its first (or last) byte is not a digit, so that a
+/// decimal timestamp next to it ends (or starts) in one place only.
+fn digit_free_edge(template: &[Part], i: Option<usize>, first: bool) -> bool {
+    match i.and_then(|i| template.get(i)) {
+        Some(Part::Literal(l)) => {
+            let edge = if first { l.first() } else { l.last() };
+            edge.is_some_and(|b| !b.is_ascii_digit())
+        }
+        _ => false,
+    }
+}
+
+/// Whether everything before `pos` has one reading: literals, and decimal timestamps that a
+/// non-digit literal ends.
+fn fixed_before(template: &[Part], pos: usize, decimal_ts: bool) -> bool {
+    (0..pos).all(|i| match template.get(i) {
+        Some(Part::Literal(_)) => true,
+        Some(Part::Timestamp) => decimal_ts && digit_free_edge(template, i.checked_add(1), true),
+        _ => false,
+    })
+}
+
+/// `fixed_before`, for everything after `pos`.
+fn fixed_after(template: &[Part], pos: usize, decimal_ts: bool) -> bool {
+    (pos.saturating_add(1)..template.len()).all(|i| match template.get(i) {
+        Some(Part::Literal(_)) => true,
+        Some(Part::Timestamp) => decimal_ts && digit_free_edge(template, i.checked_sub(1), false),
+        _ => false,
+    })
+}
+
 /// For a template header that is the dedup key: the bytes its value may not hold so that the
 /// signed text splits around it one way only, or `None` when no value can be delimited. A
 /// literal (or the template's end) must bound it on each side, and everything between it and
@@ -442,24 +495,7 @@ fn delimited_header(template: &[Part], pos: usize, decimal_ts: bool) -> Option<V
     };
     let before = literal_at(pos.checked_sub(1))?;
     let after = literal_at(Some(pos.saturating_add(1)))?;
-    let digit_free_edge = |i: Option<usize>, first: bool| match i.and_then(|i| template.get(i)) {
-        Some(Part::Literal(l)) => {
-            let edge = if first { l.first() } else { l.last() };
-            edge.is_some_and(|b| !b.is_ascii_digit())
-        }
-        _ => false,
-    };
-    let fixed_left = (0..pos).all(|i| match template.get(i) {
-        Some(Part::Literal(_)) => true,
-        Some(Part::Timestamp) => decimal_ts && digit_free_edge(i.checked_add(1), true),
-        _ => false,
-    });
-    let fixed_right = (pos.saturating_add(1)..template.len()).all(|i| match template.get(i) {
-        Some(Part::Literal(_)) => true,
-        Some(Part::Timestamp) => decimal_ts && digit_free_edge(i.checked_sub(1), false),
-        _ => false,
-    });
-    if !(fixed_left || fixed_right) {
+    if !(fixed_before(template, pos, decimal_ts) || fixed_after(template, pos, decimal_ts)) {
         return None;
     }
     let mut separators: Vec<u8> = before.iter().chain(after).copied().collect();
@@ -619,31 +655,33 @@ fn shared_secret_warnings(policies: &[RawPolicy]) -> Vec<(Level, String)> {
     warnings
 }
 
-/// Policies in one `dedup.scope` must claim in one store: the local one, or the same etcd
-/// cluster and prefix.
+/// Policies in one `dedup.scope` must claim in one store (the local one, or the same etcd
+/// cluster and prefix) and keep a delivery as long: otherwise the one that forgets first
+/// admits it again.
 fn check_scopes(policies: &[Policy]) -> Result<(), ConfigError> {
-    for (i, d) in policies.iter().enumerate() {
-        let Some(d) = &d.dedup else { continue };
-        let first = policies
-            .iter()
-            .take(i)
-            .filter_map(|q| q.dedup.as_ref())
-            .find(|q| q.scope == d.scope);
-        let Some(first) = first else { continue };
-        let same = match (&first.remote, &d.remote) {
+    for (i, p) in policies.iter().enumerate() {
+        let Some(d) = &p.dedup else { continue };
+        let first = policies.iter().take(i).find_map(|q| {
+            let qd = q.dedup.as_ref()?;
+            (qd.scope == d.scope).then_some((q, qd))
+        });
+        let Some((q, qd)) = first else { continue };
+        let same_store = match (&qd.remote, &d.remote) {
             (None, None) => true,
             (Some(a), Some(b)) => a.cluster == b.cluster && a.prefix() == b.prefix(),
             _ => false,
         };
-        if !same {
-            return Err(err(
-                format!("policies[{i}].dedup.scope"),
-                format!(
-                    "'{}' joins policies whose replay stores differ: the policies of one scope must use the same store",
-                    d.scope
-                ),
-            ));
-        }
+        let same_retention = qd.retention == d.retention
+            && (matches!(d.retention, Retention::Fixed(_)) || q.tolerance_ms == p.tolerance_ms);
+        let why = match (same_store, same_retention) {
+            (false, _) => "replay stores differ: the policies of one scope must use the same store",
+            (_, false) => "retention differs: the policies of one scope must keep a delivery as long (the same dedup.retention_seconds, or the same timestamp tolerance and retention margin)",
+            _ => continue,
+        };
+        return Err(err(
+            format!("policies[{i}].dedup.scope"),
+            format!("'{}' joins policies whose {why}", d.scope),
+        ));
     }
     Ok(())
 }

@@ -133,6 +133,20 @@ fn prefix_matches(prefix: &[u8], path: &str, spelling: Spelling) -> bool {
     }
 }
 
+/// Whether a lenient backend, decoding the path (`canonical_path`), meets a `..` segment that
+/// Envoy left in place (`..;`, `%2e%2e;`, `..\`): the path it serves is not under the one Envoy
+/// routed.
+pub fn path_climbs(path: &str) -> bool {
+    let raw = path_only(path);
+    if is_canonical(raw) {
+        return false;
+    }
+    let decoded = crate::form::percent_decode(raw.as_bytes());
+    decoded
+        .split(|&b| b == b'/' || b == b'\\')
+        .any(|segment| segment.split(|&b| b == b';').next() == Some(b".."))
+}
+
 /// Whether the path's spellings disagree on the policy: the first policy matching it as Envoy
 /// routes it differs from the first matching it as a backend resolves it (`/a/%2e%2e;/b`:
 /// Envoy routes it under `/a`, a servlet container serves `/b`, which may have no policy).

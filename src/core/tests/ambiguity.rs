@@ -279,6 +279,7 @@ fn a_path_whose_spellings_name_two_policies_is_refused() {
             "/webhooks/custom/%2e%2e;/standard",
             "/webhooks/standard/..;/custom/x",
             "/webhooks/custom/%2e%2e;/unprotected",
+            "/x/..;/webhooks/custom",
         ] {
             match route(path) {
                 Route::Reject(r) => {
@@ -292,7 +293,82 @@ fn a_path_whose_spellings_name_two_policies_is_refused() {
         assert!(matches!(route("/webhooks/custom;x/y"), Route::Verify(1)));
         assert!(matches!(route("/webhooks/standard/./a"), Route::Verify(0)));
         assert!(matches!(route("//webhooks/standard"), Route::Verify(0)));
-        assert!(matches!(route("/x/..;/webhooks/custom"), Route::Verify(1)));
-        assert_eq!(h.count("webhook_guard.unmatched.denied"), 4);
+        assert_eq!(h.count("webhook_guard.unmatched.denied"), 5);
+    }
+}
+
+#[test]
+fn a_climbing_path_is_refused_whatever_chose_the_policy() {
+    // Envoy names the route (or the native per-route config names the policy) from the path
+    // as it routed it; a backend that decodes `%2e%2e;` serves another route's handler.
+    let climbing = "/webhooks/custom/..;/standard";
+    for (custom_match, route_name, authority, route_policy) in [
+        (json!({"route_name": "custom"}), Some("custom"), "h", None),
+        (
+            json!({"authority": "a.example.com"}),
+            None,
+            "a.example.com",
+            None,
+        ),
+        (
+            json!({"path_prefix": "/webhooks/custom"}),
+            None,
+            "h",
+            Some("custom"),
+        ),
+    ] {
+        let g = guard(json!({"default": "allow", "policies": [
+            {"name": "custom", "match": custom_match, "provider": "github", "secrets": [{"inline": "b"}]},
+            {"name": "standard", "match": {"path_prefix": "/webhooks/standard"}, "provider": "github", "secrets": [{"inline": "a"}]},
+        ]}));
+        let h = MemHost::new(g.counter_names(), NOW * 1000);
+        let route = |path: &str| {
+            g.route(
+                &h,
+                &RouteInfo {
+                    route_name,
+                    authority,
+                    path,
+                    route_policy,
+                },
+            )
+        };
+        match route(climbing) {
+            Route::Reject(r) => assert_eq!(r.reason, Reason::NoMatchingPolicy),
+            _ => panic!("{climbing} chosen by {route_name:?} {authority} {route_policy:?}"),
+        }
+        assert!(matches!(route("/webhooks/custom/a;b"), Route::Verify(0)));
+    }
+}
+
+#[test]
+fn a_body_key_needs_a_body_bounded_in_the_template() {
+    let doc = |template: &str| {
+        let mut scheme = json!({"signature_header": "X-Sig", "signed_template": template});
+        if template.contains("{timestamp}") {
+            scheme["timestamp_header"] = json!("X-Ts");
+        }
+        json!({"policies": [{"name": "c", "match": {"path_prefix": "/"}, "provider": "custom",
+            "secrets": [{"inline": "s"}], "custom": scheme,
+            "dedup": {"key": {"source": "json_pointer", "pointer": "/id"}}}]})
+    };
+    for template in [
+        "{header:x-event}.{body}",
+        "{timestamp}.{body}.{header:x-a}",
+        "{path}{body}",
+    ] {
+        let e = compile(doc(template).to_string().as_bytes(), &|_| None).unwrap_err();
+        assert_eq!(e.path, "policies[0].dedup.key", "{template}");
+    }
+    for template in [
+        "{timestamp}.{body}",
+        "{body}.{timestamp}",
+        "v1:{timestamp}:{body}",
+        "{body}",
+    ] {
+        assert!(
+            compile(doc(template).to_string().as_bytes(), &|_| None).is_ok(),
+            "{template}"
+        );
     }
 }

@@ -833,6 +833,15 @@ fn policies_of_one_dedup_scope_admit_a_delivery_once_whichever_route_it_comes_to
     })
     .unwrap_err();
     assert_eq!(e.path, "policies[1].dedup.scope");
+    // ... and keep a delivery as long, or the one that forgets first admits it again.
+    let mut shorter = doc(Some("a"));
+    shorter["policies"][1]["dedup"]["retention_seconds"] = json!(60);
+    let e = compile(shorter.to_string().as_bytes(), &|n| {
+        (n == "GH").then(|| "s".to_string())
+    })
+    .unwrap_err();
+    assert_eq!(e.path, "policies[1].dedup.scope");
+    assert!(e.message.contains("retention differs"), "{e}");
     let mut bad = doc(Some("Not A Name"));
     bad["policies"][0]["dedup"] = json!({});
     let e = compile(bad.to_string().as_bytes(), &|_| None).unwrap_err();

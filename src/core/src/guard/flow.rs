@@ -90,6 +90,18 @@ impl Guard {
     /// Which policy handles a request: the one its route names (native per-route
     /// configuration), else the first whose `match` matches, else `default`.
     pub fn route(&self, host: &dyn Host, req: &RouteInfo) -> Route {
+        match self.select(host, req) {
+            // A path that climbs out of where Envoy routed it once a lenient backend decodes
+            // it (`/a/%2e%2e;/b`): whichever policy the route chose, the delivery would be
+            // served by another route's handler. No policy owns it.
+            Route::Verify(_) if crate::policy::path_climbs(req.path) => {
+                self.unmatched(host, req, true)
+            }
+            other => other,
+        }
+    }
+
+    fn select(&self, host: &dyn Host, req: &RouteInfo) -> Route {
         if let Some(name) = req.route_policy {
             if let Some(i) = self.policies.iter().position(|p| p.name == name) {
                 return Route::Verify(i);
