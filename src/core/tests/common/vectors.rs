@@ -174,7 +174,7 @@ pub fn verdict(
     headers: &[(String, Vec<u8>)],
     body: &[u8],
 ) -> String {
-    let Route::Verify(p) = guard.route(
+    let p = match guard.route(
         host,
         &RouteInfo {
             route_name: None,
@@ -182,8 +182,11 @@ pub fn verdict(
             path,
             route_policy: None,
         },
-    ) else {
-        panic!("no policy")
+    ) {
+        Route::Verify(p) => p,
+        // A path no one policy owns (it climbs out of the routed path once decoded).
+        Route::Reject(r) => return r.reason.code().into(),
+        Route::Pass => panic!("no policy"),
     };
     let info = RequestInfo {
         route_name: None,
