@@ -254,6 +254,16 @@ fn a_body_value_is_a_key_only_where_the_whole_body_is_signed() {
     }
 }
 
+/// A request Envoy routed by path alone, on host `h`.
+fn host_routed() -> RouteInfo<'static> {
+    RouteInfo {
+        route_name: None,
+        authority: "h",
+        path: "/",
+        route_policy: None,
+    }
+}
+
 #[test]
 fn a_path_whose_spellings_name_two_policies_is_refused() {
     for default in ["allow", "deny"] {
@@ -266,10 +276,8 @@ fn a_path_whose_spellings_name_two_policies_is_refused() {
             g.route(
                 &h,
                 &RouteInfo {
-                    route_name: None,
-                    authority: "h",
                     path,
-                    route_policy: None,
+                    ..host_routed()
                 },
             )
         };
