@@ -294,15 +294,11 @@ fn compile_dedup(
                         format!("header '{name}' is not covered by the signature, so it cannot be a dedup key"),
                     )
                 })?;
-            let decimal_ts = scheme
-                .timestamp
-                .as_ref()
-                .is_none_or(|t| t.unit != TimestampUnit::Rfc3339);
             let separators = scheme
                 .template
                 .iter()
                 .position(|p| *p == Part::Header(lower.clone()))
-                .and_then(|pos| delimited_header(&scheme.template, pos, decimal_ts))
+                .and_then(|pos| delimited_header(&scheme.template, pos, decimal_timestamp(scheme)))
                 .ok_or_else(|| {
                     err(
                         format!("{at}.key.name"),
@@ -345,16 +341,13 @@ fn compile_dedup(
             // The body must start and end in one place in the signed text: with
             // `{header:x-event}.{body}`, `order.paid` + `{"id"..}` re-cut into `order` +
             // `paid.{"id"..}` is no longer JSON and would fall back to another key.
-            let decimal_ts = scheme
-                .timestamp
-                .as_ref()
-                .is_none_or(|t| t.unit != TimestampUnit::Rfc3339);
             let last = scheme.template.len().saturating_sub(1);
             let bounded = scheme
                 .template
                 .iter()
                 .position(|p| *p == Part::Body)
                 .is_some_and(|b| {
+                    let decimal_ts = decimal_timestamp(scheme);
                     (b == last && fixed_before(&scheme.template, b, decimal_ts))
                         || (b == 0 && fixed_after(&scheme.template, b, decimal_ts))
                 });
@@ -449,6 +442,14 @@ fn timestamp_can_move(template: &[Part]) -> bool {
         .is_some_and(|t| {
             template.iter().take(t).any(free) && template.iter().skip(t.saturating_add(1)).any(free)
         })
+}
+
+/// Whether the scheme's timestamp (if any) is written in decimal digits only.
+fn decimal_timestamp(scheme: &Scheme) -> bool {
+    scheme
+        .timestamp
+        .as_ref()
+        .is_none_or(|t| t.unit != TimestampUnit::Rfc3339)
 }
 
 /// Whether the literal at `i` exists and its first (or last) byte is not a digit, so that a
