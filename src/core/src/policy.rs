@@ -129,7 +129,9 @@ fn prefix_matches(prefix: &[u8], path: &str, spelling: Spelling) -> bool {
     match spelling {
         Spelling::Raw => under(raw.as_bytes()),
         Spelling::Canonical => canonical(),
-        Spelling::Either => under(raw.as_bytes()) || (!is_canonical(raw) && canonical()),
+        Spelling::Either => {
+            under(raw.as_bytes()) || (!is_canonical(raw) && under(&canonical_path(raw)))
+        }
     }
 }
 
